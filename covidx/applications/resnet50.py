@@ -1,0 +1,130 @@
+"""ResNet50 with Keras's signature, plus `head=` for the Dense layers that the articles' model adds
+after global average pooling, and `variant=` for torchvision's v1.5 layout."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import architecture
+from ..model import Model, load_model
+
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def _glorot_uniform(rng, shape):
+    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+
+def _initial_weights(arch, seed):
+    """Keras's initialisers: glorot-uniform kernels, zero biases, BN gamma=1, beta=0, mean=0, var=1."""
+    rng = np.random.default_rng(seed)
+    ones = {"gamma", "moving_variance"}
+    out = {}
+    for layer, ws in architecture.weight_spec(arch):
+        for w, shape in ws:
+            if w == "kernel":
+                out[layer + "/" + w] = _glorot_uniform(rng, shape)
+            else:
+                out[layer + "/" + w] = (np.ones if w in ones else np.zeros)(shape, dtype=np.float32)
+    return out
+
+
+def resnet50_architecture(include_top=True, pooling=None, classes=1000, classifier_activation="softmax",
+                          head=None, variant="v1"):
+    if variant not in architecture.VARIANTS:
+        raise ValueError("variant: expected 'v1' (Keras) or 'v1.5' (torchvision), got %r" % (variant,))
+    if include_top:
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise ValueError("classes: expected a positive integer, got %r" % (classes,))
+        if classifier_activation not in architecture.ACTIVATIONS:
+            raise ValueError("classifier_activation: expected 'softmax', 'sigmoid', 'relu', 'linear' or None, got %r"
+                             % (classifier_activation,))
+        if head is None:
+            pool_name, layers = "avg_pool", [{"name": "predictions", "units": classes,
+                                              "activation": classifier_activation}]
+        else:
+            units = list(head)
+            if not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in units):
+                raise ValueError("head: expected a sequence of positive layer sizes, got %r" % (head,))
+            # named as Keras names layers added with the functional API: dense, dense_1, ...
+            names = ["dense"] + ["dense_%d" % i for i in range(1, len(units) + 1)]
+            layers = [{"name": names[i], "units": u, "activation": "relu"} for i, u in enumerate(units)]
+            layers.append({"name": names[len(units)], "units": classes, "activation": classifier_activation})
+            pool_name = "global_average_pooling2d"
+        pooling = "avg"
+    else:
+        if head is not None:
+            raise ValueError("head: only used with include_top=True")
+        if pooling not in ("avg", "max", None):
+            raise ValueError("pooling: expected None, 'avg' or 'max', got %r" % (pooling,))
+        pool_name, layers = {"avg": "avg_pool", "max": "max_pool", None: None}[pooling], []
+    return {"family": "resnet50", "variant": variant, "bn_epsilon": 1.001e-5 if variant == "v1" else 1e-5,
+            "pooling": pooling, "pooling_name": pool_name, "head": layers}
+
+
+def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None,
+             classes=1000, classifier_activation="softmax", name="resnet50", *, head=None, variant="v1",
+             class_names=None, preprocessing="caffe", seed=None):
+    """Keras's ResNet50. covidx additions (keyword-only):
+
+    head: sizes of hidden Dense(relu) layers between global average pooling and the output layer,
+        e.g. (1024, 1024, 1024, 512) for the articles' model; None gives Keras's top.
+    variant: 'v1' (Keras) or 'v1.5' (torchvision: stride on the 3x3 conv, no conv biases).
+    class_names: output class names, in class_indices order.
+    preprocessing: what the model expects of its inputs, recorded in saved files and applied only
+        where covidx reads image files itself: 'caffe', 'tf', 'torch', or {'rescale': 1/255}.
+    seed: seed for the random initial weights (weights=None).
+
+    Input images may have any size >= 32x32; input_shape is only checked."""
+    if input_tensor is not None:
+        raise ValueError("input_tensor: not supported; covidx models take NumPy arrays")
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        if len(shape) != 3 or shape[2] != 3 or any(d is not None and d < 32 for d in shape[:2]):
+            raise ValueError("input_shape: expected (height >= 32, width >= 32, 3), got %r" % (input_shape,))
+    arch = resnet50_architecture(include_top, pooling, classes, classifier_activation, head, variant)
+    if weights == "imagenet":
+        raise ValueError("weights='imagenet': ImageNet weights are not available in this covidx version; "
+                         "use weights=None (random) or the path of a covidx model file")
+    if weights is None:
+        return Model(arch, _initial_weights(arch, seed), class_names=class_names, preprocessing=preprocessing,
+                     name=name)
+    source = load_model(weights)
+    return Model(arch, source.named_weights, class_names=class_names or source.class_names,
+                 preprocessing=source.preprocessing or preprocessing, name=name)
+
+
+def preprocess_input(x, data_format=None, mode="caffe"):
+    """Keras's ResNet50 preprocessing ('caffe': RGB->BGR, minus the ImageNet channel means).
+    Float arrays are changed in place and returned, as in Keras; others are converted to float32."""
+    if data_format not in (None, "channels_last", "channels_first"):
+        raise ValueError("data_format: expected 'channels_last' or 'channels_first', got %r" % (data_format,))
+    if mode not in ("caffe", "tf", "torch"):
+        raise ValueError("mode: expected 'caffe', 'tf' or 'torch', got %r" % (mode,))
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise TypeError("x: expected a numeric array, got dtype %s" % x.dtype)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float32)
+    axis = 0 if (data_format == "channels_first" and x.ndim == 3) else (1 if data_format == "channels_first" else -1)
+    if x.shape[axis] != 3:
+        raise ValueError("x: expected 3 channels on axis %d, got shape %s" % (axis, x.shape))
+    shape = [1] * x.ndim
+    shape[axis] = 3
+    if mode == "tf":
+        x /= 127.5
+        x -= 1.0
+        return x
+    if mode == "torch":
+        x /= 255.0
+        x -= np.array([0.485, 0.456, 0.406], dtype=x.dtype).reshape(shape)
+        x /= np.array([0.229, 0.224, 0.225], dtype=x.dtype).reshape(shape)
+        return x
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(None, None, -1)
+    x = x[tuple(index)]
+    x -= CAFFE_MEAN_BGR.astype(x.dtype).reshape(shape)
+    return x

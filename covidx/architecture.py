@@ -1,0 +1,110 @@
+"""The network's description: layer names, weight names and shapes, in Keras's order.
+
+An architecture is a plain dict (stored as JSON in model files):
+
+    {"family": "resnet50", "variant": "v1" | "v1.5", "bn_epsilon": 1.001e-05,
+     "pooling": "avg" | "max" | None, "pooling_name": "avg_pool",
+     "head": [{"name": "dense", "units": 1024, "activation": "relu"}, ...]}
+
+"v1" is Keras's ResNet50 (stride on the first 1x1 conv of a block, conv biases, BN epsilon
+1.001e-5); "v1.5" is torchvision's (stride on the 3x3 conv, no conv biases, BN epsilon 1e-5).
+"""
+from __future__ import annotations
+
+import math
+
+ACTIVATIONS = {"linear": 0, None: 0, "relu": 1, "softmax": 2, "sigmoid": 3}
+VARIANTS = {"v1": 1, "v1.5": 2}
+POOLINGS = {None: 0, "avg": 1, "max": 2}
+STAGES = [(2, 64, 3, 1), (3, 128, 4, 2), (4, 256, 6, 2), (5, 512, 3, 2)]  # stage, filters, blocks, stride
+
+
+def conv_layers(variant):
+    """The 53 convolutions as (name, kernel size, cin, cout, stride), in the C core's canonical
+    order: conv1, then per block _1, _2, _3 and, in a stage's first block, the shortcut _0."""
+    convs = [("conv1", 7, 3, 64, 2)]
+    cin = 64
+    for stage, f, blocks, stride in STAGES:
+        for b in range(1, blocks + 1):
+            s = stride if b == 1 else 1
+            s1, s2 = (s, 1) if variant == "v1" else (1, s)
+            p = "conv%d_block%d" % (stage, b)
+            convs += [(p + "_1", 1, cin, f, s1), (p + "_2", 3, f, f, s2), (p + "_3", 1, f, 4 * f, 1)]
+            if b == 1:
+                convs.append((p + "_0", 1, cin, 4 * f, s))
+            cin = 4 * f
+    return convs
+
+
+def _keras_block_order(prefix, projection):
+    """Conv/BN layer prefixes of one block in Keras's model.layers order: the shortcut conv sits
+    between the main path's _2_relu and _3_conv."""
+    if projection:
+        return [(prefix + "_1", "conv"), (prefix + "_1", "bn"), (prefix + "_2", "conv"), (prefix + "_2", "bn"),
+                (prefix + "_0", "conv"), (prefix + "_3", "conv"), (prefix + "_0", "bn"), (prefix + "_3", "bn")]
+    return [(prefix + "_%d" % i, kind) for i in (1, 2, 3) for kind in ("conv", "bn")]
+
+
+def weight_spec(arch):
+    """[(layer name, [(weight name, shape), ...]), ...] for the layers that have weights, in
+    Keras's model.layers order (the order of get_weights())."""
+    variant = arch["variant"]
+    shapes = {name: (k, cin, cout) for name, k, cin, cout, _ in conv_layers(variant)}
+    order = [("conv1", "conv"), ("conv1", "bn")]
+    for stage, _, blocks, _ in STAGES:
+        for b in range(1, blocks + 1):
+            order += _keras_block_order("conv%d_block%d" % (stage, b), b == 1)
+    spec = []
+    for prefix, kind in order:
+        k, cin, cout = shapes[prefix]
+        if kind == "conv":
+            ws = [("kernel", (k, k, cin, cout))]
+            if variant == "v1":
+                ws.append(("bias", (cout,)))
+            spec.append((prefix + "_conv", ws))
+        else:
+            spec.append((prefix + "_bn", [(n, (cout,)) for n in ("gamma", "beta", "moving_mean", "moving_variance")]))
+    cin = 2048
+    for layer in arch.get("head", []):
+        spec.append((layer["name"], [("kernel", (cin, layer["units"])), ("bias", (layer["units"],))]))
+        cin = layer["units"]
+    return spec
+
+
+def output_units(arch):
+    head = arch.get("head", [])
+    return head[-1]["units"] if head else 2048
+
+
+def validate(arch):
+    """Raises ValueError naming the first field that is wrong."""
+    if not isinstance(arch, dict):
+        raise ValueError("architecture: expected a dict, got %r" % type(arch).__name__)
+    if arch.get("family") != "resnet50":
+        raise ValueError("architecture.family: only 'resnet50' is supported, got %r" % arch.get("family"))
+    if arch.get("variant") not in VARIANTS:
+        raise ValueError("architecture.variant: expected 'v1' or 'v1.5', got %r" % arch.get("variant"))
+    eps = arch.get("bn_epsilon")
+    if not isinstance(eps, (int, float)) or not 0 < eps < 1 or not math.isfinite(eps):
+        raise ValueError("architecture.bn_epsilon: expected a small positive number, got %r" % (eps,))
+    if arch.get("pooling") not in POOLINGS:
+        raise ValueError("architecture.pooling: expected 'avg', 'max' or None, got %r" % arch.get("pooling"))
+    head = arch.get("head", [])
+    if not isinstance(head, list) or len(head) > 16:
+        raise ValueError("architecture.head: expected a list of at most 16 Dense layers")
+    if head and arch.get("pooling") is None:
+        raise ValueError("architecture.head: Dense layers need a global pooling before them")
+    names = set()
+    for i, layer in enumerate(head):
+        if not isinstance(layer, dict):
+            raise ValueError("architecture.head[%d]: expected a dict" % i)
+        units = layer.get("units")
+        if not isinstance(units, int) or isinstance(units, bool) or not 1 <= units <= 1 << 20:
+            raise ValueError("architecture.head[%d].units: expected a positive integer, got %r" % (i, units))
+        if layer.get("activation") not in ACTIVATIONS:
+            raise ValueError("architecture.head[%d].activation: expected one of relu, softmax, sigmoid, "
+                             "linear, got %r" % (i, layer.get("activation")))
+        if not isinstance(layer.get("name"), str) or layer["name"] in names:
+            raise ValueError("architecture.head[%d].name: expected a unique string" % i)
+        names.add(layer["name"])
+    return arch

@@ -1,0 +1,222 @@
+"""covidx.Model: a ResNet50 + Dense head held by the C engine, with Keras's names and methods."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from . import _core, architecture, safetensors_io
+
+FORMAT = "covidx"
+FORMAT_VERSION = 1
+OUTPUTS = {"head": 0, "features": 1, "feature_map": 2}
+
+
+def _as_images(x, name="x"):
+    """x as a float32 C-contiguous (batch, height, width, 3) array, or a clear error."""
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        else:
+            raise TypeError("%s: expected a numpy array of images (batch, height, width, 3), got %s"
+                            % (name, type(x).__name__))
+    if x.dtype.kind not in "biuf":
+        raise TypeError("%s: expected a numeric array, got dtype %s" % (name, x.dtype))
+    if x.ndim != 4:
+        hint = " (one image? use x[None])" if x.ndim == 3 else ""
+        raise ValueError("%s: expected 4 dimensions (batch, height, width, 3), got shape %s%s" % (name, x.shape, hint))
+    if x.shape[0] == 0:
+        raise ValueError("%s: empty batch (shape %s)" % (name, x.shape))
+    if x.shape[3] != 3:
+        raise ValueError("%s: expected 3 channels (RGB) in the last axis, got shape %s" % (name, x.shape))
+    if x.shape[1] < 32 or x.shape[2] < 32:
+        raise ValueError("%s: images must be at least 32x32, got shape %s" % (name, x.shape))
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class Model:
+    """A ResNet50 backbone, global pooling and a Dense head, run by covidx's C engine.
+
+    Weights are kept as Keras stores them (get_weights/set_weights use Keras's order); the engine
+    holds its own copy with batchnorm folded into the convolutions."""
+
+    def __init__(self, arch, weights, class_names=None, preprocessing=None, name="resnet50"):
+        self.architecture = architecture.validate(arch)
+        self.name = name
+        self.class_names = list(class_names) if class_names is not None else None
+        if self.class_names is not None and len(self.class_names) != self.output_shape[-1]:
+            raise ValueError("class_names: %d names for %d outputs" % (len(self.class_names), self.output_shape[-1]))
+        self.preprocessing = preprocessing
+        self._weights = {}
+        self._engine = None
+        self._set_named_weights(weights)
+
+    # --- weights ---------------------------------------------------------------------------------
+
+    @property
+    def layer_names(self):
+        """Names of the layers that hold weights, in Keras's model.layers order."""
+        return [layer for layer, _ in architecture.weight_spec(self.architecture)]
+
+    @property
+    def output_shape(self):
+        if self.architecture["pooling"] is None:
+            return (None, None, None, 2048)
+        return (None, architecture.output_units(self.architecture))
+
+    def count_params(self):
+        return int(sum(w.size for w in self._weights.values()))
+
+    def _set_named_weights(self, named):
+        """named: {'layer/weight': array}. Checks every name and shape, then rebuilds the engine."""
+        spec = architecture.weight_spec(self.architecture)
+        expected = {"%s/%s" % (layer, w): shape for layer, ws in spec for w, shape in ws}
+        missing = [k for k in expected if k not in named]
+        if missing:
+            raise ValueError("weights: missing %d tensors, first %r" % (len(missing), missing[0]))
+        extra = [k for k in named if k not in expected]
+        if extra:
+            raise ValueError("weights: unexpected tensor %r for this architecture" % extra[0])
+        weights = {}
+        for key, shape in expected.items():
+            a = np.asarray(named[key])
+            if a.dtype.kind not in "biuf":
+                raise TypeError("weights[%r]: expected a numeric array, got dtype %s" % (key, a.dtype))
+            if a.shape != tuple(shape):
+                raise ValueError("weights[%r]: expected shape %s, got %s" % (key, tuple(shape), a.shape))
+            weights[key] = np.array(a, dtype=np.float32, order="C")
+        self._engine = self._build_engine(weights)
+        self._weights = weights
+
+    def _build_engine(self, w):
+        arch = self.architecture
+        convs = []
+        for name, *_ in architecture.conv_layers(arch["variant"]):
+            c, b = name + "_conv/", name + "_bn/"
+            convs.append((name + "_conv", w[c + "kernel"], w.get(c + "bias"), w[b + "gamma"], w[b + "beta"],
+                          w[b + "moving_mean"], w[b + "moving_variance"]))
+        dense = [(d["name"], w[d["name"] + "/kernel"], w[d["name"] + "/bias"], architecture.ACTIVATIONS[d["activation"]])
+                 for d in arch.get("head", [])]
+        return _core.Engine(architecture.VARIANTS[arch["variant"]], architecture.POOLINGS[arch["pooling"]],
+                            float(arch["bn_epsilon"]), convs, dense)
+
+    def get_weights(self):
+        """All weights as a list of arrays, in Keras's order: per layer in model.layers order,
+        conv kernel (HWIO) and bias; BN gamma, beta, moving_mean, moving_variance; Dense kernel, bias."""
+        return [self._weights[k].copy() for k in self._weight_keys()]
+
+    def set_weights(self, weights):
+        keys = self._weight_keys()
+        weights = list(weights)
+        if len(weights) != len(keys):
+            raise ValueError("set_weights: expected a list of %d arrays, got %d" % (len(keys), len(weights)))
+        self._set_named_weights(dict(zip(keys, weights)))
+
+    def _weight_keys(self):
+        return ["%s/%s" % (layer, w) for layer, ws in architecture.weight_spec(self.architecture) for w, _ in ws]
+
+    @property
+    def named_weights(self):
+        """{'layer/weight': array} (read-only views)."""
+        out = {}
+        for k, v in self._weights.items():
+            v = v.view()
+            v.flags.writeable = False
+            out[k] = v
+        return out
+
+    # --- inference -------------------------------------------------------------------------------
+
+    def _run(self, x, batch_size, output):
+        x = _as_images(x)
+        if batch_size is None:
+            batch_size = 32
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
+        parts = [self._engine.forward(x[i:i + batch_size], output=OUTPUTS[output])
+                 for i in range(0, x.shape[0], batch_size)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def predict(self, x, batch_size=None, verbose=0, steps=None, callbacks=None):
+        """Outputs for a batch of images (batch, height, width, 3), exactly as given: no
+        preprocessing is applied, as in Keras. Runs in chunks of batch_size (default 32)."""
+        return self._run(x, batch_size, "head")
+
+    def predict_on_batch(self, x):
+        return self._engine.forward(_as_images(x), output=0)
+
+    __call__ = predict_on_batch
+
+    def features(self, x, batch_size=None):
+        """The globally pooled backbone features (batch, 2048)."""
+        return self._run(x, batch_size, "features")
+
+    def feature_map(self, x, batch_size=None):
+        """The last block's output (batch, h/32, w/32, 2048)."""
+        return self._run(x, batch_size, "feature_map")
+
+    def predict_reference(self, x):
+        """Outputs from the plain C layers (direct loops, double accumulators): slow; for checks."""
+        return self._engine.forward(_as_images(x), output=0, reference=True)
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def save(self, path, dtype="float32"):
+        """Writes the model as a covidx safetensors file (weights in Keras's naming; architecture,
+        class names and preprocessing in the metadata). dtype='float16' halves the file."""
+        if dtype not in ("float32", "float16"):
+            raise ValueError("dtype: expected 'float32' or 'float16', got %r" % (dtype,))
+        from . import __version__
+
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "covidx_version": __version__,
+            "name": self.name,
+            "architecture": json.dumps(self.architecture),
+            "preprocessing": json.dumps(self.preprocessing),
+        }
+        if self.class_names is not None:
+            meta["class_names"] = json.dumps(self.class_names)
+        tensors = {k: v.astype(dtype) for k, v in self._weights.items()}
+        safetensors_io.save(os.fspath(path), tensors, meta)
+
+    def __repr__(self):
+        head = "-".join(str(d["units"]) for d in self.architecture.get("head", [])) or "none"
+        return "<covidx.Model %r: ResNet50 %s, pooling=%s, head=%s, classes=%s>" % (
+            self.name, self.architecture["variant"], self.architecture["pooling"], head, self.class_names)
+
+
+def load_model(path=None):
+    """Loads a covidx model file (safetensors with covidx metadata)."""
+    if path is None:
+        raise FileNotFoundError("load_model(): no model file given, and this installation ships no default "
+                                "model; pass the path of a covidx .safetensors file")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("load_model: no such file: %s" % path)
+    tensors, meta = safetensors_io.load(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError("%s: a safetensors file, but not a covidx model (no format=covidx metadata)" % path)
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise ValueError("%s: bad format_version %r" % (path, meta.get("format_version"))) from None
+    if version > FORMAT_VERSION:
+        raise ValueError("%s: format version %d is newer than this covidx understands (%d); upgrade covidx"
+                         % (path, version, FORMAT_VERSION))
+
+    def field(key, default=None):
+        try:
+            return json.loads(meta[key]) if key in meta else default
+        except ValueError:
+            raise ValueError("%s: metadata %r is not valid JSON" % (path, key)) from None
+
+    arch = field("architecture")
+    try:
+        architecture.validate(arch)
+        return Model(arch, tensors, class_names=field("class_names"), preprocessing=field("preprocessing"),
+                     name=meta.get("name", "resnet50"))
+    except (ValueError, TypeError) as e:
+        raise type(e)("%s: %s" % (path, e)) from None

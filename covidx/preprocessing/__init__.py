@@ -1,0 +1,2 @@
+"""Keras-compatible preprocessing: covidx.preprocessing.image."""
+from . import image  # noqa: F401

@@ -1,0 +1,12 @@
+/* cpu.h: run-time CPU feature detection (x86-64 cpuid + xgetbv; all false elsewhere). */
+#ifndef COVIDX_CPU_H
+#define COVIDX_CPU_H
+
+typedef struct {
+    int avx2, fma, avx512f, avx512_bf16, amx_bf16, amx_tile;
+} CpuFeatures;
+
+CpuFeatures cpu_features(void);
+int cpu_count_online(void); /* logical CPUs this process may run on (affinity mask) */
+
+#endif

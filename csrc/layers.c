@@ -1,0 +1,226 @@
+/* layers.c: fast NHWC layers. A convolution is one SGEMM per chunk of output pixels:
+ *
+ *     out[pixels x cout] = A[pixels x K] . W[K x cout],   K = kh * kw * cin
+ *
+ * where A is the input itself for a stride-1 1x1 convolution and an im2col panel otherwise. Each
+ * GEMM task is followed at once by its epilogue (bias, residual, ReLU) while its block of the
+ * output is still in cache. Chunk and task sizes depend only on the layer's shape, never on the
+ * number of threads, so the outputs are bitwise the same for any thread count. */
+#include "layers.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "blas.h"
+#include "threadpool.h"
+
+#define CHUNK_BYTES (4u << 20) /* im2col panel (or output block) per chunk: about L2/L3-sized */
+#define MIN_CHUNK_ROWS 256
+#define TASK_FLOPS 64e6 /* GEMM work per task: coarse enough to amortise OpenBLAS packing */
+#define MAX_TASKS 64
+
+static int needs_im2col(const Conv *c) { return !(c->kh == 1 && c->kw == 1 && c->stride == 1 && c->pad == 0); }
+
+static int chunk_rows(const Conv *c, int m) {
+    int k = c->kh * c->kw * c->cin;
+    int width = k > c->cout ? k : c->cout;
+    long rows = (long)(CHUNK_BYTES / sizeof(float)) / width;
+    if (rows < MIN_CHUNK_ROWS) rows = MIN_CHUNK_ROWS;
+    return rows < m ? (int)rows : m;
+}
+
+size_t conv_scratch_floats(const Conv *c, int n, int h, int w) {
+    if (!needs_im2col(c)) return 0;
+    int m = n * out_size(h, c->kh, c->stride, c->pad) * out_size(w, c->kw, c->stride, c->pad);
+    return (size_t)chunk_rows(c, m) * c->kh * c->kw * c->cin;
+}
+
+/* --- im2col: panel row r = the kh x kw x cin input patch of output pixel row0 + r ------------- */
+
+typedef struct {
+    const Conv *c;
+    const float *x;
+    int h, w, ho, wo;
+    int row0, rows, nparts;
+    float *panel;
+} Im2col;
+
+static void im2col_task(void *arg, int part) {
+    const Im2col *j = arg;
+    const Conv *c = j->c;
+    int per = (j->rows + j->nparts - 1) / j->nparts;
+    int r0 = part * per, r1 = r0 + per < j->rows ? r0 + per : j->rows;
+    size_t k = (size_t)c->kh * c->kw * c->cin;
+    for (int r = r0; r < r1; r++) {
+        int p = j->row0 + r;
+        int img = p / (j->ho * j->wo), rem = p % (j->ho * j->wo);
+        int oy = rem / j->wo, ox = rem % j->wo;
+        float *dst = j->panel + (size_t)r * k;
+        for (int ky = 0; ky < c->kh; ky++) {
+            int iy = oy * c->stride - c->pad + ky;
+            for (int kx = 0; kx < c->kw; kx++, dst += c->cin) {
+                int ix = ox * c->stride - c->pad + kx;
+                if (iy < 0 || iy >= j->h || ix < 0 || ix >= j->w)
+                    memset(dst, 0, sizeof(float) * c->cin);
+                else
+                    memcpy(dst, j->x + (((size_t)img * j->h + iy) * j->w + ix) * c->cin,
+                           sizeof(float) * c->cin);
+            }
+        }
+    }
+}
+
+/* --- GEMM + epilogue on one block of the output ------------------------------------------------ */
+
+typedef struct {
+    const float *a; /* (rows, k), leading dimension lda */
+    int lda, rows, k, cout;
+    const float *w, *bias, *residual; /* residual rows aligned with out */
+    float *out;                       /* (rows, cout) */
+    int relu;
+    int split_rows, ntasks;
+} Gemm;
+
+static void epilogue(float *restrict out, const float *restrict bias, const float *restrict res,
+                     int rows, int c0, int c1, int ld, int relu) {
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)r * ld;
+        const float *s = res ? res + (size_t)r * ld : NULL;
+        if (s) {
+            for (int j = c0; j < c1; j++) o[j] += bias[j] + s[j];
+        } else {
+            for (int j = c0; j < c1; j++) o[j] += bias[j];
+        }
+        if (relu)
+            for (int j = c0; j < c1; j++) o[j] = o[j] > 0.0f ? o[j] : 0.0f;
+    }
+}
+
+static void gemm_task(void *arg, int t) {
+    const Gemm *g = arg;
+    if (g->split_rows) {
+        int per = (g->rows + g->ntasks - 1) / g->ntasks;
+        int r0 = t * per, r1 = r0 + per < g->rows ? r0 + per : g->rows;
+        if (r0 >= r1) return;
+        float *out = g->out + (size_t)r0 * g->cout;
+        sgemm_rm(r1 - r0, g->cout, g->k, g->a + (size_t)r0 * g->lda, g->lda, g->w, g->cout, out, g->cout);
+        epilogue(out, g->bias, g->residual ? g->residual + (size_t)r0 * g->cout : NULL, r1 - r0, 0,
+                 g->cout, g->cout, g->relu);
+    } else {
+        int per = ((g->cout + g->ntasks - 1) / g->ntasks + 15) / 16 * 16; /* whole vectors */
+        int c0 = t * per, c1 = c0 + per < g->cout ? c0 + per : g->cout;
+        if (c0 >= c1) return;
+        sgemm_rm(g->rows, c1 - c0, g->k, g->a, g->lda, g->w + c0, g->cout, g->out + c0, g->cout);
+        epilogue(g->out, g->bias, g->residual, g->rows, c0, c1, g->cout, g->relu);
+    }
+}
+
+/* Splits one GEMM into tasks by its shape: along rows when the weights are the smaller operand to
+ * re-pack per task, along output channels otherwise. */
+static void gemm_epilogue(Gemm *g) {
+    double flops = 2.0 * g->rows * g->k * g->cout;
+    int ntasks = (int)ceil(flops / TASK_FLOPS);
+    if (ntasks > 1) ntasks += ntasks & 1;
+    if (ntasks > MAX_TASKS) ntasks = MAX_TASKS;
+    int max_row_tasks = g->rows / 16 > 0 ? g->rows / 16 : 1;
+    int max_col_tasks = g->cout / 16 > 0 ? g->cout / 16 : 1;
+    g->split_rows = (long)g->cout <= (long)g->rows || max_col_tasks == 1;
+    int cap = g->split_rows ? max_row_tasks : max_col_tasks;
+    g->ntasks = ntasks < cap ? ntasks : cap;
+    if (g->ntasks < 1) g->ntasks = 1;
+    pool_run(g->ntasks, gemm_task, g);
+}
+
+void conv2d(const Conv *c, const float *x, int n, int h, int w, float *out, const float *residual,
+            int relu, float *scratch) {
+    int ho = out_size(h, c->kh, c->stride, c->pad), wo = out_size(w, c->kw, c->stride, c->pad);
+    int m = n * ho * wo, k = c->kh * c->kw * c->cin;
+    int direct = !needs_im2col(c);
+    int step = chunk_rows(c, m);
+    for (int row0 = 0; row0 < m; row0 += step) {
+        int rows = row0 + step < m ? step : m - row0;
+        const float *a = x + (size_t)row0 * c->cin;
+        if (!direct) {
+            int nparts = pool_get_threads();
+            Im2col j = {c, x, h, w, ho, wo, row0, rows, nparts, scratch};
+            pool_run(nparts, im2col_task, &j);
+            a = scratch;
+        }
+        Gemm g = {a, k, rows, k, c->cout, c->w, c->bias,
+                  residual ? residual + (size_t)row0 * c->cout : NULL,
+                  out + (size_t)row0 * c->cout, relu, 0, 0};
+        gemm_epilogue(&g);
+    }
+}
+
+/* --- pooling ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *x;
+    int h, w, c, k, stride, pad, ho, wo;
+    float *out;
+} MaxPool;
+
+static void maxpool_task(void *arg, int row) { /* row = img * ho + oy */
+    const MaxPool *p = arg;
+    int img = row / p->ho, oy = row % p->ho;
+    for (int ox = 0; ox < p->wo; ox++) {
+        float *o = p->out + ((size_t)row * p->wo + ox) * p->c;
+        for (int ch = 0; ch < p->c; ch++) o[ch] = -FLT_MAX;
+        for (int ky = 0; ky < p->k; ky++) {
+            int iy = oy * p->stride - p->pad + ky;
+            if (iy < 0 || iy >= p->h) continue;
+            for (int kx = 0; kx < p->k; kx++) {
+                int ix = ox * p->stride - p->pad + kx;
+                if (ix < 0 || ix >= p->w) continue;
+                const float *s = p->x + (((size_t)img * p->h + iy) * p->w + ix) * p->c;
+                for (int ch = 0; ch < p->c; ch++) o[ch] = s[ch] > o[ch] ? s[ch] : o[ch];
+            }
+        }
+    }
+}
+
+void maxpool2d(const float *x, int n, int h, int w, int c, int k, int stride, int pad, float *out) {
+    MaxPool p = {x, h, w, c, k, stride, pad, out_size(h, k, stride, pad), out_size(w, k, stride, pad), out};
+    pool_run(n * p.ho, maxpool_task, &p);
+}
+
+void global_pool(const float *x, int n, int h, int w, int c, int use_max, float *out) {
+    size_t hw = (size_t)h * w;
+    for (int img = 0; img < n; img++) {
+        const float *s = x + (size_t)img * hw * c;
+        for (int ch = 0; ch < c; ch++) {
+            double acc = use_max ? -DBL_MAX : 0.0;
+            for (size_t p = 0; p < hw; p++) {
+                double v = s[p * c + ch];
+                acc = use_max ? (v > acc ? v : acc) : acc + v;
+            }
+            out[(size_t)img * c + ch] = (float)(use_max ? acc : acc / (double)hw);
+        }
+    }
+}
+
+/* --- dense ------------------------------------------------------------------------------------- */
+
+void activate_rows(float *x, int n, int c, int act) {
+    for (int r = 0; r < n; r++) {
+        float *v = x + (size_t)r * c;
+        if (act == ACT_SOFTMAX) {
+            float mx = v[0];
+            for (int j = 1; j < c; j++) mx = v[j] > mx ? v[j] : mx;
+            double sum = 0.0;
+            for (int j = 0; j < c; j++) sum += exp((double)v[j] - mx);
+            for (int j = 0; j < c; j++) v[j] = (float)(exp((double)v[j] - mx) / sum);
+        } else if (act == ACT_SIGMOID) {
+            for (int j = 0; j < c; j++) v[j] = (float)(1.0 / (1.0 + exp(-(double)v[j])));
+        }
+    }
+}
+
+void dense(const float *x, int n, int cin, int cout, const float *w, const float *bias, int act,
+           float *out) {
+    Gemm g = {x, cin, n, cin, cout, w, bias, NULL, out, act == ACT_RELU, 0, 0};
+    gemm_epilogue(&g);
+    activate_rows(out, n, cout, act);
+}

@@ -1,0 +1,47 @@
+/* layers.h: the operations of the network, NHWC float32, each a small function.
+ *
+ * Fast versions (layers.c) run on the thread pool and OpenBLAS; plain versions (layers_ref.c) are
+ * direct loops with double accumulators, kept to check the fast ones. */
+#ifndef COVIDX_LAYERS_H
+#define COVIDX_LAYERS_H
+
+#include <stddef.h>
+
+/* A convolution with batchnorm folded in: out = act(conv(x, w) + bias [+ residual]). */
+typedef struct {
+    int kh, kw, cin, cout, stride, pad; /* symmetric zero padding */
+    float *w;                           /* (kh*kw*cin, cout): HWIO flattened, the GEMM's B */
+    float *bias;                        /* (cout) */
+} Conv;
+
+/* Output size of a convolution or pooling window along one axis. */
+static inline int out_size(int in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
+
+/* x (n, h, w, cin) -> out (n, ho, wo, cout); residual (n, ho, wo, cout) or NULL.
+ * scratch holds im2col panels: conv_scratch_floats() floats. */
+void conv2d(const Conv *c, const float *x, int n, int h, int w, float *out, const float *residual,
+            int relu, float *scratch);
+size_t conv_scratch_floats(const Conv *c, int n, int h, int w);
+
+/* x (n, h, w, c) -> out (n, ho, wo, c): max over k x k windows, padding ignored. */
+void maxpool2d(const float *x, int n, int h, int w, int c, int k, int stride, int pad, float *out);
+
+/* x (n, h, w, c) -> out (n, c): mean (or max) over the spatial positions. */
+void global_pool(const float *x, int n, int h, int w, int c, int use_max, float *out);
+
+enum Activation { ACT_LINEAR = 0, ACT_RELU = 1, ACT_SOFTMAX = 2, ACT_SIGMOID = 3 };
+
+/* x (n, cin) -> out (n, cout) = act(x . w + bias); w (cin, cout). */
+void dense(const float *x, int n, int cin, int cout, const float *w, const float *bias, int act,
+           float *out);
+
+/* Plain reference versions, same shapes and meaning. */
+void conv2d_ref(const Conv *c, const float *x, int n, int h, int w, float *out,
+                const float *residual, int relu);
+void dense_ref(const float *x, int n, int cin, int cout, const float *w, const float *bias, int act,
+               float *out);
+
+/* In place over rows of length c: softmax or logistic sigmoid (shared by both versions). */
+void activate_rows(float *x, int n, int c, int act);
+
+#endif

@@ -1,0 +1,344 @@
+/* module.c: covidx._core, the CPython face of the engine.
+ *
+ *   Engine(variant, pooling, bn_epsilon, convs, dense)
+ *       convs: 53 tuples (name, kernel HWIO, bias or None, gamma, beta, moving_mean,
+ *              moving_variance) in canonical order (conv1, then per block _1, _2, _3, [_0])
+ *       dense: tuples (name, kernel (in, out), bias (out,), activation code)
+ *   Engine.forward(x, output=0, reference=False) -> ndarray
+ *
+ * The Python layer converts user input; this layer checks again and never trusts it. All compute
+ * runs without the GIL, under one process-wide lock (the thread pool serves one forward at a time). */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "cpu.h"
+#include "resnet50.h"
+#include "threadpool.h"
+
+static pthread_mutex_t g_compute = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct {
+    PyObject_HEAD
+    Net net;
+    int built;
+} EngineObject;
+
+/* A float32, C-contiguous array of exactly `ndim` dims from obj, or NULL with an exception
+ * naming `what`. */
+static PyArrayObject *as_f32(PyObject *obj, int ndim, const char *what) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) == NPY_OBJECT ||
+        !PyArray_ISNUMBER((PyArrayObject *)obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numeric numpy array", what);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32,
+                                                         NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (!a) return NULL;
+    if (PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got %d", what, ndim, PyArray_NDIM(a));
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+static int check_dim(PyArrayObject *a, int axis, npy_intp want, const char *name, const char *what) {
+    if (PyArray_DIM(a, axis) != want) {
+        PyErr_Format(PyExc_ValueError, "%s: %s has shape[%d] = %zd, expected %zd", name, what, axis,
+                     (Py_ssize_t)PyArray_DIM(a, axis), (Py_ssize_t)want);
+        return -1;
+    }
+    return 0;
+}
+
+static int fold_error(int rc, const char *name) {
+    if (rc == -1)
+        PyErr_NoMemory();
+    else
+        PyErr_Format(PyExc_ValueError, "%s: weights contain NaN or infinity (after folding batchnorm)", name);
+    return -1;
+}
+
+/* Parses and folds one convolution tuple into c. */
+static int load_conv(Conv *c, const ConvShape *s, PyObject *item, double eps) {
+    const char *name;
+    PyObject *ok, *ob, *og, *obeta, *om, *ov;
+    if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "sOOOOOO", &name, &ok, &ob, &og, &obeta, &om, &ov)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "conv entry: expected a tuple");
+        return -1;
+    }
+    char what[160];
+    PyArrayObject *arr[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    PyObject *objs[6] = {ok, ob, og, obeta, om, ov};
+    const char *parts[6] = {"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"};
+    int rc = -1;
+    for (int i = 0; i < 6; i++) {
+        if (i == 1 && ob == Py_None) continue;
+        snprintf(what, sizeof what, "%s/%s", name, parts[i]);
+        arr[i] = as_f32(objs[i], i == 0 ? 4 : 1, what);
+        if (!arr[i]) goto done;
+        if (i == 0) {
+            if (check_dim(arr[0], 0, s->k, name, "kernel") || check_dim(arr[0], 1, s->k, name, "kernel") ||
+                check_dim(arr[0], 2, s->cin, name, "kernel") || check_dim(arr[0], 3, s->cout, name, "kernel"))
+                goto done;
+        } else if (check_dim(arr[i], 0, s->cout, name, parts[i])) {
+            goto done;
+        }
+    }
+    int frc = conv_fold_bn(c, s, PyArray_DATA(arr[0]), arr[1] ? PyArray_DATA(arr[1]) : NULL,
+                           PyArray_DATA(arr[2]), PyArray_DATA(arr[3]), PyArray_DATA(arr[4]),
+                           PyArray_DATA(arr[5]), eps);
+    rc = frc == 0 ? 0 : fold_error(frc, name);
+done:
+    for (int i = 0; i < 6; i++) Py_XDECREF(arr[i]);
+    return rc;
+}
+
+static int load_dense(DenseLayer *d, PyObject *item, int cin) {
+    const char *name;
+    PyObject *ok, *ob;
+    int act;
+    if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "sOOi", &name, &ok, &ob, &act)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "dense entry: expected a tuple");
+        return -1;
+    }
+    if (act < ACT_LINEAR || act > ACT_SIGMOID) {
+        PyErr_Format(PyExc_ValueError, "%s: unknown activation code %d", name, act);
+        return -1;
+    }
+    char what[160];
+    snprintf(what, sizeof what, "%s/kernel", name);
+    PyArrayObject *k = as_f32(ok, 2, what), *b = NULL;
+    int rc = -1;
+    if (!k || check_dim(k, 0, cin, name, "kernel")) goto done;
+    snprintf(what, sizeof what, "%s/bias", name);
+    if (!(b = as_f32(ob, 1, what)) || check_dim(b, 0, PyArray_DIM(k, 1), name, "bias")) goto done;
+    if (PyArray_DIM(k, 1) < 1 || PyArray_DIM(k, 1) > (1 << 20)) {
+        PyErr_Format(PyExc_ValueError, "%s: unsupported number of units %zd", name, (Py_ssize_t)PyArray_DIM(k, 1));
+        goto done;
+    }
+    int frc = dense_init(d, cin, (int)PyArray_DIM(k, 1), act, PyArray_DATA(k), PyArray_DATA(b));
+    rc = frc == 0 ? 0 : fold_error(frc, name);
+done:
+    Py_XDECREF(k);
+    Py_XDECREF(b);
+    return rc;
+}
+
+static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"variant", "pooling", "bn_epsilon", "convs", "dense", NULL};
+    int variant, pooling;
+    double eps;
+    PyObject *convs, *dense_list;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iidOO", kwlist, &variant, &pooling, &eps, &convs, &dense_list))
+        return -1;
+    if (self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "Engine is already built");
+        return -1;
+    }
+    if (variant != VARIANT_V1 && variant != VARIANT_V1_5) {
+        PyErr_Format(PyExc_ValueError, "variant: expected 1 (v1) or 2 (v1.5), got %d", variant);
+        return -1;
+    }
+    if (pooling < POOL_NONE || pooling > POOL_MAX) {
+        PyErr_Format(PyExc_ValueError, "pooling: expected 0, 1 or 2, got %d", pooling);
+        return -1;
+    }
+    if (!(eps > 0.0 && eps < 1.0)) {
+        PyErr_Format(PyExc_ValueError, "bn_epsilon: expected a small positive number, got %g", eps);
+        return -1;
+    }
+    if (!PyList_Check(convs) || PyList_GET_SIZE(convs) != RESNET50_NCONV) {
+        PyErr_Format(PyExc_ValueError, "convs: expected a list of %d convolutions", RESNET50_NCONV);
+        return -1;
+    }
+    if (!PyList_Check(dense_list) || PyList_GET_SIZE(dense_list) > MAX_DENSE ||
+        (pooling == POOL_NONE && PyList_GET_SIZE(dense_list) > 0)) {
+        PyErr_Format(PyExc_ValueError, "dense: expected a list of at most %d layers (none without pooling)", MAX_DENSE);
+        return -1;
+    }
+    memset(&self->net, 0, sizeof(self->net));
+    self->built = 1; /* from here on, dealloc frees whatever was allocated */
+    Net *net = &self->net;
+    net->variant = variant;
+    net->pooling = pooling;
+    ConvShape shapes[RESNET50_NCONV];
+    Conv *slots[RESNET50_NCONV];
+    resnet50_conv_shapes(variant, shapes);
+    resnet50_conv_slots(net, slots);
+    for (int i = 0; i < RESNET50_NCONV; i++)
+        if (load_conv(slots[i], &shapes[i], PyList_GET_ITEM(convs, i), eps) != 0) return -1;
+    int cin = 2048;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dense_list); i++) {
+        if (load_dense(&net->head[i], PyList_GET_ITEM(dense_list, i), cin) != 0) return -1;
+        net->nhead = (int)i + 1;
+        cin = net->head[i].cout;
+    }
+    return 0;
+}
+
+static void Engine_dealloc(EngineObject *self) {
+    if (self->built) net_free(&self->net);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Engine_forward(EngineObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "output", "reference", NULL};
+    PyObject *xo;
+    int output = OUT_HEAD, reference = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ip", kwlist, &xo, &output, &reference)) return NULL;
+    if (!self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
+        return NULL;
+    }
+    if (output < OUT_HEAD || output > OUT_FEATURE_MAP) {
+        PyErr_Format(PyExc_ValueError, "output: expected 0, 1 or 2, got %d", output);
+        return NULL;
+    }
+    PyArrayObject *x = as_f32(xo, 4, "input");
+    if (!x) return NULL;
+    npy_intp n = PyArray_DIM(x, 0), h = PyArray_DIM(x, 1), w = PyArray_DIM(x, 2), c = PyArray_DIM(x, 3);
+    if (n < 1 || h < 32 || w < 32 || c != 3) {
+        PyErr_Format(PyExc_ValueError,
+                     "input: expected shape (batch >= 1, height >= 32, width >= 32, 3), got (%zd, %zd, %zd, %zd)",
+                     (Py_ssize_t)n, (Py_ssize_t)h, (Py_ssize_t)w, (Py_ssize_t)c);
+        Py_DECREF(x);
+        return NULL;
+    }
+    if ((double)n * h * w * 16.0 > (double)INT_MAX) { /* pixel indices must fit an int */
+        PyErr_Format(PyExc_ValueError, "input: batch of %zd images of %zdx%zd is too large; split it",
+                     (Py_ssize_t)n, (Py_ssize_t)h, (Py_ssize_t)w);
+        Py_DECREF(x);
+        return NULL;
+    }
+    Net *net = &self->net;
+    int ho, wo;
+    resnet50_feature_map_size(net->variant, (int)h, (int)w, &ho, &wo);
+    npy_intp dims[4] = {n, ho, wo, 2048};
+    int ndim = 4;
+    if (output == OUT_FEATURES || (output == OUT_HEAD && net->pooling != POOL_NONE)) {
+        ndim = 2;
+        dims[1] = output == OUT_HEAD && net->nhead ? net->head[net->nhead - 1].cout : 2048;
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(ndim, dims, NPY_FLOAT32);
+    if (!out) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&g_compute);
+    rc = resnet50_forward(net, PyArray_DATA(x), (int)n, (int)h, (int)w, output, reference, PyArray_DATA(out));
+    pthread_mutex_unlock(&g_compute);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(x);
+    if (rc != 0) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *Engine_workspace_bytes(EngineObject *self, PyObject *Py_UNUSED(ignored)) {
+    const Plan *p = &self->net.plan;
+    size_t floats = 4 * p->act_floats;
+    return PyLong_FromSize_t(floats * sizeof(float));
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"forward", (PyCFunction)(void (*)(void))Engine_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(x, output=0, reference=False): x float32 (n, h, w, 3) -> outputs.\n"
+     "output: 0 head, 1 pooled features, 2 last feature map. reference: run the plain layers."},
+    {"workspace_bytes", (PyCFunction)Engine_workspace_bytes, METH_NOARGS,
+     "Bytes held by the activation buffers of the current plan."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "covidx._core.Engine",
+    .tp_basicsize = sizeof(EngineObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ResNet50 + Dense head inference engine (batchnorm folded, NHWC float32).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+};
+
+/* --- module functions --------------------------------------------------------------------------- */
+
+static PyObject *set_num_threads(PyObject *Py_UNUSED(m), PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 64) {
+        PyErr_Format(PyExc_ValueError, "num_threads: expected 1..64, got %ld", n);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&g_compute);
+    rc = pool_set_threads((int)n);
+    pthread_mutex_unlock(&g_compute);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return PyErr_Format(PyExc_OSError, "could not start %ld threads; running with %d", n, pool_get_threads());
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_num_threads(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
+    return PyLong_FromLong(pool_get_threads());
+}
+
+static PyObject *blas_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
+    const char *config = BLAS_FN(openblas_get_config)();
+    const char *core = BLAS_FN(openblas_get_corename)();
+    return Py_BuildValue("{s:s,s:s,s:i}", "config", config ? config : "", "corename", core ? core : "",
+                         "num_threads", BLAS_FN(openblas_get_num_threads)());
+}
+
+static PyObject *cpu_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
+    CpuFeatures f = cpu_features();
+    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:i}", "avx2", f.avx2 ? Py_True : Py_False, "fma",
+                         f.fma ? Py_True : Py_False, "avx512f", f.avx512f ? Py_True : Py_False,
+                         "avx512_bf16", f.avx512_bf16 ? Py_True : Py_False, "amx_bf16",
+                         f.amx_bf16 ? Py_True : Py_False, "amx_tile", f.amx_tile ? Py_True : Py_False,
+                         "cpus", cpu_count_online());
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_num_threads", set_num_threads, METH_O, "Threads used by the engine (caller included)."},
+    {"get_num_threads", get_num_threads, METH_NOARGS, "Threads used by the engine."},
+    {"blas_info", blas_info, METH_NOARGS, "OpenBLAS configuration and kernel (core name)."},
+    {"cpu_info", cpu_info, METH_NOARGS, "CPU features detected at run time."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "covidx._core",
+    .m_doc = "covidx's C core: the ResNet50 inference engine.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    if (PyType_Ready(&EngineType) < 0) return NULL;
+    /* The engine parallelises itself; OpenBLAS runs single-threaded inside each task so the two
+     * never multiply (this is covidx's own OpenBLAS copy: NumPy's is not affected). */
+    BLAS_FN(openblas_set_num_threads)(1);
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m) return NULL;
+    Py_INCREF(&EngineType);
+    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
+        Py_DECREF(&EngineType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,233 @@
+/* resnet50.c: weights at load time, one buffer plan per input shape, and the forward pass. */
+#include "resnet50.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const int STAGE_FILTERS[4] = {64, 128, 256, 512};
+static const int STAGE_BLOCKS[4] = {3, 4, 6, 3};
+static const int STAGE_STRIDE[4] = {1, 2, 2, 2};
+
+void resnet50_conv_shapes(int variant, ConvShape *s) {
+    int i = 0, cin = 64;
+    s[i++] = (ConvShape){7, 3, 64, 2, 3};
+    for (int st = 0; st < 4; st++) {
+        int f = STAGE_FILTERS[st];
+        for (int b = 0; b < STAGE_BLOCKS[st]; b++) {
+            int stride = b == 0 ? STAGE_STRIDE[st] : 1;
+            int s1 = variant == VARIANT_V1 ? stride : 1, s2 = variant == VARIANT_V1 ? 1 : stride;
+            s[i++] = (ConvShape){1, cin, f, s1, 0};
+            s[i++] = (ConvShape){3, f, f, s2, 1};
+            s[i++] = (ConvShape){1, f, 4 * f, 1, 0};
+            if (b == 0) s[i++] = (ConvShape){1, cin, 4 * f, stride, 0};
+            cin = 4 * f;
+        }
+    }
+}
+
+void resnet50_conv_slots(Net *net, Conv **slots) {
+    int i = 0;
+    slots[i++] = &net->conv1;
+    for (int b = 0; b < RESNET50_NBLOCKS; b++) {
+        Block *bl = &net->blocks[b];
+        slots[i++] = &bl->c1;
+        slots[i++] = &bl->c2;
+        slots[i++] = &bl->c3;
+        bl->has_proj = b == 0 || b == 3 || b == 7 || b == 13; /* first block of each stage */
+        if (bl->has_proj) slots[i++] = &bl->proj;
+    }
+}
+
+int conv_fold_bn(Conv *c, const ConvShape *s, const float *kernel, const float *bias,
+                 const float *gamma, const float *beta, const float *mean, const float *var,
+                 double eps) {
+    size_t k = (size_t)s->k * s->k * s->cin;
+    c->kh = c->kw = s->k;
+    c->cin = s->cin;
+    c->cout = s->cout;
+    c->stride = s->stride;
+    c->pad = s->pad;
+    c->w = malloc(sizeof(float) * k * s->cout);
+    c->bias = malloc(sizeof(float) * s->cout);
+    if (!c->w || !c->bias) return -1;
+    for (int o = 0; o < s->cout; o++) {
+        double scale = (double)gamma[o] / sqrt((double)var[o] + eps);
+        double b = ((bias ? (double)bias[o] : 0.0) - mean[o]) * scale + beta[o];
+        if (!isfinite(scale) || !isfinite(b)) return -2;
+        c->bias[o] = (float)b;
+        for (size_t r = 0; r < k; r++) {
+            double v = (double)kernel[r * s->cout + o] * scale;
+            if (!isfinite(v)) return -2;
+            c->w[r * s->cout + o] = (float)v;
+        }
+    }
+    return 0;
+}
+
+int dense_init(DenseLayer *d, int cin, int cout, int act, const float *w, const float *bias) {
+    d->cin = cin;
+    d->cout = cout;
+    d->act = act;
+    d->w = malloc(sizeof(float) * (size_t)cin * cout);
+    d->bias = malloc(sizeof(float) * cout);
+    if (!d->w || !d->bias) return -1;
+    for (size_t i = 0; i < (size_t)cin * cout; i++)
+        if (!isfinite(w[i])) return -2;
+    for (int i = 0; i < cout; i++)
+        if (!isfinite(bias[i])) return -2;
+    memcpy(d->w, w, sizeof(float) * (size_t)cin * cout);
+    memcpy(d->bias, bias, sizeof(float) * cout);
+    return 0;
+}
+
+static void plan_free(Plan *p) {
+    for (int i = 0; i < 4; i++) free(p->act[i]);
+    free(p->scratch);
+    free(p->pooled);
+    free(p->hidden[0]);
+    free(p->hidden[1]);
+    memset(p, 0, sizeof(*p));
+}
+
+void net_free(Net *net) {
+    Conv *slots[RESNET50_NCONV];
+    resnet50_conv_slots(net, slots);
+    for (int i = 0; i < RESNET50_NCONV; i++) {
+        free(slots[i]->w);
+        free(slots[i]->bias);
+    }
+    for (int i = 0; i < net->nhead; i++) {
+        free(net->head[i].w);
+        free(net->head[i].bias);
+    }
+    plan_free(&net->plan);
+}
+
+void resnet50_feature_map_size(int variant, int h, int w, int *ho, int *wo) {
+    (void)variant; /* both variants downsample alike */
+    h = out_size(out_size(h, 7, 2, 3), 3, 2, 1);
+    w = out_size(out_size(w, 7, 2, 3), 3, 2, 1);
+    for (int st = 1; st < 4; st++) {
+        h = out_size(h, 1, 2, 0);
+        w = out_size(w, 1, 2, 0);
+    }
+    *ho = h;
+    *wo = w;
+}
+
+/* Walks the layer shapes for one image of h x w: the largest activation and im2col panel. */
+static void plan_sizes(Net *net, int n, int h, int w, size_t *act, size_t *scratch) {
+    size_t a = 0, s = 0;
+#define SEE_ACT(hh, ww, cc) a = (size_t)(hh) * (ww) * (cc) > a ? (size_t)(hh) * (ww) * (cc) : a
+#define SEE_CONV(conv, hh, ww) s = conv_scratch_floats(conv, n, hh, ww) > s ? conv_scratch_floats(conv, n, hh, ww) : s
+    SEE_CONV(&net->conv1, h, w);
+    h = out_size(h, 7, 2, 3), w = out_size(w, 7, 2, 3);
+    SEE_ACT(h, w, 64);
+    h = out_size(h, 3, 2, 1), w = out_size(w, 3, 2, 1);
+    for (int b = 0; b < RESNET50_NBLOCKS; b++) {
+        Block *bl = &net->blocks[b];
+        const Conv *cs[4] = {&bl->c1, &bl->c2, &bl->c3, &bl->proj};
+        int hh = h, ww = w;
+        for (int i = 0; i < 3; i++) {
+            SEE_CONV(cs[i], hh, ww);
+            hh = out_size(hh, cs[i]->kh, cs[i]->stride, cs[i]->pad);
+            ww = out_size(ww, cs[i]->kw, cs[i]->stride, cs[i]->pad);
+            SEE_ACT(hh, ww, cs[i]->cout);
+        }
+        if (bl->has_proj) SEE_CONV(&bl->proj, h, w);
+        h = hh, w = ww;
+    }
+#undef SEE_ACT
+#undef SEE_CONV
+    *act = a * n;
+    *scratch = s;
+}
+
+/* Makes sure the buffers fit a batch of n images of h x w: a plan for a larger batch of the same
+ * size is reused as it is. Returns 0, or -1 when out of memory. */
+static int plan_ensure(Net *net, int n, int h, int w) {
+    Plan *p = &net->plan;
+    if (p->act[0] && p->h == h && p->w == w && p->n >= n) return 0;
+    plan_free(p);
+    size_t act, scratch;
+    plan_sizes(net, n, h, w, &act, &scratch);
+    int units = 2048;
+    for (int i = 0; i < net->nhead; i++) units = net->head[i].cout > units ? net->head[i].cout : units;
+    for (int i = 0; i < 4; i++) p->act[i] = malloc(sizeof(float) * act);
+    p->scratch = malloc(sizeof(float) * (scratch ? scratch : 1));
+    p->pooled = malloc(sizeof(float) * (size_t)n * 2048);
+    p->hidden[0] = malloc(sizeof(float) * (size_t)n * units);
+    p->hidden[1] = malloc(sizeof(float) * (size_t)n * units);
+    int ok = p->scratch && p->pooled && p->hidden[0] && p->hidden[1];
+    for (int i = 0; i < 4; i++) ok = ok && p->act[i];
+    if (!ok) {
+        plan_free(p);
+        return -1;
+    }
+    p->n = n, p->h = h, p->w = w;
+    p->act_floats = act;
+    return 0;
+}
+
+/* One convolution, fast or plain. */
+static void run_conv(const Conv *c, const float *x, int n, int h, int w, float *out,
+                     const float *residual, int relu, float *scratch, int reference) {
+    if (reference)
+        conv2d_ref(c, x, n, h, w, out, residual, relu);
+    else
+        conv2d(c, x, n, h, w, out, residual, relu, scratch);
+}
+
+int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
+                     float *out) {
+    if (plan_ensure(net, n, h, w) != 0) return -1;
+    Plan *p = &net->plan;
+    float **buf = p->act;
+
+    /* stem: 7x7/2 conv + BN + ReLU (n, h/2, w/2, 64), then 3x3/2 max pool (n, h/4, w/4, 64) */
+    run_conv(&net->conv1, x, n, h, w, buf[0], NULL, 1, p->scratch, reference);
+    h = out_size(h, 7, 2, 3), w = out_size(w, 7, 2, 3);
+    maxpool2d(buf[0], n, h, w, 64, 3, 2, 1, buf[1]);
+    h = out_size(h, 3, 2, 1), w = out_size(w, 3, 2, 1);
+    int cur = 1, c = 64;
+
+    /* 16 bottleneck blocks: out = relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x)) */
+    for (int b = 0; b < RESNET50_NBLOCKS; b++) {
+        Block *bl = &net->blocks[b];
+        int t1 = (cur + 1) & 3, t2 = (cur + 2) & 3, sc = (cur + 3) & 3;
+        int h1 = out_size(h, 1, bl->c1.stride, 0), w1 = out_size(w, 1, bl->c1.stride, 0);
+        int h2 = out_size(h1, 3, bl->c2.stride, 1), w2 = out_size(w1, 3, bl->c2.stride, 1);
+        run_conv(&bl->c1, buf[cur], n, h, w, buf[t1], NULL, 1, p->scratch, reference);
+        run_conv(&bl->c2, buf[t1], n, h1, w1, buf[t2], NULL, 1, p->scratch, reference);
+        const float *shortcut = buf[cur];
+        if (bl->has_proj) {
+            run_conv(&bl->proj, buf[cur], n, h, w, buf[sc], NULL, 0, p->scratch, reference);
+            shortcut = buf[sc];
+        }
+        run_conv(&bl->c3, buf[t2], n, h2, w2, buf[t1], shortcut, 1, p->scratch, reference);
+        cur = t1, h = h2, w = w2, c = bl->c3.cout;
+    }
+    if (output == OUT_FEATURE_MAP || (net->pooling == POOL_NONE && output == OUT_HEAD)) {
+        memcpy(out, buf[cur], sizeof(float) * (size_t)n * h * w * c);
+        return 0;
+    }
+
+    /* global pooling (n, 2048), then the Dense head */
+    global_pool(buf[cur], n, h, w, c, net->pooling == POOL_MAX, p->pooled);
+    if (output == OUT_FEATURES || net->nhead == 0) {
+        memcpy(out, p->pooled, sizeof(float) * (size_t)n * c);
+        return 0;
+    }
+    const float *in = p->pooled;
+    for (int i = 0; i < net->nhead; i++) {
+        DenseLayer *d = &net->head[i];
+        float *dst = i == net->nhead - 1 ? out : p->hidden[i & 1];
+        if (reference)
+            dense_ref(in, n, d->cin, d->cout, d->w, d->bias, d->act, dst);
+        else
+            dense(in, n, d->cin, d->cout, d->w, d->bias, d->act, dst);
+        in = dst;
+    }
+    return 0;
+}

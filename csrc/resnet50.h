@@ -1,0 +1,78 @@
+/* resnet50.h: the network. A ResNet50 backbone (Keras v1: stride on the block's first 1x1 conv;
+ * or torchvision v1.5: stride on the 3x3 conv), a global pooling, and a head of Dense layers. */
+#ifndef COVIDX_RESNET50_H
+#define COVIDX_RESNET50_H
+
+#include <stddef.h>
+
+#include "layers.h"
+
+#define RESNET50_NCONV 53
+#define RESNET50_NBLOCKS 16
+#define MAX_DENSE 16
+
+enum Variant { VARIANT_V1 = 1, VARIANT_V1_5 = 2 };
+enum Pooling { POOL_NONE = 0, POOL_AVG = 1, POOL_MAX = 2 };
+enum Output { OUT_HEAD = 0, OUT_FEATURES = 1, OUT_FEATURE_MAP = 2 };
+
+/* Shape of one convolution, in canonical order: conv1, then per block _1, _2, _3, [_0]. */
+typedef struct {
+    int k, cin, cout, stride, pad;
+} ConvShape;
+
+typedef struct {
+    Conv c1, c2, c3, proj;
+    int has_proj;
+} Block;
+
+typedef struct {
+    int cin, cout, act;
+    float *w, *bias; /* (cin, cout), (cout) */
+} DenseLayer;
+
+/* Activation buffers for one (batch, height, width); reused by every call that fits. */
+typedef struct {
+    int n, h, w;
+    float *act[4];   /* rotating block buffers, each act_floats */
+    size_t act_floats;
+    float *scratch;  /* im2col panel */
+    float *pooled;   /* (n, 2048) */
+    float *hidden[2];
+} Plan;
+
+typedef struct {
+    int variant, pooling;
+    Conv conv1;
+    Block blocks[RESNET50_NBLOCKS];
+    DenseLayer head[MAX_DENSE];
+    int nhead;
+    Plan plan;
+} Net;
+
+/* Fills shapes[RESNET50_NCONV] for the variant. */
+void resnet50_conv_shapes(int variant, ConvShape *shapes);
+/* The blocks' owning Conv structs in canonical order (pointers into net). */
+void resnet50_conv_slots(Net *net, Conv **slots);
+
+/* Folds batchnorm into a convolution, in double precision:
+ *   w' = w * gamma / sqrt(var + eps),  b' = (b - mean) * gamma / sqrt(var + eps) + beta.
+ * kernel is HWIO (k, k, cin, cout); bias may be NULL (no conv bias). Returns 0, -1 when out of
+ * memory, -2 when a folded value is not finite. */
+int conv_fold_bn(Conv *c, const ConvShape *s, const float *kernel, const float *bias,
+                 const float *gamma, const float *beta, const float *mean, const float *var,
+                 double eps);
+/* Copies a Dense layer; returns 0, -1 when out of memory, -2 on a non-finite value. */
+int dense_init(DenseLayer *d, int cin, int cout, int act, const float *w, const float *bias);
+
+void net_free(Net *net);
+
+/* Output size of the final feature map for an input h x w. */
+void resnet50_feature_map_size(int variant, int h, int w, int *ho, int *wo);
+
+/* x (n, h, w, 3) -> out: OUT_HEAD (n, units of the last Dense layer, or 2048 without a head),
+ * OUT_FEATURES (n, 2048) pooled, OUT_FEATURE_MAP (n, ho, wo, 2048). reference != 0 runs the
+ * plain layers. Returns 0, or -1 when the buffers cannot be allocated. */
+int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
+                     float *out);
+
+#endif

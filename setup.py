@@ -1,0 +1,80 @@
+"""Builds covidx._core against OpenBLAS.
+
+By default OpenBLAS comes from the PyPI wheel scipy-openblas32 (a build requirement): the extension
+links against its library and a copy of that library is placed in covidx/_libs/, found at run time
+through an $ORIGIN rpath, so the installed package needs neither the wheel nor a system OpenBLAS.
+
+COVIDX_BLAS=system links the system OpenBLAS instead (-lopenblas, unprefixed symbols).
+COVIDX_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer (for tests only).
+"""
+import os
+import shutil
+
+import numpy
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+SOURCES = ["csrc/module.c", "csrc/resnet50.c", "csrc/layers.c", "csrc/layers_ref.c",
+           "csrc/threadpool.c", "csrc/cpu.c"]
+CFLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing", "-fvisibility=hidden"]
+LDFLAGS = ["-pthread"]
+
+
+def blas_settings():
+    if os.environ.get("COVIDX_BLAS", "scipy-openblas") == "system":
+        return {"libraries": ["openblas"], "macros": [], "vendor": None}
+    import scipy_openblas32
+
+    lib_dir = scipy_openblas32.get_lib_dir()
+    return {
+        "libraries": [scipy_openblas32.get_library()],
+        "library_dirs": [lib_dir],
+        "macros": [("COVIDX_BLAS_PREFIX", "scipy_")],
+        "vendor": os.path.join(lib_dir, "lib%s.so" % scipy_openblas32.get_library()),
+    }
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        blas = blas_settings()
+        for ext in self.extensions:
+            ext.libraries += blas["libraries"]
+            ext.library_dirs += blas.get("library_dirs", [])
+            ext.define_macros += blas["macros"]
+            if blas["vendor"]:
+                ext.extra_link_args += ["-Wl,-rpath,$ORIGIN/_libs"]
+            if os.environ.get("COVIDX_SANITIZE") == "1":
+                san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+                ext.extra_compile_args += san
+                ext.extra_link_args += san
+        super().build_extensions()
+        self.vendor = blas["vendor"]
+        self.copy_vendored_blas()
+
+    def run(self):
+        super().run()  # with --inplace, builds in build/ and then copies the extension over
+        if self.inplace:
+            self.copy_vendored_blas()
+
+    def copy_vendored_blas(self):
+        """Puts the OpenBLAS library beside the extension, in _libs/ (its rpath is $ORIGIN/_libs)."""
+        if getattr(self, "vendor", None):
+            for ext in self.extensions:
+                libs = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_libs")
+                os.makedirs(libs, exist_ok=True)
+                shutil.copy2(self.vendor, libs)
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "covidx._core",
+            sources=SOURCES,
+            include_dirs=[numpy.get_include(), "csrc"],
+            define_macros=[("NPY_TARGET_VERSION", "NPY_1_21_API_VERSION")],
+            extra_compile_args=CFLAGS,
+            extra_link_args=LDFLAGS,
+        )
+    ],
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,0 +1,87 @@
+"""covidx against an independent PyTorch ResNet50 with identical random weights.
+
+The reference runs in float64, so it is exact to about 1e-12 and the tolerances measure covidx's
+own float32 error (PyTorch's float32 result itself differs from exact by up to 2e-5)."""
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import covidx  # noqa: E402
+from conftest import ARTICLES_HEAD, SIGMOID_HEAD  # noqa: E402
+from covidx.applications.resnet50 import ResNet50, preprocess_input  # noqa: E402
+from covidx.data import sample_files  # noqa: E402
+from covidx.preprocessing.image import img_to_array, load_img  # noqa: E402
+from torch_reference import calibrated_model  # noqa: E402
+
+torch.set_num_threads(2)
+CASES = [("v1", "articles"), ("v1", "sigmoid"), ("v1.5", "articles"), ("v1.5", "sigmoid")]
+
+
+def build_pair(variant, head_kind, seed, size=(224, 224)):
+    """The torch reference (batchnorm statistics from the mirrored X-rays) and covidx, same weights."""
+    head = ARTICLES_HEAD if head_kind == "articles" else SIGMOID_HEAD
+    ref = calibrated_model(variant, head, seed, torch.from_numpy(np.ascontiguousarray(xrays(*size, flip=True))))
+    if head_kind == "articles":
+        model = ResNet50(weights=None, classes=2, head=(1024, 1024, 1024, 512), variant=variant)
+        names = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
+    else:
+        model = ResNet50(weights=None, classes=1, classifier_activation="sigmoid", variant=variant)
+        names = ["predictions"]
+    weights = ref.keras_weights(names)
+    model.set_weights([weights[k] for k in model._weight_keys()])
+    return ref, model
+
+
+def xrays(h, w, flip=False):
+    """The 8 bundled sample chest X-rays at h x w (nearest resizing, as Keras), caffe-preprocessed."""
+    x = np.stack([img_to_array(load_img(p, target_size=(h, w))) for p, _ in sample_files()])
+    return np.ascontiguousarray(preprocess_input(x[:, :, ::-1] if flip else x))
+
+
+@pytest.mark.parametrize("variant,head_kind", CASES)
+@pytest.mark.parametrize("size", [(224, 224), (97, 131)])
+def test_matches_torch(variant, head_kind, size):
+    ref, model = build_pair(variant, head_kind, seed=CASES.index((variant, head_kind)), size=size)
+    x = xrays(*size)
+    ref64 = copy.deepcopy(ref).double()
+    with torch.no_grad():
+        want = ref64(torch.from_numpy(x).double()).numpy()
+        want_feat = ref64.features(torch.from_numpy(x).double()).numpy()
+    # the reference must be far from saturation and its outputs must vary, or the comparison
+    # would prove little
+    assert 0.02 < want.min() and want.max() < 0.98, want
+    assert want[:, 0].std() > 0.02, want
+    for batch in (1, 3, 8):
+        got = model.predict(x[:batch])
+        assert got.shape == want[:batch].shape
+        assert np.abs(got - want[:batch]).max() <= 1e-5
+        feat = model.features(x[:batch])
+        scale = np.abs(want_feat[:batch]).max()
+        assert np.abs(feat - want_feat[:batch]).max() <= 1e-4 * scale
+
+
+def test_thread_counts_give_identical_outputs():
+    _, model = build_pair("v1", "articles", seed=3)
+    x = xrays(224, 224)[:3]
+    covidx.set_num_threads(1)
+    one = model.predict(x)
+    covidx.set_num_threads(2)
+    two = model.predict(x)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_issue_example_runs_and_round_trips(tmp_path):
+    model = ResNet50(include_top=True, weights=None, classes=2, classifier_activation="softmax",
+                     head=(1024, 1024, 1024, 512))
+    model.set_weights(model.get_weights())
+    x = preprocess_input(np.random.rand(8, 224, 224, 3).astype("float32") * 255)
+    before = model.predict(x)
+    model.save(tmp_path / "m.safetensors")
+    loaded = covidx.load_model(tmp_path / "m.safetensors")
+    probs = loaded.predict(x)
+    np.testing.assert_array_equal(before, probs)
+    assert probs.shape == (8, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
