@@ -44,7 +44,8 @@ class BuildExt(build_ext):
             if blas["vendor"]:
                 ext.extra_link_args += ["-Wl,-rpath,$ORIGIN/_libs"]
             if os.environ.get("COVIDX_SANITIZE") == "1":
-                san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+                san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                       "-fno-omit-frame-pointer", "-g", "-O1"]
                 ext.extra_compile_args += san
                 ext.extra_link_args += san
         super().build_extensions()

@@ -1,0 +1,103 @@
+"""covidx's native model files: round trips and refusal of broken files."""
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import covidx
+from covidx import safetensors_io
+from covidx.applications.resnet50 import ResNet50
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = ResNet50(weights=None, classes=2, head=(32,), class_names=["COV19", "Normal"],
+                     preprocessing={"rescale": 1 / 255}, seed=5)
+    path = tmp_path_factory.mktemp("m") / "m.safetensors"
+    model.save(path)
+    return model, path
+
+
+def x():
+    return np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+
+
+def test_round_trip_keeps_everything(saved):
+    model, path = saved
+    loaded = covidx.load_model(path)
+    assert loaded.class_names == ["COV19", "Normal"]
+    assert loaded.preprocessing == {"rescale": 1 / 255}
+    assert loaded.architecture == model.architecture
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.predict(x()), model.predict(x()))
+    tensors, meta = safetensors_io.load(path)
+    assert meta["format"] == "covidx" and meta["format_version"] == "1"
+    assert tensors["conv1_conv/kernel"].shape == (7, 7, 3, 64)
+
+
+def test_float16_files(saved, tmp_path):
+    model, _ = saved
+    model.save(tmp_path / "h.safetensors", dtype="float16")
+    loaded = covidx.load_model(tmp_path / "h.safetensors")
+    want = [w.astype(np.float16).astype(np.float32) for w in model.get_weights()]
+    for a, b in zip(want, loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_truncated_file_is_refused(saved, tmp_path):
+    _, path = saved
+    data = path.read_bytes()
+    for cut in (4, 100, len(data) // 2, len(data) - 1):
+        bad = tmp_path / ("cut%d.safetensors" % cut)
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="cut%d.safetensors" % cut):
+            covidx.load_model(bad)
+
+
+def write_raw(path, header, payload=b""):
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + payload)
+
+
+@pytest.mark.parametrize("header,payload,words", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, "bytes for shape"),
+    ({"a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8, "unsupported dtype"),
+    ({"a": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4]}}, b"\0" * 4, "bad shape"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+      "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}}, b"\0" * 8, "overlap"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "not a covidx model"),
+    ({"__metadata__": {"format": "covidx", "format_version": "1", "architecture": "{"}}, b"", "not valid JSON"),
+    ({"__metadata__": {"format": "covidx", "format_version": "9"}}, b"", "newer"),
+    ({"__metadata__": {"format": "covidx", "format_version": "1",
+                       "architecture": json.dumps({"family": "vgg16"})}}, b"", "only 'resnet50'"),
+])
+def test_inconsistent_files_are_refused(tmp_path, header, payload, words):
+    path = tmp_path / "bad.safetensors"
+    write_raw(path, header, payload)
+    with pytest.raises(ValueError, match=words):
+        covidx.load_model(path)
+
+
+def test_missing_weights_are_named(saved, tmp_path):
+    model, path = saved
+    tensors, meta = safetensors_io.load(path)
+    del tensors["conv3_block2_2_bn/gamma"]
+    safetensors_io.save(tmp_path / "missing.safetensors", tensors, meta)
+    with pytest.raises(ValueError, match="conv3_block2_2_bn/gamma"):
+        covidx.load_model(tmp_path / "missing.safetensors")
+
+
+def test_header_length_beyond_file(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", 1 << 60) + b"{}")
+    with pytest.raises(ValueError, match="does not fit"):
+        covidx.load_model(path)
+
+
+def test_not_a_file():
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        covidx.load_model("/nonexistent/model.safetensors")
+    with pytest.raises(FileNotFoundError):
+        covidx.load_model()
