@@ -15,9 +15,14 @@
 #include "blas.h"
 #include "threadpool.h"
 
-#define CHUNK_BYTES (4u << 20) /* im2col panel (or output block) per chunk: about L2/L3-sized */
+#ifndef CHUNK_BYTES
+#define CHUNK_BYTES (8u << 20) /* im2col panel (or output block) per chunk: about L3-sized */
+#endif
 #define MIN_CHUNK_ROWS 256
-#define TASK_FLOPS 64e6 /* GEMM work per task: coarse enough to amortise OpenBLAS packing */
+#ifndef TASK_FLOPS
+#define TASK_FLOPS 256e6 /* GEMM work per task: coarse enough to amortise OpenBLAS packing */
+#endif
+#define MIN_TASKS 2 /* split even small GEMMs so that two cores share them */
 #define MAX_TASKS 64
 
 static int needs_im2col(const Conv *c) { return !(c->kh == 1 && c->kw == 1 && c->stride == 1 && c->pad == 0); }
@@ -121,7 +126,8 @@ static void gemm_task(void *arg, int t) {
 static void gemm_epilogue(Gemm *g) {
     double flops = 2.0 * g->rows * g->k * g->cout;
     int ntasks = (int)ceil(flops / TASK_FLOPS);
-    if (ntasks > 1) ntasks += ntasks & 1;
+    if (ntasks < MIN_TASKS) ntasks = MIN_TASKS;
+    ntasks += ntasks & 1;
     if (ntasks > MAX_TASKS) ntasks = MAX_TASKS;
     int max_row_tasks = g->rows / 16 > 0 ? g->rows / 16 : 1;
     int max_col_tasks = g->cout / 16 > 0 ? g->cout / 16 : 1;

@@ -25,6 +25,10 @@
 
 static pthread_mutex_t g_compute = PTHREAD_MUTEX_INITIALIZER;
 
+/* fork() waits for a running forward pass to finish, so the child never inherits the lock held. */
+static void fork_prepare(void) { pthread_mutex_lock(&g_compute); }
+static void fork_release(void) { pthread_mutex_unlock(&g_compute); }
+
 typedef struct {
     PyObject_HEAD
     Net net;
@@ -329,6 +333,10 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
     if (PyType_Ready(&EngineType) < 0) return NULL;
+    if (pthread_atfork(fork_prepare, fork_release, fork_release) != 0) {
+        PyErr_SetString(PyExc_OSError, "covidx: pthread_atfork failed");
+        return NULL;
+    }
     /* The engine parallelises itself; OpenBLAS runs single-threaded inside each task so the two
      * never multiply (this is covidx's own OpenBLAS copy: NumPy's is not affected). */
     BLAS_FN(openblas_set_num_threads)(1);

@@ -193,3 +193,28 @@ def test_kernel_warning_rules():
     assert kernel_warning("SkylakeX", spr) is None
     assert kernel_warning("Haswell", zen) is None
     assert kernel_warning("Prescott", zen) is not None
+
+
+def test_model_works_after_fork(model):
+    import io
+    import os
+
+    x = noise(2, 48, 48)
+    want = model.predict(x)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the engine's threads are gone after fork and must start anew
+        code = 1
+        try:
+            buf = io.BytesIO()
+            np.save(buf, model.predict(x))
+            os.write(write, buf.getvalue())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    np.testing.assert_array_equal(np.load(io.BytesIO(data)), want)
