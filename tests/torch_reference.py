@@ -128,7 +128,7 @@ def calibrated_model(variant, head, seed, calibration_images):
         if len(model.head):
             # A well-conditioned head, like a trained one: He-initialised hidden layers; a last
             # layer with no component along the mean of its inputs (no large common term
-            # cancelling against the bias), scaled so its outputs spread with std 0.25 and centred.
+            # cancelling against the bias), scaled so its outputs spread with std 0.125 and centred.
             for layer in model.head:
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
                 layer.bias.zero_()
@@ -139,7 +139,7 @@ def calibrated_model(variant, head, seed, calibration_images):
             mu = inputs.mean(dim=0)
             last.weight -= torch.outer(last.weight @ mu, mu) / (mu @ mu)
             logits = inputs @ last.weight.T
-            scale = 4.0 * float(logits.std()) + 1e-6
+            scale = 8.0 * float(logits.std()) + 1e-6
             last.weight /= scale
             last.bias.copy_(-logits.mean(dim=0) / scale)
     return model

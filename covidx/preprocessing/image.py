@@ -36,7 +36,8 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", 
                 crop_w = min(img.width, int(img.height * width / height))
                 top, left = (img.height - crop_h) // 2, (img.width - crop_w) // 2
                 img = img.crop((left, top, left + crop_w, top + crop_h))
-            img = img.resize((width, height), getattr(Image.Resampling, interpolation.upper()))
+            filters = getattr(Image, "Resampling", Image)  # Pillow < 9.1 has the names on Image
+            img = img.resize((width, height), getattr(filters, interpolation.upper()))
     return img
 
 
