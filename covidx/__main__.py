@@ -29,16 +29,6 @@ def default_model():
         return model, False
 
 
-def preprocess(x, preprocessing):
-    if isinstance(preprocessing, dict) and "rescale" in preprocessing:
-        return x * np.float32(preprocessing["rescale"])
-    if preprocessing in ("caffe", "tf", "torch"):
-        from covidx.applications.resnet50 import preprocess_input
-
-        return preprocess_input(x, mode=preprocessing)
-    return x
-
-
 def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     command = args[0] if args else "samples"
@@ -63,7 +53,7 @@ def evaluate_samples():
               "      so the predictions below are meaningless; they only show the pipeline working.")
     files = sample_files()
     x = np.stack([img_to_array(load_img(p, target_size=(224, 224))) for p, _ in files])
-    x = preprocess(x, model.preprocessing)
+    x = model.preprocess(x)
     start = time.perf_counter()
     probs = model.predict(x)
     seconds = time.perf_counter() - start

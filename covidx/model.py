@@ -160,6 +160,21 @@ class Model:
         """Outputs from the plain C layers (direct loops, double accumulators): slow; for checks."""
         return self._engine.forward(_as_images(x), output=0, reference=True)
 
+    def preprocess(self, x):
+        """Applies the preprocessing recorded with this model to raw 0-255 RGB images (batch, h, w, 3).
+        covidx calls it only where it reads image files itself; predict never does."""
+        p = self.preprocessing
+        if p is None:
+            return x
+        if isinstance(p, dict) and set(p) == {"rescale"}:
+            return np.asarray(x, dtype=np.float32) * np.float32(p["rescale"])
+        if p in ("caffe", "tf", "torch"):
+            from .applications.resnet50 import preprocess_input
+
+            return preprocess_input(np.array(x, dtype=np.float32), mode=p)
+        raise ValueError("model %r: unknown preprocessing %r (expected 'caffe', 'tf', 'torch', "
+                         "{'rescale': factor} or None)" % (self.name, p))
+
     # --- files -----------------------------------------------------------------------------------
 
     def save(self, path, dtype="float32"):

@@ -101,3 +101,16 @@ def test_not_a_file():
         covidx.load_model("/nonexistent/model.safetensors")
     with pytest.raises(FileNotFoundError):
         covidx.load_model()
+
+
+def test_recorded_preprocessing_is_applied(saved):
+    model, _ = saved
+    raw = np.full((1, 2, 2, 3), 255.0, np.float32)
+    np.testing.assert_allclose(model.preprocess(raw), 1.0, rtol=1e-6)
+    caffe = ResNet50(weights=None, include_top=False, pooling="avg", seed=0)  # default: 'caffe'
+    np.testing.assert_allclose(caffe.preprocess(raw)[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68],
+                               rtol=1e-6)
+    assert raw[0, 0, 0, 0] == 255.0  # the caller's array is left alone
+    caffe.preprocessing = "imagenet?"
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        caffe.preprocess(raw)
