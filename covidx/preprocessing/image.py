@@ -1,51 +1,186 @@
-"""Image files to arrays, as keras.preprocessing.image does it (PIL; nearest-neighbour resizing
-by default)."""
+"""Image files to arrays, as keras.preprocessing.image does it: Pillow decodes and converts,
+nearest-neighbour resizing by default, no EXIF rotation, 16-bit grey clipped when converted to RGB.
+
+`xray=True` is covidx's opt-in for radiographs: EXIF orientation is applied and 16-bit greyscale
+images are scaled from their full value range to 8 bits instead of being clipped."""
 from __future__ import annotations
 
+import io
 import os
+import pathlib
+import warnings
 
 import numpy as np
 
+# Pillow's filter constants by Keras's names (Pillow < 9.1 has them on Image itself).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
+COLOR_MODES = ("grayscale", "rgb", "rgba")
 
 
-def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", keep_aspect_ratio=False):
-    """Loads an image file as a PIL image: color_mode 'rgb', 'rgba' or 'grayscale'; target_size
-    (height, width) resizes with the named PIL filter."""
-    from PIL import Image, UnidentifiedImageError
+class ImageFileError(ValueError):
+    """An image file that cannot be decoded. `.path` names the file and `.reason` says why."""
 
-    if color_mode not in ("rgb", "rgba", "grayscale"):
-        raise ValueError("color_mode: expected 'rgb', 'rgba' or 'grayscale', got %r" % (color_mode,))
+    def __init__(self, path, reason):
+        self.path, self.reason = path, reason
+        super().__init__("%s: cannot read image (%s)" % (path, reason))
+
+
+def _resample(interpolation):
+    from PIL import Image
+
     if interpolation not in INTERPOLATIONS:
-        raise ValueError("interpolation: expected one of %s, got %r" % (", ".join(INTERPOLATIONS), interpolation))
-    path = os.fspath(path)
+        raise ValueError("Invalid interpolation method %s specified. Supported methods are %s"
+                         % (interpolation, ", ".join(INTERPOLATIONS)))
+    return getattr(getattr(Image, "Resampling", Image), interpolation.upper())
+
+
+def _open(path):
+    """(PIL image, display name); the file is read whole first, as Keras does."""
+    from PIL import Image
+
+    if isinstance(path, io.BytesIO):
+        name, data = "<BytesIO>", path
+    elif isinstance(path, (str, bytes, pathlib.Path)):
+        if isinstance(path, pathlib.Path):
+            path = str(path.resolve())
+        name = os.fsdecode(path)
+        try:
+            with open(path, "rb") as f:
+                data = io.BytesIO(f.read())
+        except IsADirectoryError:
+            raise ImageFileError(name, "it is a directory") from None
+        except FileNotFoundError:
+            raise FileNotFoundError("no such image file: %s" % name) from None
+        except PermissionError:
+            raise PermissionError("permission denied reading image file: %s" % name) from None
+        except OSError as e:
+            raise ImageFileError(name, e.strerror or str(e)) from None
+    else:
+        raise TypeError("path should be path-like or io.BytesIO, not %s" % type(path))
     try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError("%s: cannot read image (%s)" % (path, e)) from None
-    mode = {"rgb": "RGB", "rgba": "RGBA", "grayscale": "L"}[color_mode]
-    if img.mode != mode:
-        img = img.convert(mode)
-    if target_size is not None:
-        height, width = target_size
-        if (img.width, img.height) != (width, height):
-            if keep_aspect_ratio:
-                crop_h = min(img.height, int(img.width * height / width))
-                crop_w = min(img.width, int(img.height * width / height))
-                top, left = (img.height - crop_h) // 2, (img.width - crop_w) // 2
-                img = img.crop((left, top, left + crop_w, top + crop_h))
-            filters = getattr(Image, "Resampling", Image)  # Pillow < 9.1 has the names on Image
-            img = img.resize((width, height), getattr(filters, interpolation.upper()))
+        img = Image.open(data)
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise ImageFileError(name, "decompression bomb refused: %s" % e) from None
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error...)
+        if isinstance(e, MemoryError):
+            raise
+        reason = "zero-byte file" if data.getbuffer().nbytes == 0 else "%s: %s" % (type(e).__name__, e)
+        raise ImageFileError(name, reason) from None
+    return img, name
+
+
+def _sixteen_bit_to_8(img):
+    """A 16-bit (or 32-bit integer) greyscale image scaled from its own min..max to 8 bits."""
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    scaled = np.zeros(a.shape, np.uint8) if hi <= lo else np.floor((a - lo) * (255.0 / (hi - lo)) + 0.5)
+    return Image.fromarray(np.asarray(scaled, dtype=np.uint8), "L")
+
+
+def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", keep_aspect_ratio=False, *,
+             grayscale=False, xray=False):
+    """Loads an image file (path or io.BytesIO) into a PIL image, as keras.utils.load_img.
+
+    color_mode: 'grayscale' (L, or 16/32-bit grey kept as it is), 'rgb' or 'rgba'.
+    target_size: (height, width) or None; interpolation: a Keras/Pillow filter name.
+    keep_aspect_ratio: centre-crop to the target aspect ratio before resizing.
+    grayscale: the old Keras spelling of color_mode='grayscale'.
+    xray: covidx's opt-in corrections for radiographs (EXIF orientation; 16-bit grey scaled from its
+        full range instead of clipped). Off by default, for parity with Keras."""
+    if grayscale:
+        warnings.warn("grayscale is deprecated. Please use color_mode = 'grayscale'")
+        color_mode = "grayscale"
+    if color_mode not in COLOR_MODES:
+        raise ValueError('color_mode must be "grayscale", "rgb", or "rgba"')
+    img, name = _open(path)
+    try:
+        if xray:
+            from PIL import ImageOps
+
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I") and color_mode != "grayscale":
+                img = _sixteen_bit_to_8(img)
+        if color_mode == "grayscale":
+            if img.mode not in ("L", "I;16", "I"):
+                img = img.convert("L")
+        elif color_mode == "rgba":
+            if img.mode != "RGBA":
+                img = img.convert("RGBA")
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
+        if target_size is not None:
+            size = (int(target_size[1]), int(target_size[0]))  # PIL wants (width, height)
+            if img.size != size:
+                resample = _resample(interpolation)
+                if keep_aspect_ratio:
+                    w, h = img.size
+                    crop_h = min(h, (w * size[1]) // size[0])
+                    crop_w = min(w, (h * size[0]) // size[1])
+                    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+                    img = img.resize(size, resample, box=[left, top, left + crop_w, top + crop_h])
+                else:
+                    img = img.resize(size, resample)
+    except (ValueError, TypeError):
+        raise
+    except Exception as e:  # a decoder that succeeded in load() but fails on conversion
+        if isinstance(e, MemoryError):
+            raise
+        raise ImageFileError(name, "%s: %s" % (type(e).__name__, e)) from None
     return img
 
 
-def img_to_array(img, data_format=None, dtype="float32"):
-    """A PIL image as a (height, width, channels) array."""
-    x = np.asarray(img, dtype=dtype)
-    if x.ndim == 2:
-        x = x[:, :, None]
-    if data_format == "channels_first":
-        x = x.transpose(2, 0, 1)
+def img_to_array(img, data_format=None, dtype=None):
+    """A PIL image as a float32 (height, width, channels) array (channels first if asked); values
+    are not scaled."""
+    x = np.asarray(img, dtype=dtype or "float32")
+    if x.ndim == 3:
+        if data_format == "channels_first":
+            x = x.transpose(2, 0, 1)
+    elif x.ndim == 2:
+        x = x.reshape((1,) + x.shape) if data_format == "channels_first" else x.reshape(x.shape + (1,))
+    else:
+        raise ValueError("Unsupported image shape: %s" % (x.shape,))
     return x
+
+
+def array_to_img(x, data_format=None, scale=True, dtype=None):
+    """A (height, width, channels) array as a PIL image; scale=True maps its min..max to 0..255."""
+    from PIL import Image
+
+    x = np.asarray(x, dtype=dtype or "float32")
+    if x.ndim != 3:
+        raise ValueError("Expected image array to have rank 3 (single image). Got array with shape: %s" % (x.shape,))
+    if data_format == "channels_first":
+        x = x.transpose(1, 2, 0)
+    if scale:
+        x = x - np.min(x)
+        x_max = np.max(x)
+        if x_max != 0:
+            x /= x_max
+        x *= 255
+    channels = x.shape[2]
+    if channels == 4:
+        return Image.fromarray(x.astype("uint8"), "RGBA")
+    if channels == 3:
+        return Image.fromarray(x.astype("uint8"), "RGB")
+    if channels == 1:
+        if np.max(x) > 255:
+            return Image.fromarray(x[:, :, 0].astype("int32"), "I")
+        return Image.fromarray(x[:, :, 0].astype("uint8"), "L")
+    raise ValueError("Unsupported channel number: %d" % channels)
+
+
+def save_img(path, x, data_format=None, file_format=None, scale=True, **kwargs):
+    """Saves an image array to a file (Pillow picks the format from the name unless given)."""
+    img = array_to_img(x, data_format=data_format, scale=scale)
+    if img.mode == "RGBA" and (file_format == "jpg" or file_format == "jpeg"):
+        warnings.warn("The JPG format does not support RGBA images, converting to RGB.")
+        img = img.convert("RGB")
+    img.save(path, format=file_format, **kwargs)
+
+
+from .generator import ImageDataGenerator, apply_affine_transform, apply_brightness_shift, apply_channel_shift  # noqa: E402,F401
+from .iterators import DirectoryIterator, Iterator, NumpyArrayIterator  # noqa: E402,F401
