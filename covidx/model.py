@@ -6,7 +6,10 @@ import os
 
 import numpy as np
 
-from . import _core, architecture, safetensors_io
+from . import _core, architecture, evaluation, layer_table, safetensors_io
+from . import losses as losses_mod
+from . import metrics as metrics_mod
+from .progbar import Progbar
 
 FORMAT = "covidx"
 FORMAT_VERSION = 1
@@ -35,6 +38,13 @@ def _as_images(x, name="x"):
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _check_legacy_kwargs(method, kwargs):
+    """Keras 2's max_queue_size/workers/use_multiprocessing are accepted and ignored."""
+    unknown = set(kwargs) - {"max_queue_size", "workers", "use_multiprocessing"}
+    if unknown:
+        raise TypeError("%s() got unexpected keyword argument(s): %s" % (method, ", ".join(sorted(unknown))))
+
+
 class Model:
     """A ResNet50 backbone, global pooling and a Dense head, run by covidx's C engine.
 
@@ -48,6 +58,10 @@ class Model:
         if self.class_names is not None and len(self.class_names) != self.output_shape[-1]:
             raise ValueError("class_names: %d names for %d outputs" % (len(self.class_names), self.output_shape[-1]))
         self.preprocessing = preprocessing
+        self._compiled = None
+        self.optimizer = None
+        self._layers = None
+        self._input_shape = (224, 224, 3) if self.architecture["pooling"] is not None else (None, None, 3)
         self._weights = {}
         self._engine = None
         self._set_named_weights(weights)
@@ -128,20 +142,133 @@ class Model:
 
     # --- inference -------------------------------------------------------------------------------
 
-    def _run(self, x, batch_size, output):
+    def _run(self, x, batch_size, output, verbose=0):
         x = _as_images(x)
         if batch_size is None:
             batch_size = 32
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
-        parts = [self._engine.forward(x[i:i + batch_size], output=OUTPUTS[output])
-                 for i in range(0, x.shape[0], batch_size)]
+        steps = (x.shape[0] + batch_size - 1) // batch_size
+        bar = Progbar(steps, verbose=verbose) if verbose else None
+        parts = []
+        for i in range(steps):
+            parts.append(self._engine.forward(x[i * batch_size:(i + 1) * batch_size], output=OUTPUTS[output]))
+            if bar:
+                bar.update(i + 1, [], finalize=i + 1 == steps)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def predict(self, x, batch_size=None, verbose=0, steps=None, callbacks=None):
-        """Outputs for a batch of images (batch, height, width, 3), exactly as given: no
-        preprocessing is applied, as in Keras. Runs in chunks of batch_size (default 32)."""
-        return self._run(x, batch_size, "head")
+    def _forward(self, x, output="head"):
+        return self._engine.forward(_as_images(x), output=OUTPUTS[output])
+
+    def _output_tail(self, output, input_shape):
+        """The per-sample output shape for images of input_shape (batch, h, w, 3)."""
+        if output == "head":
+            return self.output_shape[1:] if self.architecture["pooling"] is not None else \
+                self._output_tail("feature_map", input_shape)
+        if output == "features":
+            return (2048,)
+        h, w = input_shape[1], input_shape[2]
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # conv1
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # pool1
+        for _ in range(3):  # the stride-2 stages
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        return (h, w, 2048)
+
+    def _is_array(self, x):
+        return isinstance(x, (np.ndarray, list)) or (isinstance(x, tuple) and not evaluation.is_sequence(x))
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, **kwargs):
+        """Outputs for images: an array (batch, height, width, 3), used exactly as given (no
+        preprocessing, as in Keras), or an image iterator/generator, whose batches are loaded in
+        the background while the engine computes. verbose: 'auto' (=1), 0, 1 or 2.
+
+        With an iterator made with on_error='skip', rows of unreadable files are NaN, so the rows
+        stay aligned with the iterator's order."""
+        _check_legacy_kwargs("predict", kwargs)
+        verbose = 1 if verbose == "auto" else verbose
+        if self._is_array(x):
+            out = self._run(x, batch_size, "head", verbose)
+            return out if steps is None else out[:steps * (batch_size or 32)]
+        return evaluation.predict(self, x, batch_size, verbose, steps, "head")
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False, **kwargs):
+        """Keras's evaluate: the compiled loss and metrics averaged per sample over the data (an
+        image iterator, a generator, or arrays x, y). Returns [loss, metric, ...] (a float when
+        there is no metric) or a dict with return_dict=True. Folder labels are aligned with the
+        model's classes by name (e.g. 'COVID-19' -> 'COV19'), and covidx says so once."""
+        _check_legacy_kwargs("evaluate", kwargs)
+        if x is None:
+            raise ValueError("evaluate: no data given (x)")
+        return evaluation.evaluate(self, x, y, batch_size, verbose, sample_weight, steps, return_dict)
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
+                run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True, **kwargs):
+        """Keras's compile: keeps the optimizer (used by fit) and resolves the loss and metrics
+        ('accuracy'/'acc', 'AUC', 'precision', 'recall', or covidx.metrics objects)."""
+        if loss is None:
+            raise ValueError("compile: a loss is needed, e.g. loss='categorical_crossentropy'")
+        if metrics is None:
+            metrics = []
+        if isinstance(metrics, (str, metrics_mod.Metric)):
+            metrics = [metrics]
+        if isinstance(metrics, dict):
+            raise ValueError("compile: metrics per output are not supported (covidx models have one output)")
+        self._compiled = {"optimizer": optimizer, "loss": losses_mod.get(loss),
+                          "metrics": [metrics_mod.get(m) for m in metrics],
+                          "config": {"loss": loss if isinstance(loss, str) else None,
+                                     "metrics": [m for m in metrics if isinstance(m, str)]}}
+        self.optimizer = optimizer
+
+    @property
+    def metrics_names(self):
+        if self._compiled is None:
+            return []
+        return ["loss"] + [m.name for m in self._compiled["metrics"]]
+
+    # Keras 2.x names that TF 2.0-era notebooks use.
+    def evaluate_generator(self, generator, steps=None, callbacks=None, max_queue_size=10, workers=1,
+                           use_multiprocessing=False, verbose=0):
+        return self.evaluate(generator, steps=steps, verbose=verbose)
+
+    def predict_generator(self, generator, steps=None, callbacks=None, max_queue_size=10, workers=1,
+                          use_multiprocessing=False, verbose=0):
+        return self.predict(generator, steps=steps, verbose=verbose)
+
+    # --- layers and summary ----------------------------------------------------------------------
+
+    @property
+    def input_shape(self):
+        return (None,) + tuple(self._input_shape)
+
+    @property
+    def layers(self):
+        """Keras's model.layers: the 175 backbone layers (input, padding, conv, batchnorm,
+        activation, pooling, add) and the head, in Keras's order, with writable .trainable."""
+        if self._layers is None:
+            rows = layer_table.build(self.architecture, self._input_shape)
+            self._layers = [layer_table.Layer(*row, model=self) for row in rows]
+        return self._layers
+
+    def get_layer(self, name=None, index=None):
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError("No such layer: %s. Existing layers are: %s..." % (name, [l.name for l in self.layers[:5]]))
+
+    def _check_trainable_change(self, layer, value):
+        pass
+
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
+                layer_range=None):
+        """Prints Keras's table of layers, output shapes, parameter counts and inbound layers;
+        returns None."""
+        from . import summary as summary_mod
+
+        summary_mod.print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn,
+                                  show_trainable=show_trainable)
 
     def predict_on_batch(self, x):
         return self._engine.forward(_as_images(x), output=0)
@@ -194,6 +321,8 @@ class Model:
         }
         if self.class_names is not None:
             meta["class_names"] = json.dumps(self.class_names)
+        if self._compiled is not None and self._compiled["config"]["loss"] is not None:
+            meta["training_config"] = json.dumps(self._compiled["config"])
         tensors = {k: v.astype(dtype) for k, v in self._weights.items()}
         safetensors_io.save(os.fspath(path), tensors, meta)
 
@@ -231,7 +360,11 @@ def load_model(path=None):
     arch = field("architecture")
     try:
         architecture.validate(arch)
-        return Model(arch, tensors, class_names=field("class_names"), preprocessing=field("preprocessing"),
-                     name=meta.get("name", "resnet50"))
+        model = Model(arch, tensors, class_names=field("class_names"), preprocessing=field("preprocessing"),
+                      name=meta.get("name", "resnet50"))
+        training = field("training_config")
+        if isinstance(training, dict) and isinstance(training.get("loss"), str):
+            model.compile(loss=training["loss"], metrics=list(training.get("metrics") or []))
+        return model
     except (ValueError, TypeError) as e:
         raise type(e)("%s: %s" % (path, e)) from None

@@ -3,6 +3,8 @@ import sys
 
 import pytest
 
+os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 (a test-only reference) runs on PyTorch here
+
 # The tests import covidx from the environment (an installed wheel), never from the checkout.
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:

@@ -1,0 +1,336 @@
+"""evaluate/predict over arrays, Keras Sequences (the image iterators) and Python generators.
+
+Batches are produced in a background thread (decoding itself runs on the decode pool) while the
+C engine computes the previous batch, so loading does not starve the engine. Labels from a
+folder are aligned with the model's classes by name where they match."""
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import warnings
+
+import numpy as np
+
+from . import losses as losses_mod
+from . import metrics as metrics_mod
+from .progbar import Progbar
+
+_DONE = object()
+
+
+class Prefetcher:
+    """Runs produce(i) for i = 0..n-1 (n may be None: until StopIteration) in one background
+    thread, at most `depth` batches ahead, and yields the results in order. Errors re-raise in
+    the consumer; closing stops the producer at its next batch."""
+
+    def __init__(self, produce, n, depth=2):
+        self.produce, self.n = produce, n
+        self.q = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="covidx-prefetch", daemon=True)
+        self.thread.start()
+
+    def _put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self):
+        i = 0
+        try:
+            while (self.n is None or i < self.n) and not self.stop.is_set():
+                try:
+                    item = self.produce(i)
+                except StopIteration:
+                    break
+                if not self._put((True, item)):
+                    return
+                i += 1
+        except BaseException as e:  # handed to the consumer
+            self._put((False, e))
+            return
+        self._put((True, _DONE))
+
+    def __iter__(self):
+        try:
+            while True:
+                while True:
+                    try:
+                        ok, item = self.q.get(timeout=0.1)  # short waits keep Ctrl-C responsive
+                        break
+                    except queue.Empty:
+                        if not self.thread.is_alive() and self.q.empty():
+                            return
+                if not ok:
+                    raise item
+                if item is _DONE:
+                    return
+                yield item
+        finally:
+            self.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+# --- class alignment ------------------------------------------------------------------------------
+
+_NORMAL_NAMES = {"normal", "nofinding", "healthy", "negative", "noncovid", "noncovid19", "non"}
+
+
+def _canonical(name):
+    n = re.sub(r"[^0-9a-z]", "", str(name).lower())
+    if n in _NORMAL_NAMES:
+        return "normal"
+    if not n.startswith("non") and ("covid" in n or n.startswith("cov") or "sarscov" in n):
+        return "covid"
+    return n
+
+
+def model_class_count(model):
+    if model.class_names:
+        return len(model.class_names)
+    units = model.output_shape[-1]
+    return 2 if units == 1 else units
+
+
+def class_alignment(model, iterator):
+    """(mapping, message): mapping[g] is the model class index of generator class g, or None when
+    no change is needed; message says what was aligned (None when nothing was)."""
+    indices = getattr(iterator, "class_indices", None)
+    mode = getattr(iterator, "class_mode", None)
+    if not indices or mode not in ("binary", "sparse", "categorical") or model.architecture["pooling"] is None:
+        return None, None
+    gen_names = sorted(indices, key=indices.get)
+    n_model = model_class_count(model)
+    names = model.class_names
+    if names:
+        if gen_names == list(names):
+            return None, None
+        canon = [_canonical(m) for m in names]
+        mapping = []
+        for g in gen_names:
+            hits = [i for i, c in enumerate(canon) if c == _canonical(g)]
+            if len(hits) != 1:
+                break
+            mapping.append(hits[0])
+        else:
+            if len(set(mapping)) == len(mapping):
+                pairs = ", ".join("'%s' -> '%s' (class %d)" % (g, names[m], m) for g, m in zip(gen_names, mapping))
+                return (np.array(mapping, np.int64),
+                        "covidx: matched the folder's classes to the model's by name: %s. Labels follow the "
+                        "model's classes %s." % (pairs, list(names)))
+    if len(gen_names) > n_model:
+        raise ValueError("the data has %d classes %s but the model has %d %s; they cannot be aligned"
+                         % (len(gen_names), gen_names, n_model, list(names) if names else "outputs"))
+    mapping = np.arange(len(gen_names))
+    if names is None and len(gen_names) == n_model:
+        return None, None
+    target = ["'%s'" % names[i] for i in mapping] if names else ["output %d" % i for i in mapping]
+    pairs = ", ".join("'%s' -> %s" % (g, t) for g, t in zip(gen_names, target))
+    return mapping, ("covidx: the folder's class names do not match the model's %s, so they were aligned by "
+                     "index: %s." % (list(names) if names else "outputs", pairs))
+
+
+def apply_alignment(y, mapping, mode, n_model):
+    if mapping is None or y is None:
+        return y
+    if mode in ("binary", "sparse"):
+        return mapping[np.asarray(y).astype(np.int64)].astype(np.asarray(y).dtype)
+    if mode == "categorical":
+        out = np.zeros((len(y), n_model), dtype=y.dtype)
+        out[:, mapping] = y
+        return out
+    return y
+
+
+# --- batch sources --------------------------------------------------------------------------------
+
+def _unpack(batch):
+    """(x, y, sample_weight) from a batch: x, (x,), (x, y) or (x, y, w)."""
+    if isinstance(batch, tuple):
+        if len(batch) == 1:
+            return batch[0], None, None
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) == 3:
+            return batch
+        raise ValueError("a batch must be x, (x,), (x, y) or (x, y, sample_weight); got a tuple of %d" % len(batch))
+    return batch, None, None
+
+
+def is_sequence(x):
+    return hasattr(x, "__getitem__") and hasattr(x, "__len__") and not isinstance(x, (np.ndarray, list, tuple))
+
+
+def batch_source(x, y, batch_size, steps, sample_weight=None):
+    """(iterable of (x, y, w, ok), number of steps or None, the iterator or None)."""
+    if is_sequence(x):
+        if y is not None:
+            raise ValueError("`y` argument is not supported when using a data generator (the labels come from it)")
+        n = len(x)
+        total = n if steps is None else steps
+        if steps is not None and steps > n:
+            warnings.warn("Your input ran out of data; interrupting evaluation. Make sure that your dataset or "
+                          "generator can generate at least `steps` batches (%d here, it has %d)." % (steps, n))
+            total = n
+
+        def produce(i):
+            if hasattr(x, "_get_batch_with_mask"):
+                bx, by, ok = x._get_batch_with_mask(x._batch_indices(i))
+                return bx, by, None, ok
+            return _unpack(x[i]) + (None,)
+
+        return Prefetcher(produce, total), (steps if steps is not None else n), x
+    if hasattr(x, "__next__") or (hasattr(x, "__iter__") and not isinstance(x, (np.ndarray, list, tuple))):
+        if y is not None:
+            raise ValueError("`y` argument is not supported when using a Python generator")
+        it = iter(x)
+
+        def produce_next(i):
+            return _unpack(next(it)) + (None,)
+
+        return Prefetcher(produce_next, steps), steps, None
+    # arrays
+    x = np.asarray(x) if isinstance(x, (list, tuple)) else x
+    if not isinstance(x, np.ndarray):
+        raise TypeError("x: expected images as a numpy array, an image iterator or a generator, got %s"
+                        % type(x).__name__)
+    if y is not None and len(y) != len(x):
+        raise ValueError("x and y: %d images but %d labels" % (len(x), len(y)))
+    bs = 32 if batch_size is None else batch_size
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+        raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
+    n_batches = (len(x) + bs - 1) // bs
+    if steps is not None:
+        n_batches = min(n_batches, steps)
+    y = None if y is None else np.asarray(y)
+    w = None if sample_weight is None else np.asarray(sample_weight, np.float32)
+
+    def gen():
+        for i in range(n_batches):
+            s = slice(i * bs, (i + 1) * bs)
+            yield x[s], None if y is None else y[s], None if w is None else w[s], None
+
+    return gen(), n_batches, None
+
+
+def _say_alignment(model, iterator):
+    if iterator is None:
+        return None
+    mapping, message = class_alignment(model, iterator)
+    if message and getattr(iterator, "_covidx_alignment_said", None) != id(model):
+        print(message)
+        try:
+            iterator._covidx_alignment_said = id(model)
+        except AttributeError:
+            pass
+    return mapping
+
+
+# --- evaluate / predict ---------------------------------------------------------------------------
+
+def _resolve_loss(compiled, y, y_pred):
+    """Keras's loss, with one covidx convenience: integer labels (class_mode 'binary'/'sparse')
+    against a multi-column softmax under categorical cross-entropy are scored as sparse labels."""
+    y = np.asarray(y)
+    if (compiled.name == "categorical_crossentropy" and y_pred.ndim == 2 and y_pred.shape[1] > 1
+            and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))):
+        return losses_mod.sparse_categorical_crossentropy
+    return compiled.per_sample
+
+
+def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict):
+    if model._compiled is None:
+        raise ValueError("You must call `compile()` before using the model (e.g. model.compile("
+                         "loss='categorical_crossentropy', metrics=['accuracy'])).")
+    loss_obj, metric_objs = model._compiled["loss"], model._compiled["metrics"]
+    for m in metric_objs:
+        m.reset_state()
+    loss_tracker = metrics_mod.Mean(name="loss")
+    source, total_steps, iterator = batch_source(x, y, batch_size, steps, sample_weight)
+    mapping = _say_alignment(model, iterator)
+    mode = getattr(iterator, "class_mode", None)
+    n_model = model_class_count(model)
+    verbose = 1 if verbose == "auto" else verbose
+    bar = Progbar(total_steps, verbose=verbose) if verbose else None
+    step, skipped = 0, []
+    names = ["loss"] + [m.name for m in metric_objs]
+
+    def logs():
+        vals = {"loss": float(loss_tracker.result())}
+        for m in metric_objs:
+            vals[m.name] = float(m.result())
+        return vals
+
+    def shown(vals):
+        keys = sorted(vals) if (bar and bar.style == "keras3") else names
+        return [(k, vals[k]) for k in keys]
+
+    for bx, by, bw, ok in source:
+        step += 1
+        if by is None:
+            raise ValueError("evaluate: the data has no labels (class_mode=None or 'input' gives none)")
+        if mode == "input":
+            raise ValueError("evaluate: class_mode='input' labels are images; covidx models output classes")
+        by = apply_alignment(by, mapping, mode, n_model)
+        if ok is not None and not ok.all():
+            bx, by = bx[ok], by[ok]
+            if not len(bx):
+                continue
+        pred = model.predict_on_batch(bx)
+        per_sample = _resolve_loss(loss_obj, by, pred)(by, pred)
+        if bw is not None:
+            per_sample = per_sample * bw
+        loss_tracker.update_state(np.mean(per_sample, dtype=np.float32), sample_weight=len(bx))
+        for m in metric_objs:
+            m.update_state(by, pred)
+        if bar:
+            bar.update(step, shown(logs()), finalize=False)
+    if iterator is not None:
+        if hasattr(iterator, "on_epoch_end"):
+            iterator.on_epoch_end()
+        skipped = list(getattr(iterator, "skipped", []))
+    result = logs()
+    if bar:
+        bar.update(total_steps if total_steps is not None else step, shown(result), finalize=True)
+    if skipped:
+        print("covidx: %d file(s) could not be read and were left out: %s"
+              % (len(skipped), "; ".join("%s (%s)" % s for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")))
+    if return_dict:
+        return dict(sorted(result.items()))
+    values = [result[k] for k in names]
+    return values[0] if len(values) == 1 else values
+
+
+def predict(model, x, batch_size, verbose, steps, output="head"):
+    source, total_steps, iterator = batch_source(x, None, batch_size, steps)
+    verbose = (1 if iterator is not None else 0) if verbose == "auto" else verbose
+    bar = Progbar(total_steps, verbose=verbose) if verbose else None
+    parts, step = [], 0
+    for bx, _, _, ok in source:
+        step += 1
+        if isinstance(bx, list):
+            raise ValueError("predict: models with several inputs are not supported")
+        if ok is not None and not ok.all():
+            out = np.full((len(bx),) + model._output_tail(output, bx.shape), np.nan, np.float32)
+            if ok.any():
+                out[ok] = model._forward(bx[ok], output)
+        else:
+            out = model._forward(bx, output)
+        parts.append(out)
+        if bar:
+            bar.update(step, [], finalize=False)
+    if iterator is not None and hasattr(iterator, "on_epoch_end"):
+        iterator.on_epoch_end()
+    if bar:
+        bar.update(total_steps if total_steps is not None else step, [], finalize=True)
+    if not parts:
+        raise ValueError("predict: the data produced no batches")
+    return np.concatenate(parts)

@@ -1,0 +1,2 @@
+"""keras.applications.resnet."""
+from ...applications.resnet50 import ResNet50, preprocess_input  # noqa: F401

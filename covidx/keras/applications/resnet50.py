@@ -1,0 +1,2 @@
+"""keras.applications.resnet50."""
+from ...applications.resnet50 import ResNet50, preprocess_input  # noqa: F401

@@ -1,0 +1,2 @@
+"""keras.preprocessing: image."""
+from . import image  # noqa: F401

@@ -1,0 +1,310 @@
+"""compile / evaluate / predict on generators and arrays: losses and metrics checked against values
+computed by hand from predict(), and against Keras 3's own metric and loss objects."""
+import os
+import re
+import shutil
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import covidx  # noqa: E402
+from covidx.applications.resnet50 import ResNet50  # noqa: E402
+from covidx.data import sample_files  # noqa: E402
+from covidx.preprocessing.image import ImageDataGenerator, img_to_array, load_img  # noqa: E402
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SIZE = (64, 64)
+
+
+def spread_model(head_units, activation, seed):
+    """A random model whose last layer is rescaled so its outputs spread over the bundled X-rays
+    (a random network's raw outputs sit close together)."""
+    model = ResNet50(weights=None, classes=head_units, classifier_activation=activation, head=(16,), seed=seed)
+    x = images_of([p for p, _ in sample_files()])
+    h = np.maximum(model.features(x) @ model.named_weights["dense/kernel"] + model.named_weights["dense/bias"], 0)
+    w = model.get_weights()
+    last_k, last_b = w[-2], w[-1]
+    z = h @ last_k
+    scale = 1.0 / (z.std(axis=0) + 1e-9)
+    w[-2] = (last_k * scale).astype(np.float32)
+    w[-1] = (-(z.mean(axis=0)) * scale).astype(np.float32)
+    model.set_weights(w)
+    return model
+
+
+def images_of(paths):
+    return np.stack([img_to_array(load_img(p, target_size=SIZE)) for p in paths]) * np.float32(1 / 255)
+
+
+@pytest.fixture(scope="module")
+def shuffled_tree(tmp_path_factory):
+    """The 8 bundled X-rays, each copied twice into classes 'a'/'b' at random: labels unrelated to
+    the images, so accuracies land strictly between 0 and 1."""
+    root = tmp_path_factory.mktemp("xrays")
+    rng = np.random.default_rng(0)
+    for cls in "ab":
+        (root / cls).mkdir()
+    for i, (p, _) in enumerate(sample_files() * 2):
+        shutil.copy(p, root / rng.choice(["a", "b"]) / ("%02d.png" % i))
+    return str(root)
+
+
+def flow(tree, class_mode, **kw):
+    return ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(tree, target_size=SIZE, class_mode=class_mode,
+                                                                     batch_size=5, shuffle=False, **kw)
+
+
+def hand_values(model, it, loss):
+    x = images_of(it.filepaths)
+    p = model.predict(x, verbose=0).astype(np.float64)
+    y = it.classes
+    pc = np.clip(p, 1e-7, 1 - 1e-7)
+    if p.shape[1] == 1:
+        lv = -(y * np.log(pc[:, 0]) + (1 - y) * np.log(1 - pc[:, 0]))
+        acc = np.mean((p[:, 0] > 0.5) == y)
+    else:
+        pn = np.clip(p / p.sum(1, keepdims=True), 1e-7, 1 - 1e-7)
+        lv = -np.log(pn[np.arange(len(y)), y])
+        acc = np.mean(np.argmax(p, 1) == y)
+    assert 0 < acc < 1 and 1e-3 < p.min() and p.max() < 1 - 1e-3, "the fixture must give unclipped, mixed outputs"
+    return float(np.mean(lv)), float(acc)
+
+
+CASES = [(2, "softmax", "categorical", "categorical_crossentropy"),
+         (2, "softmax", "sparse", "sparse_categorical_crossentropy"),
+         (2, "softmax", "binary", "categorical_crossentropy"),  # integer labels scored as sparse
+         (2, "softmax", "Binary", "sparse_categorical_crossentropy"),
+         (1, "sigmoid", "binary", "binary_crossentropy"),
+         (1, "sigmoid", "sparse", "binary_crossentropy")]
+
+
+@pytest.mark.parametrize("units,activation,class_mode,loss", CASES)
+def test_evaluate_matches_hand_computation(shuffled_tree, units, activation, class_mode, loss):
+    model = spread_model(units, activation, seed=units)
+    model.compile(optimizer="sgd", loss=loss, metrics=["accuracy"])
+    it = flow(shuffled_tree, class_mode)
+    want_loss, want_acc = hand_values(model, it, loss)
+    got = model.evaluate(it, verbose=0)
+    assert isinstance(got, list) and len(got) == 2
+    assert got[0] == pytest.approx(want_loss, rel=1e-5)
+    assert got[1] == pytest.approx(want_acc, abs=1e-7)
+    # Shuffled and in another batch size: the same per-sample averages.
+    it2 = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(shuffled_tree, target_size=SIZE,
+                                                                    class_mode=class_mode, batch_size=3, seed=4)
+    got2 = model.evaluate(it2, verbose=0, return_dict=True)
+    assert list(got2) == ["accuracy", "loss"]
+    assert got2["loss"] == pytest.approx(want_loss, rel=1e-5) and got2["accuracy"] == pytest.approx(want_acc)
+
+
+def test_evaluate_arrays_steps_and_scalar_result(shuffled_tree):
+    model = spread_model(2, "softmax", seed=5)
+    it = flow(shuffled_tree, "categorical")
+    x, y = images_of(it.filepaths), np.eye(2, dtype=np.float32)[it.classes]
+    model.compile(loss="categorical_crossentropy")
+    whole = model.evaluate(x, y, batch_size=4, verbose=0)
+    assert isinstance(whole, float)
+    p = np.clip(model.predict(x, verbose=0).astype(np.float64), 1e-7, 1 - 1e-7)
+    assert whole == pytest.approx(float(np.mean(-np.log(p[np.arange(len(y)), it.classes]))), rel=1e-5)
+    # steps: only the first batches; a loss averaged per sample over them
+    first = model.evaluate(x, y, batch_size=4, steps=2, verbose=0)
+    assert first == pytest.approx(float(np.mean(-np.log(p[np.arange(8), it.classes[:8]]))), rel=1e-5)
+
+
+def test_metrics_match_keras():
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(0)
+    p1 = rng.uniform(size=(50, 1)).astype(np.float32)
+    y1 = (rng.uniform(size=50) < 0.4).astype(np.float32)
+    p2 = rng.dirichlet([1, 1], size=50).astype(np.float32)
+    y2 = (rng.uniform(size=50) < 0.5).astype(np.int64)
+    onehot = np.eye(2, dtype=np.float32)[y2]
+    pairs = [(covidx.metrics.AUC(), keras.metrics.AUC(), y1[:, None], p1),
+             (covidx.metrics.AUC(curve="PR"), keras.metrics.AUC(curve="PR"), y1[:, None], p1),
+             (covidx.metrics.AUC(), keras.metrics.AUC(), onehot, p2),
+             (covidx.metrics.Precision(), keras.metrics.Precision(), y1[:, None], p1),
+             (covidx.metrics.Recall(), keras.metrics.Recall(), onehot, p2),
+             (covidx.metrics.BinaryAccuracy(), keras.metrics.BinaryAccuracy(), y1, p1),
+             (covidx.metrics.CategoricalAccuracy(), keras.metrics.CategoricalAccuracy(), onehot, p2),
+             (covidx.metrics.SparseCategoricalAccuracy(), keras.metrics.SparseCategoricalAccuracy(), y2, p2)]
+    for ours, theirs, y, p in pairs:
+        for s in (slice(0, 20), slice(20, 50)):  # two batches: running state
+            ours.update_state(y[s], p[s])
+            theirs.update_state(y[s], p[s])
+        assert float(ours.result()) == pytest.approx(float(theirs.result()), rel=1e-5, abs=1e-6), type(ours)
+    for ours, theirs, y, p in [(covidx.losses.binary_crossentropy, keras.losses.binary_crossentropy, y1, p1),
+                               (covidx.losses.categorical_crossentropy, keras.losses.categorical_crossentropy,
+                                onehot, p2),
+                               (covidx.losses.sparse_categorical_crossentropy,
+                                keras.losses.sparse_categorical_crossentropy, y2, p2)]:
+        theirs_v = np.asarray(theirs(y[:, None] if y.ndim == 1 and p.shape[1] == 1 else y, p).cpu())
+        np.testing.assert_allclose(ours(y, p), theirs_v, rtol=1e-5, atol=1e-7)
+
+
+def test_auc_precision_recall_by_hand(shuffled_tree):
+    model = spread_model(2, "softmax", seed=7)
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy", "AUC", "precision", "recall"])
+    it = flow(shuffled_tree, "categorical")
+    res = model.evaluate(it, verbose=0, return_dict=True)
+    p = model.predict(images_of(it.filepaths), verbose=0)
+    truth = np.eye(2)[it.classes].astype(bool).ravel()
+    flat = p.ravel()
+    tp = np.sum((flat > 0.5) & truth)
+    assert res["precision"] == pytest.approx(tp / np.sum(flat > 0.5))
+    assert res["recall"] == pytest.approx(tp / truth.sum())
+    # Keras's ROC AUC uses 200 thresholds; its trapezoids equal the Mann-Whitney statistic (ties
+    # counted half) of the scores quantised to those thresholds.
+    thresholds = np.array([-1e-7] + [(i + 1) / 199 for i in range(198)] + [1 + 1e-7], np.float32)
+    q = np.searchsorted(thresholds, flat.astype(np.float32), side="left")
+    pos, neg = q[truth], q[~truth]
+    mann_whitney = np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :])
+    assert res["auc"] == pytest.approx(mann_whitney, rel=1e-6)
+
+
+def test_progress_bar_formats(shuffled_tree, capsys):
+    model = spread_model(2, "softmax", seed=2)
+    model.compile(loss="categorical_crossentropy", metrics=["acc"])
+    it = flow(shuffled_tree, "categorical")
+    model.evaluate(it, verbose=1)
+    out = ANSI.sub("", capsys.readouterr().out)
+    last = out.replace("\b", "").split("\r")[-1].strip()
+    assert re.fullmatch(r"4/4 ━{20} \d+s \d+m?s/step - acc: \d\.\d{4} - loss: \d\.\d{4}", last), last
+    model.evaluate(it, verbose=2)
+    assert re.fullmatch(r"4/4 - \d+s - \d+m?s/step - acc: \d\.\d{4} - loss: \d\.\d{4}\n", capsys.readouterr().out)
+    model.evaluate(it, verbose=0)
+    assert capsys.readouterr().out == ""
+    covidx.settings.progress_style = "tf2"
+    try:
+        model.evaluate(it, verbose=1)
+    finally:
+        covidx.settings.progress_style = "keras3"
+    last = capsys.readouterr().out.replace("\b", "").split("\r")[-1].strip()
+    assert re.fullmatch(r"4/4 \[={30}\] - \d+s \d+m?s/step - loss: \d\.\d{4} - acc: \d\.\d{4}", last), last
+
+
+def test_one_class_folder_aligned_by_name(tmp_path, capsys):
+    (tmp_path / "COVID-19").mkdir()
+    for p, label in sample_files():
+        shutil.copy(p, tmp_path / "COVID-19" / os.path.basename(p))
+    model = spread_model(2, "softmax", seed=3)
+    model.class_names = ["COV19", "Normal"]
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    for mode in ("Binary", "categorical"):
+        it = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(str(tmp_path), target_size=SIZE, batch_size=3,
+                                                                       class_mode=mode, shuffle=True)
+        loss, acc = model.evaluate(it, verbose=0)
+        model.evaluate(it, verbose=0)
+        out = capsys.readouterr().out
+        assert out.count("'COVID-19' -> 'COV19'") == 1  # said once
+        p = model.predict(images_of(it.filepaths), verbose=0)
+        assert acc == pytest.approx(np.mean(np.argmax(p, 1) == 0))
+        assert loss == pytest.approx(float(np.mean(-np.log(np.clip(p[:, 0] / p.sum(1), 1e-7, 1)))), rel=1e-5)
+
+
+def test_alignment_by_index_when_names_differ(tmp_path, capsys):
+    for cls in ("x", "y"):
+        (tmp_path / cls).mkdir()
+    files = sample_files()
+    for i, (p, _) in enumerate(files):
+        shutil.copy(p, tmp_path / ("x" if i % 2 else "y") / ("%d.png" % i))
+    model = spread_model(2, "softmax", seed=4)
+    model.class_names = ["COV19", "Normal"]
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    it = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(str(tmp_path), target_size=SIZE,
+                                                                   class_mode="categorical", shuffle=False)
+    _, acc = model.evaluate(it, verbose=0)
+    assert "aligned by index" in capsys.readouterr().out
+    p = model.predict(images_of(it.filepaths), verbose=0)
+    assert acc == pytest.approx(np.mean(np.argmax(p, 1) == it.classes))
+
+
+def test_bad_files_skipped_and_reported(shuffled_tree, tmp_path, capsys):
+    tree = tmp_path / "t"
+    shutil.copytree(shuffled_tree, tree)
+    (tree / "a" / "00_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tree / "b" / "zero.jpg").write_bytes(b"")
+    model = spread_model(2, "softmax", seed=6)
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    with pytest.raises(covidx.ImageFileError, match="00_broken.png"):
+        model.evaluate(flow(str(tree), "categorical"), verbose=0)
+    good = model.evaluate(flow(shuffled_tree, "categorical"), verbose=0)
+    it = flow(str(tree), "categorical", on_error="skip")
+    with pytest.warns(UserWarning, match="skipped unreadable image"):
+        got = model.evaluate(it, verbose=0)
+    assert got == pytest.approx(good, rel=1e-6)
+    assert sorted(os.path.basename(p) for p, _ in it.skipped) == ["00_broken.png", "zero.jpg"]
+    assert "2 file(s) could not be read" in capsys.readouterr().out
+    # predict keeps rows aligned with the files: NaN for the unreadable ones.
+    it = flow(str(tree), "categorical", on_error="skip")
+    with pytest.warns(UserWarning):
+        p = model.predict(it, verbose=0)
+    bad = [i for i, f in enumerate(it.filenames) if f.endswith(("00_broken.png", "zero.jpg"))]
+    assert p.shape == (18, 2) and np.isnan(p[bad]).all() and not np.isnan(np.delete(p, bad, 0)).any()
+    # (other batch compositions: equal up to float32 rounding of differently blocked GEMMs)
+    np.testing.assert_allclose(np.delete(p, bad, 0), model.predict(flow(shuffled_tree, "categorical"), verbose=0),
+                               atol=1e-5)
+
+
+def test_predict_generator_equals_array_predict(shuffled_tree):
+    model = spread_model(2, "softmax", seed=8)
+    it = flow(shuffled_tree, None)
+    # Same batches (5 images) as the iterator: bitwise the same outputs.
+    np.testing.assert_array_equal(model.predict(it, verbose=0),
+                                  model.predict(images_of(it.filepaths), batch_size=5, verbose=0))
+    np.testing.assert_array_equal(model.predict_generator(it), model.predict(it, verbose=0))
+
+    def gen():
+        while True:
+            for i in range(len(it)):
+                yield it[i]
+
+    assert model.predict(gen(), steps=2, verbose=0).shape == (10, 2)
+
+
+def test_evaluate_needs_compile_and_rejects_y_with_generator(shuffled_tree):
+    model = spread_model(2, "softmax", seed=9)
+    with pytest.raises(ValueError, match="compile"):
+        model.evaluate(flow(shuffled_tree, "categorical"), verbose=0)
+    model.compile(loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match="y"):
+        model.evaluate(flow(shuffled_tree, "categorical"), np.zeros(16), verbose=0)
+    with pytest.raises(ValueError, match="unknown metric"):
+        model.compile(loss="categorical_crossentropy", metrics=["f1_scorez"])
+
+
+def test_summary_and_layers_match_keras(capsys):
+    keras = pytest.importorskip("keras")
+    ours = ResNet50(weights=None, include_top=False)
+    theirs = keras.applications.ResNet50(weights=None, include_top=False)
+    assert [layer.name for layer in ours.layers] == [layer.name for layer in theirs.layers]
+    assert [layer.count_params() for layer in ours.layers] == [layer.count_params() for layer in theirs.layers]
+    assert [type(layer).__name__ for layer in theirs.layers] == [layer.class_name for layer in ours.layers]
+    assert len(ours.layers) == 175 and ours.layers[174].name == "conv5_block3_out"
+    ours.summary()
+    out = capsys.readouterr().out
+    assert " Total params: 23,587,712 (89.98 MB)" in out
+    assert " Trainable params: 23,534,592 (89.78 MB)" in out and " Non-trainable params: 53,120 (207.50 KB)" in out
+    top = ResNet50(weights=None)
+    assert top.summary() is None and "Total params: 25,636,712" in capsys.readouterr().out
+    for layer in top.layers[:175]:
+        layer.trainable = False
+    top.summary()
+    assert "Trainable params: 2,049,000" in capsys.readouterr().out
+
+
+def test_keras_import_paths():
+    import covidx as tf
+
+    from covidx.keras.applications.resnet50 import ResNet50 as R
+    from covidx.keras.models import load_model  # noqa: F401
+    from covidx.keras.preprocessing.image import ImageDataGenerator as G
+
+    assert R is ResNet50 and G is ImageDataGenerator
+    assert tf.keras.applications.ResNet50 is ResNet50 and tf.keras.applications.resnet.ResNet50 is ResNet50
+    assert tf.keras.preprocessing.image.ImageDataGenerator is ImageDataGenerator
+    import importlib.util
+
+    for name in ("tensorflow",):
+        spec = importlib.util.find_spec(name)
+        assert spec is None or "covidx" not in (spec.origin or "")
