@@ -226,6 +226,27 @@ class Model:
             return []
         return ["loss"] + [m.name for m in self._compiled["metrics"]]
 
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1, **kwargs):
+        """Keras's fit, for the trainable Dense head on a frozen backbone (see covidx.training)."""
+        from . import training
+
+        return training.fit(self, x=x, y=y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                            callbacks=callbacks, validation_split=validation_split, validation_data=validation_data,
+                            shuffle=shuffle, class_weight=class_weight, sample_weight=sample_weight,
+                            initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                            validation_steps=validation_steps, validation_batch_size=validation_batch_size,
+                            validation_freq=validation_freq, **kwargs)
+
+    def fit_generator(self, generator, steps_per_epoch=None, epochs=1, verbose=1, callbacks=None,
+                      validation_data=None, validation_steps=None, validation_freq=1, class_weight=None,
+                      max_queue_size=10, workers=1, use_multiprocessing=False, shuffle=True, initial_epoch=0):
+        return self.fit(generator, steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=verbose,
+                        callbacks=callbacks, validation_data=validation_data, validation_steps=validation_steps,
+                        validation_freq=validation_freq, class_weight=class_weight, shuffle=shuffle,
+                        initial_epoch=initial_epoch)
+
     # Keras 2.x names that TF 2.0-era notebooks use.
     def evaluate_generator(self, generator, steps=None, callbacks=None, max_queue_size=10, workers=1,
                            use_multiprocessing=False, verbose=0):
@@ -235,7 +256,27 @@ class Model:
                           use_multiprocessing=False, verbose=0):
         return self.predict(generator, steps=steps, verbose=verbose)
 
+    def to_onnx(self, path, opset=17):
+        """Writes this model as a standard ONNX graph (needs the `onnx` package: pip install onnx)."""
+        from .formats import onnx_export
+
+        return onnx_export.export(self, path, opset=opset)
+
     # --- layers and summary ----------------------------------------------------------------------
+
+    @property
+    def input(self):
+        """The symbolic input, for building models the Keras functional way (covidx.functional)."""
+        from . import functional
+
+        return functional.symbolic_input(self)
+
+    @property
+    def output(self):
+        """The symbolic output: `x = base_model.output; x = GlobalAveragePooling2D()(x); ...`."""
+        from . import functional
+
+        return functional.symbolic_output(self)
 
     @property
     def input_shape(self):
@@ -332,14 +373,21 @@ class Model:
             self.name, self.architecture["variant"], self.architecture["pooling"], head, self.class_names)
 
 
-def load_model(path=None):
-    """Loads a covidx model file (safetensors with covidx metadata)."""
+def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, class_names=None):
+    """Loads a model file: covidx's safetensors format, or (see covidx.formats) a Keras .h5 /
+    .keras / .weights.h5 file or a PyTorch ResNet50 state_dict, recognised by content.
+    class_names: for files that do not record them."""
     if path is None:
         raise FileNotFoundError("load_model(): no model file given, and this installation ships no default "
                                 "model; pass the path of a covidx .safetensors file")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError("load_model: no such file: %s" % path)
+    if not safetensors_io.looks_like_safetensors(path):
+        from . import formats
+
+        model = formats.load(path, class_names=class_names)
+        return model
     tensors, meta = safetensors_io.load(path)
     if meta.get("format") != FORMAT:
         raise ValueError("%s: a safetensors file, but not a covidx model (no format=covidx metadata)" % path)
