@@ -13,6 +13,9 @@ import shutil
 import numpy
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+WEIGHTS = ["covid_resnet50.safetensors", "MODEL_CARD.md"]  # the shipped model, from weights/
 
 SOURCES = ["csrc/module.c", "csrc/resnet50.c", "csrc/layers.c", "csrc/layers_ref.c",
            "csrc/threadpool.c", "csrc/cpu.c"]
@@ -66,6 +69,21 @@ class BuildExt(build_ext):
                 shutil.copy2(self.vendor, libs)
 
 
+class BuildPy(build_py):
+    """Installs the shipped model (weights/ at the top of the repository) as package data in
+    covidx/weights/, where covidx.load_model() finds it after a normal install."""
+
+    def run(self):
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        target = os.path.join(self.build_lib, "covidx", "weights")
+        for name in WEIGHTS:
+            src = os.path.join(here, "weights", name)
+            if os.path.isfile(src):
+                os.makedirs(target, exist_ok=True)
+                shutil.copy2(src, target)
+
+
 setup(
     ext_modules=[
         Extension(
@@ -77,5 +95,5 @@ setup(
             extra_link_args=LDFLAGS,
         )
     ],
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )

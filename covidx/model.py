@@ -373,13 +373,28 @@ class Model:
             self.name, self.architecture["variant"], self.architecture["pooling"], head, self.class_names)
 
 
+DEFAULT_MODEL = "covid_resnet50.safetensors"
+
+
+def default_model_path():
+    """The shipped model: installed as package data (covidx/weights/), or the checkout's weights/."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for d in (os.path.join(here, "weights"), os.path.join(os.path.dirname(here), "weights")):
+        p = os.path.join(d, DEFAULT_MODEL)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
 def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, class_names=None):
     """Loads a model file: covidx's safetensors format, or (see covidx.formats) a Keras .h5 /
     .keras / .weights.h5 file or a PyTorch ResNet50 state_dict, recognised by content.
     class_names: for files that do not record them."""
     if path is None:
-        raise FileNotFoundError("load_model(): no model file given, and this installation ships no default "
-                                "model; pass the path of a covidx .safetensors file")
+        path = default_model_path()
+        if path is None:
+            raise FileNotFoundError("load_model(): no model file given, and this installation has no shipped "
+                                    "model (%s); pass the path of a model file" % DEFAULT_MODEL)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError("load_model: no such file: %s" % path)

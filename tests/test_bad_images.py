@@ -1,0 +1,167 @@
+"""Broken, hostile and unusual image files: each gives a correct image or a clear error naming the
+file, and a folder evaluation keeps the results of every good file."""
+import io
+import os
+import signal
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import covidx
+from covidx.applications.resnet50 import ResNet50
+from covidx.data import sample_files
+from covidx.preprocessing.image import ImageDataGenerator, ImageFileError, img_to_array, load_img
+
+
+def xray(path=None):
+    return Image.open(path or sample_files()[0][0]).convert("L")
+
+
+def write_cases(d):
+    """{file name: expected outcome}; outcome 'ok' or an error type."""
+    d.mkdir(parents=True, exist_ok=True)
+    good = xray()
+    png = io.BytesIO()
+    good.save(png, "PNG")
+    data = png.getvalue()
+    (d / "truncated.png").write_bytes(data[: len(data) // 2])
+    (d / "zero.png").write_bytes(b"")
+    (d / "text.jpg").write_text("this is not an image\n")
+    good.convert("RGB").save(d / "jpeg_named.png", "JPEG")
+    Image.fromarray((np.asarray(good, np.uint16) * 257)).save(d / "sixteen.png")
+    good.convert("RGB").convert("CMYK").save(d / "cmyk.jpg", "JPEG")
+    good.convert("RGB").quantize(64).save(d / "palette_t.png", transparency=0)
+    good.convert("RGBA").save(d / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    good.convert("RGB").save(d / "exif_rotated.jpg", "JPEG", exif=exif.tobytes())
+    return {"truncated.png": ImageFileError, "zero.png": ImageFileError, "text.jpg": ImageFileError,
+            "jpeg_named.png": "ok", "sixteen.png": "ok", "cmyk.jpg": "ok", "palette_t.png": "ok", "rgba.png": "ok",
+            "exif_rotated.jpg": "ok"}
+
+
+def test_each_file_reads_or_names_itself(tmp_path):
+    cases = write_cases(tmp_path)
+    for name, outcome in cases.items():
+        path = str(tmp_path / name)
+        if outcome == "ok":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = load_img(path, target_size=(64, 64))
+            assert img.mode == "RGB" and img.size == (64, 64)
+        else:
+            with pytest.raises(outcome) as e:
+                load_img(path)
+            assert path in str(e.value) and e.value.path == path
+
+
+def test_sixteen_bit_clipped_by_default_scaled_with_xray(tmp_path):
+    a = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    Image.fromarray(a).save(tmp_path / "x16.png")
+    keras_like = img_to_array(load_img(str(tmp_path / "x16.png")))
+    # Keras parity: Pillow's 16->8 bit conversion saturates (everything >= 256 becomes 255).
+    assert np.all(keras_like[a >= 256] == 255)
+    scaled = img_to_array(load_img(str(tmp_path / "x16.png"), xray=True))[:, :, 0]
+    want = np.floor((a.astype(np.float64) - a.min()) * 255.0 / (a.max() - a.min()) + 0.5)
+    np.testing.assert_array_equal(scaled, want)
+
+
+def test_exif_orientation_only_with_xray(tmp_path):
+    write_cases(tmp_path)
+    plain = load_img(str(tmp_path / "exif_rotated.jpg"))
+    upright = load_img(str(tmp_path / "exif_rotated.jpg"), xray=True)
+    assert plain.size == xray().size  # Keras ignores EXIF orientation
+    assert upright.size == xray().size[::-1]
+
+
+def test_decompression_bomb_refused(tmp_path):
+    # A tiny file that declares 40000 x 40000 pixels (Pillow's bomb limit is about 179M pixels).
+    img = Image.new("1", (40000, 40000))
+    img.save(tmp_path / "bomb.png", optimize=True)
+    assert os.path.getsize(tmp_path / "bomb.png") < 1_000_000
+    with pytest.raises(ImageFileError, match="decompression bomb"):
+        load_img(str(tmp_path / "bomb.png"))
+
+
+def test_unreadable_file_is_named(tmp_path, monkeypatch):
+    p = tmp_path / "locked.png"
+    xray().save(p)
+    real_open = open
+
+    def deny(path, *a, **k):  # the suite may run as root, where chmod 000 does not deny reads
+        if os.fspath(path) == str(p):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)
+    with pytest.raises(PermissionError, match="locked.png"):
+        load_img(str(p))
+
+
+def test_folder_with_bad_files_keeps_every_good_result(tmp_path):
+    cases = write_cases(tmp_path / "data" / "COVID-19")
+    model = ResNet50(weights=None, classes=2, head=(8,), seed=0, class_names=["COV19", "Normal"])
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(tmp_path / "data"), target_size=(64, 64),
+                                                                 batch_size=4, shuffle=False, on_error="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = model.predict(it, verbose=0)
+    bad = sorted(n for n, o in cases.items() if o != "ok")
+    assert sorted(os.path.basename(f) for f, _ in it.skipped) == bad
+    assert all(reason for _, reason in it.skipped)
+    rows = {os.path.basename(f): r for f, r in zip(it.filenames, p)}
+    for name, outcome in cases.items():
+        assert np.isnan(rows[name]).all() == (outcome != "ok"), name
+
+
+def test_symlink_loop_walked_once(tmp_path):
+    d = tmp_path / "root" / "a"
+    d.mkdir(parents=True)
+    xray().save(d / "x.png")
+    os.symlink(str(d), str(d / "loop"))
+    for follow in (False, True):
+        it = ImageDataGenerator().flow_from_directory(str(tmp_path / "root"), follow_links=follow)
+        assert it.filenames == ["a/x.png"]
+
+
+def test_many_files_listed_quickly(tmp_path):
+    d = tmp_path / "big" / "cls"
+    d.mkdir(parents=True)
+    for i in range(20000):
+        (d / ("%05d.png" % i)).touch()
+    t = time.perf_counter()
+    it = ImageDataGenerator().flow_from_directory(str(tmp_path / "big"), batch_size=64)
+    assert it.samples == 20000 and it.filenames[0] == "cls/00000.png" and len(it) == 313
+    assert time.perf_counter() - t < 10  # listing only; no file is opened
+
+
+def test_ctrl_c_during_evaluate_stops_quickly_and_model_still_works(tmp_path):
+    d = tmp_path / "many" / "COVID-19"
+    d.mkdir(parents=True)
+    for i in range(60):
+        xray().resize((96, 96)).save(d / ("%02d.png" % i))
+    model = ResNet50(weights=None, classes=2, head=(8,), seed=0, class_names=["COV19", "Normal"])
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(tmp_path / "many"), target_size=(96, 96),
+                                                                 batch_size=2)
+    main = threading.main_thread().ident
+    sent = []
+
+    def interrupt():
+        time.sleep(0.5)
+        sent.append(time.perf_counter())
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt).start()
+    with pytest.raises(KeyboardInterrupt):
+        model.evaluate(it, verbose=0)
+    assert time.perf_counter() - sent[0] < 1.5
+    x = np.stack([img_to_array(load_img(str(d / "00.png"), target_size=(96, 96)))]) / 255
+    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert len(model.evaluate(it, verbose=0)) == 2
+    assert not [t for t in threading.enumerate() if t.name == "covidx-prefetch"]
