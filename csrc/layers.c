@@ -14,6 +14,7 @@
 
 #include "blas.h"
 #include "threadpool.h"
+#include "winograd.h"
 
 #ifndef CHUNK_BYTES
 #define CHUNK_BYTES (8u << 20) /* im2col panel (or output block) per chunk: about L3-sized */
@@ -36,6 +37,7 @@ static int chunk_rows(const Conv *c, int m) {
 }
 
 size_t conv_scratch_floats(const Conv *c, int n, int h, int w) {
+    if (winograd_worth_it(c, n, h, w)) return winograd_scratch_floats(c, n, h, w);
     if (!needs_im2col(c)) return 0;
     int m = n * out_size(h, c->kh, c->stride, c->pad) * out_size(w, c->kw, c->stride, c->pad);
     return (size_t)chunk_rows(c, m) * c->kh * c->kw * c->cin;
@@ -87,7 +89,14 @@ typedef struct {
     int split_rows, ntasks;
 } Gemm;
 
-static void epilogue(float *restrict out, const float *restrict bias, const float *restrict res,
+/* Built for AVX2 and for baseline x86-64; the loader picks what the CPU runs. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+VECTOR_CLONES static void epilogue(float *restrict out, const float *restrict bias, const float *restrict res,
                      int rows, int c0, int c1, int ld, int relu) {
     for (int r = 0; r < rows; r++) {
         float *o = out + (size_t)r * ld;
@@ -140,6 +149,10 @@ static void gemm_epilogue(Gemm *g) {
 
 void conv2d(const Conv *c, const float *x, int n, int h, int w, float *out, const float *residual,
             int relu, float *scratch) {
+    if (winograd_worth_it(c, n, h, w)) {
+        conv2d_winograd(c, x, n, h, w, out, residual, relu, scratch);
+        return;
+    }
     int ho = out_size(h, c->kh, c->stride, c->pad), wo = out_size(w, c->kw, c->stride, c->pad);
     int m = n * ho * wo, k = c->kh * c->kw * c->cin;
     int direct = !needs_im2col(c);

@@ -12,6 +12,7 @@ typedef struct {
     int kh, kw, cin, cout, stride, pad; /* symmetric zero padding */
     float *w;                           /* (kh*kw*cin, cout): HWIO flattened, the GEMM's B */
     float *bias;                        /* (cout) */
+    float *wino;                        /* (16, cin, cout) Winograd-transformed weights, or NULL */
 } Conv;
 
 /* Output size of a convolution or pooling window along one axis. */

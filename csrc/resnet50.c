@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "winograd.h"
+
 static const int STAGE_FILTERS[4] = {64, 128, 256, 512};
 static const int STAGE_BLOCKS[4] = {3, 4, 6, 3};
 static const int STAGE_STRIDE[4] = {1, 2, 2, 2};
@@ -62,6 +64,7 @@ int conv_fold_bn(Conv *c, const ConvShape *s, const float *kernel, const float *
             c->w[r * s->cout + o] = (float)v;
         }
     }
+    if (winograd_enabled() && winograd_eligible(c)) return winograd_prepare(c);
     return 0;
 }
 
@@ -96,6 +99,7 @@ void net_free(Net *net) {
     for (int i = 0; i < RESNET50_NCONV; i++) {
         free(slots[i]->w);
         free(slots[i]->bias);
+        free(slots[i]->wino);
     }
     for (int i = 0; i < net->nhead; i++) {
         free(net->head[i].w);
