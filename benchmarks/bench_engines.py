@@ -1,30 +1,39 @@
-"""covidx against ONNX Runtime on identical weights, in the same run.
+"""covidx against ONNX Runtime, PyTorch (eager and torch.compile) and OpenVINO on identical weights,
+in the same run: images/s per batch size and thread count, peak RSS, and import time.
 
-The articles' model (Keras ResNet50 v1 + Dense 1024/1024/1024/512/2) gets random weights in a
-PyTorch twin (tests/torch_reference.py), which is exported to ONNX; covidx loads the same weights.
-Images/s at each batch size and thread count; each figure is the median of several timed runs.
+The articles' model (Keras ResNet50 v1 + Dense 1024/1024/1024/512/2) gets well-conditioned random
+weights in a PyTorch twin (tests/torch_reference.py); the twin is exported to ONNX (what ONNX
+Runtime and OpenVINO run) and its Keras-named weights are loaded into covidx. Every engine runs in
+its own process, so peak RSS and import time are its own. Each figure is the median of several
+timed runs after a warm-up.
 
     python benchmarks/bench_engines.py [--batches 1 8 32] [--threads 2 1] [--seconds 3]
+        [--engines covidx onnxruntime torch torch-compile openvino]
 
-Needs: covidx installed, torch==2.13.0, onnx, onnxruntime (benchmark-only dependencies)."""
+Needs: covidx installed; torch==2.13.0, onnx, onnxruntime, openvino (benchmark-only)."""
 import argparse
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "softmax")]
 NAMES = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
+ENGINES = ["covidx", "onnxruntime", "torch", "torch-compile", "openvino"]
 
 
 def rate(fn, batch, seconds):
-    fn()  # warm-up: plans buffers, starts threads
+    fn()  # warm-up: plans buffers, starts threads, compiles
     times, spent = [], 0.0
     while spent < seconds or len(times) < 3:
         t = time.perf_counter()
@@ -46,50 +55,160 @@ def cpu_model():
     return platform.machine()
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
-    ap.add_argument("--seconds", type=float, default=3.0)
-    args = ap.parse_args()
-
-    import onnxruntime as ort
+def prepare(workdir):
+    """Writes the shared weights: twin.pt (torch state_dict), model.onnx, covidx.safetensors."""
     import torch
 
-    import covidx
     from covidx.applications.resnet50 import ResNet50
     from torch_reference import calibrated_model
 
     rng = np.random.default_rng(0)
     calib = torch.from_numpy(rng.uniform(-120, 150, (4, 224, 224, 3)).astype(np.float32))
     ref = calibrated_model("v1", HEAD, 0, calib)
+    torch.save(ref.state_dict(), os.path.join(workdir, "twin.pt"))
+    with torch.no_grad():
+        torch.onnx.export(ref, (calib[:1],), os.path.join(workdir, "model.onnx"), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=17)
     model = ResNet50(weights=None, classes=2, head=(1024, 1024, 1024, 512))
     w = ref.keras_weights(NAMES)
     model.set_weights([w[k] for k in model._weight_keys()])
-    onnx_path = os.path.join(tempfile.mkdtemp(), "resnet50_articles.onnx")
-    with torch.no_grad():
-        torch.onnx.export(ref, (calib[:1],), onnx_path, dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "n"}}, opset_version=17)
+    model.save(os.path.join(workdir, "covidx.safetensors"))
 
+
+def make_runner(engine, workdir, threads):
+    """(run(x) -> probabilities, version string, import seconds) for one engine."""
+    t0 = time.perf_counter()
+    if engine == "covidx":
+        import covidx
+
+        imported = time.perf_counter() - t0
+        covidx.set_num_threads(threads)
+        model = covidx.load_model(os.path.join(workdir, "covidx.safetensors"))
+        return (lambda x: model.predict(x, verbose=0)), covidx.__version__, imported
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        imported = time.perf_counter() - t0
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(os.path.join(workdir, "model.onnx"), so, providers=["CPUExecutionProvider"])
+        return (lambda x: sess.run(None, {"x": x})[0]), ort.__version__, imported
+    if engine in ("torch", "torch-compile"):
+        import torch
+
+        from torch_reference import TorchResNet50
+
+        imported = time.perf_counter() - t0
+        torch.set_num_threads(threads)
+        net = TorchResNet50("v1", HEAD)
+        net.load_state_dict(torch.load(os.path.join(workdir, "twin.pt")))
+        net.eval()
+        fn = torch.compile(net) if engine == "torch-compile" else net
+
+        def run(x):
+            with torch.inference_mode():
+                return fn(torch.from_numpy(x)).numpy()
+
+        return run, torch.__version__, imported
+    if engine == "openvino":
+        import openvino as ov
+
+        imported = time.perf_counter() - t0
+        core = ov.Core()
+        compiled = core.compile_model(os.path.join(workdir, "model.onnx"), "CPU",
+                                      {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+        return (lambda x: compiled(x)[0]), ov.__version__, imported
+    raise ValueError(engine)
+
+
+def worker(engine, workdir, threads, batches, seconds):
+    try:
+        run, version, imported = make_runner(engine, workdir, threads)
+    except Exception as e:  # an engine that does not install or compile here is reported, not fatal
+        return {"engine": engine, "error": "%s: %s" % (type(e).__name__, str(e)[:200])}
+    rng = np.random.default_rng(1)
+    out = {"engine": engine, "version": version, "import_s": imported, "rates": {}, "outputs": {}}
+    for batch in batches:
+        x = rng.uniform(-120, 150, (batch, 224, 224, 3)).astype(np.float32)
+        try:
+            out["outputs"][batch] = np.asarray(run(x)).tolist()
+            out["rates"][batch] = rate(lambda: run(x), batch, seconds)
+        except Exception as e:
+            out["rates"][batch] = None
+            out["error"] = "%s: %s" % (type(e).__name__, str(e)[:200])
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def peak_rss_mb():
+    """This process's resident-set high-water mark (VmHWM; ru_maxrss would carry the parent's over exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--engines", nargs="+", default=ENGINES)
+    ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "WORKDIR", "THREADS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        engine, workdir, threads = args.worker
+        print(json.dumps(worker(engine, workdir, int(threads), args.batches, args.seconds)))
+        return
+
+    import covidx
+
+    workdir = tempfile.mkdtemp(prefix="covidx-bench-")
+    prepare(workdir)
     c = covidx.config()
     print("machine: %s, %d CPUs available, features: %s" % (cpu_model(), c["cpus"], ", ".join(c["cpu_features"])))
-    print("covidx %s (OpenBLAS %s, kernel %s) | onnxruntime %s | numpy %s | python %s"
-          % (c["covidx"], c["openblas"].split()[1], c["openblas_corename"], ort.__version__, np.__version__,
-             platform.python_version()))
-    print("%-8s %-6s %12s %12s %8s %14s" % ("threads", "batch", "covidx img/s", "ORT img/s", "ratio", "max|p diff|"))
+    print("covidx %s (OpenBLAS %s, kernel %s) | numpy %s | python %s"
+          % (c["covidx"], c["openblas"].split()[1], c["openblas_corename"], np.__version__, platform.python_version()))
     for threads in args.threads:
-        covidx.set_num_threads(threads)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-        for batch in args.batches:
-            x = rng.uniform(-120, 150, (batch, 224, 224, 3)).astype(np.float32)
-            diff = np.abs(model.predict(x) - sess.run(None, {"x": x})[0]).max()
-            r_cx = rate(lambda: model.predict(x), batch, args.seconds)
-            r_ort = rate(lambda: sess.run(None, {"x": x}), batch, args.seconds)
-            print("%-8d %-6d %12.1f %12.1f %7.2fx %14.2e" % (threads, batch, r_cx, r_ort, r_cx / r_ort, diff))
-            sys.stdout.flush()
+        results = []
+        for engine in args.engines:
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, workdir, str(threads), "--batches",
+                   *map(str, args.batches), "--seconds", str(args.seconds)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                results.append({"engine": engine, "error": (proc.stderr or "no output").strip()[-200:]})
+        base = next((r for r in results if r["engine"] == "onnxruntime" and "rates" in r), None)
+        ref_out = next((r for r in results if r["engine"] == "covidx" and "outputs" in r), None)
+        print("\n%d thread(s)" % threads)
+        print("%-14s %-34s %s %9s %8s  %s" % ("engine", "version", " ".join("b%-3d img/s ratio " % b
+                                                                          for b in args.batches),
+                                         "peak MB", "import", "max|p-covidx|"))
+        for r in results:
+            if "rates" not in r:
+                print("%-14s not available: %s" % (r["engine"], r.get("error")))
+                continue
+            cells = []
+            for b in args.batches:
+                v = r["rates"].get(str(b), r["rates"].get(b))
+                bv = base and (base["rates"].get(str(b)) or base["rates"].get(b))
+                cells.append("%9s %6s" % ("%.1f" % v if v else "n/a", "%.2fx" % (v / bv) if v and bv else "-"))
+            diff = "-"
+            if ref_out and r is not ref_out:
+                diffs = [np.abs(np.array(r["outputs"][k]) - np.array(ref_out["outputs"][k])).max()
+                         for k in r["outputs"] if k in ref_out["outputs"]]
+                diff = "%.1e" % max(diffs) if diffs else "-"
+            print("%-14s %-34s %s %9.0f %7.2fs  %s" % (r["engine"], str(r["version"])[:34], " ".join(cells),
+                                                       r["peak_rss_mb"], r["import_s"], diff))
+            if r.get("error"):
+                print("%14s  (%s)" % ("", r["error"]))
+        sys.stdout.flush()
+    print("\nratios are against onnxruntime in the same run")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ The network is the plain PyTorch ResNet50 that the tests use as their independen
         --out weights/covid_resnet50.safetensors
 
 Recipe (fixed seed): 10% of the training folder (stratified) is held out for monitoring; the test
-split is never read. SGD + Nesterov momentum, one-cycle learning rate, label smoothing, weight decay,
-zero-initialised last batchnorm of each block. Strong geometric and photometric augmentation
+split is never read. AdamW, one-cycle learning rate, label smoothing, decoupled weight decay,
+zero-initialised last batchnorm of each block. Geometric and photometric augmentation
 (rotation, scale, aspect ratio, shift, shear, contrast, brightness, gamma, blur, noise, border fill)
 so that the model sees images unlike the training hospitals'. Progressive resizing: most epochs at
 a lower resolution (cheaper on a CPU), the last ones at 224x224. The batchnorm statistics are
@@ -55,18 +55,19 @@ def load_folder(root):
     return np.stack(xs), np.array(ys, dtype=np.int64), names
 
 
-def augment(x, size, gen):
-    """x: (n, 3, 224, 224) float in [0, 1] -> (n, 3, size, size), randomly transformed."""
-    n = x.shape[0]
+def augment(x, size, gen, strength=1.0):
+    """x: (n, 3, 224, 224) float in [0, 1] -> (n, 3, size, size), randomly transformed; strength
+    scales every range."""
+    n, k = x.shape[0], strength
 
     def u(lo, hi):
         return torch.rand(n, generator=gen) * (hi - lo) + lo
 
-    angle = u(-12, 12) * math.pi / 180
-    scale = torch.exp(u(math.log(0.8), math.log(1.2)))
-    aspect = torch.exp(u(math.log(0.8), math.log(1.25)))
-    shear = u(-0.1, 0.1)
-    tx, ty = u(-0.1, 0.1), u(-0.1, 0.1)
+    angle = u(-12 * k, 12 * k) * math.pi / 180
+    scale = torch.exp(u(math.log(1 - 0.2 * k), math.log(1 + 0.2 * k)))
+    aspect = torch.exp(u(-0.22 * k, 0.22 * k))
+    shear = u(-0.1 * k, 0.1 * k)
+    tx, ty = u(-0.1 * k, 0.1 * k), u(-0.1 * k, 0.1 * k)
     sx, sy = scale * torch.sqrt(aspect), scale / torch.sqrt(aspect)
     cos, sin = torch.cos(angle), torch.sin(angle)
     # theta maps output coordinates to input coordinates (normalised to [-1, 1]).
@@ -82,18 +83,18 @@ def augment(x, size, gen):
     pad = "zeros" if torch.rand(1, generator=gen).item() < 0.5 else "border"
     y = F.grid_sample(x, grid, mode=mode, padding_mode=pad, align_corners=False)
     # Photometric: gamma, contrast around the image mean, brightness, slight channel tint.
-    gamma = torch.exp(u(math.log(0.6), math.log(1.6))).view(n, 1, 1, 1)
+    gamma = torch.exp(u(-0.47 * k, 0.47 * k)).view(n, 1, 1, 1)
     y = y.clamp(0, 1) ** gamma
     mean = y.mean(dim=(1, 2, 3), keepdim=True)
-    y = (y - mean) * u(0.6, 1.4).view(n, 1, 1, 1) + mean + u(-0.12, 0.12).view(n, 1, 1, 1)
-    y = y * (1 + 0.04 * (torch.rand(n, 3, 1, 1, generator=gen) - 0.5))
-    # Blur a quarter of the images, add noise to another quarter.
-    blur = torch.rand(n, generator=gen) < 0.25
+    y = (y - mean) * u(1 - 0.4 * k, 1 + 0.4 * k).view(n, 1, 1, 1) + mean + u(-0.12 * k, 0.12 * k).view(n, 1, 1, 1)
+    y = y * (1 + 0.04 * k * (torch.rand(n, 3, 1, 1, generator=gen) - 0.5))
+    # Blur some images, add noise to some others.
+    blur = torch.rand(n, generator=gen) < 0.25 * k
     if blur.any():
-        k = torch.tensor([0.25, 0.5, 0.25])
-        k2 = (k[:, None] * k[None, :]).expand(3, 1, 3, 3)
-        y[blur] = F.conv2d(F.pad(y[blur], (1, 1, 1, 1), mode="replicate"), k2, groups=3)
-    noisy = (torch.rand(n, generator=gen) < 0.25).view(n, 1, 1, 1)
+        taps = torch.tensor([0.25, 0.5, 0.25])
+        kernel = (taps[:, None] * taps[None, :]).expand(3, 1, 3, 3)
+        y[blur] = F.conv2d(F.pad(y[blur], (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    noisy = (torch.rand(n, generator=gen) < 0.25 * k).view(n, 1, 1, 1)
     y = y + noisy * torch.randn(y.shape, generator=gen) * 0.03
     return y.clamp(0, 1)
 
@@ -151,11 +152,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=18)
-    ap.add_argument("--full-res-epochs", type=int, default=2, help="final epochs at 224x224")
-    ap.add_argument("--low-res", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--full-res-epochs", type=int, default=1, help="final epochs at 224x224")
+    ap.add_argument("--low-res", type=int, default=112)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.04)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--augment", type=float, default=0.6, help="augmentation strength (1: widest ranges)")
     ap.add_argument("--seed", type=int, default=20210101)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--time-steps", type=int, default=0, help="only time this many steps")
@@ -175,11 +178,11 @@ def main():
     model = build_model(args.seed).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}],
-                          lr=args.lr, momentum=0.9, nesterov=True)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0}], lr=args.lr)
     steps_per_epoch = len(ytr) // args.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
+                                                steps_per_epoch=steps_per_epoch, pct_start=0.1)
     gen = torch.Generator().manual_seed(args.seed)
     log = []
     for epoch in range(args.epochs):
@@ -190,7 +193,7 @@ def main():
         for s in range(steps_per_epoch):
             idx = perm[s * args.batch:(s + 1) * args.batch]
             xb = torch.from_numpy(xtr[idx]).permute(0, 3, 1, 2).float() / 255
-            xb = augment(xb, size, gen).contiguous(memory_format=torch.channels_last)
+            xb = augment(xb, size, gen, args.augment).contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(ytr[idx])
             lg = logits(model, xb)
             loss = F.cross_entropy(lg, yb, label_smoothing=0.1)

@@ -1,2 +1,3 @@
-"""keras.models: load_model, Model."""
-from ..model import Model, load_model  # noqa: F401
+"""keras.models: load_model, Model (functional: Model(inputs=..., outputs=...))."""
+from ..functional import Model  # noqa: F401
+from ..model import load_model  # noqa: F401

@@ -57,6 +57,10 @@ def _open(path):
             raise ImageFileError(name, e.strerror or str(e)) from None
     else:
         raise TypeError("path should be path-like or io.BytesIO, not %s" % type(path))
+    if is_dicom(data):
+        from ..dicom import dicom_to_pil  # pydicom, an optional extra
+
+        return dicom_to_pil(data, name), name
     try:
         img = Image.open(data)
         img.load()
@@ -68,6 +72,12 @@ def _open(path):
         reason = "zero-byte file" if data.getbuffer().nbytes == 0 else "%s: %s" % (type(e).__name__, e)
         raise ImageFileError(name, reason) from None
     return img, name
+
+
+def is_dicom(data):
+    """True for a DICOM Part 10 file ('DICM' after the 128-byte preamble)."""
+    buf = data.getbuffer()
+    return len(buf) >= 132 and bytes(buf[128:132]) == b"DICM"
 
 
 def _sixteen_bit_to_8(img):

@@ -42,7 +42,8 @@ class Iterator:
     """Base of the image iterators: a Keras Sequence (len, [i], on_epoch_end) that is also an
     infinite Python iterator (next() cycles through epochs, reshuffling each pass)."""
 
-    white_list_formats = ("png", "jpg", "jpeg", "bmp", "ppm", "tif", "tiff")
+    # Keras's list, plus DICOM (read through pydicom, an optional extra)
+    white_list_formats = ("png", "jpg", "jpeg", "bmp", "ppm", "tif", "tiff", "dcm")
 
     def __init__(self, n, batch_size, shuffle, seed):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

@@ -1,0 +1,3 @@
+"""keras.layers: the layers of a transfer-learning head on a covidx ResNet50 backbone."""
+from ..functional import (Activation, BatchNormalization, Dense, Dropout, Flatten, GlobalAveragePooling2D,  # noqa: F401
+                          GlobalMaxPooling2D, Layer)

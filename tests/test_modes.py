@@ -1,0 +1,47 @@
+"""Every compute mode gives the same answers: Winograd F(2x2,3x3) against im2col + SGEMM and
+against the plain C loops, on real X-rays; and a benchmark smoke run (outputs only, no timing)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from covidx.applications.resnet50 import ResNet50, preprocess_input
+from covidx.data import sample_files
+from covidx.preprocessing.image import img_to_array, load_img
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def xrays(size):
+    return preprocess_input(np.stack([img_to_array(load_img(p, target_size=size)) for p, _ in sample_files()]))
+
+
+def build(monkeypatch, winograd):
+    monkeypatch.setenv("COVIDX_WINOGRAD", "1" if winograd else "0")
+    return ResNet50(weights=None, include_top=False, pooling=None, seed=5)
+
+
+@pytest.mark.parametrize("size", [(96, 96), (67, 75), (224, 224)])
+def test_winograd_matches_im2col_and_plain_loops(monkeypatch, size):
+    x = xrays(size)[:4 if size[0] < 200 else 2]
+    wino, im2col = build(monkeypatch, True), build(monkeypatch, False)
+    fw, fi = wino.feature_map(x), im2col.feature_map(x)
+    ref = wino._engine.forward(np.ascontiguousarray(x, np.float32), output=2, reference=True)
+    scale = np.abs(ref).max()
+    assert np.abs(fw - ref).max() / scale < 2e-6
+    assert np.abs(fi - ref).max() / scale < 2e-6
+    assert not np.array_equal(fw, fi)  # the two paths really differ in how they compute
+
+
+def test_benchmark_smoke_outputs_agree(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch = pytest.importorskip("torch")  # noqa: F841
+    script = os.path.join(REPO, "benchmarks", "bench_engines.py")
+    out = subprocess.run([sys.executable, script, "--batches", "1", "--threads", "1", "--seconds", "0.01",
+                          "--engines", "covidx", "onnxruntime"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = [line for line in out.stdout.splitlines() if line.startswith("onnxruntime")][0]
+    assert float(row.split()[-1]) < 1e-4  # max |p_ort - p_covidx| on identical weights
