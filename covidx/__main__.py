@@ -1,13 +1,20 @@
 """The covidx command (also python -m covidx).
 
-    covidx evaluate [DIR]                 evaluate the model on a folder with one sub-folder per class
-                                          (default: the sample X-rays bundled with covidx)
-    covidx predict PATH... [--json|--csv] classify image files (folders are searched recursively)
+    covidx evaluate [DIR] [--report FILE.html]
+                                          evaluate the model on a folder with one sub-folder per class
+                                          (default: the sample X-rays bundled with covidx); --report
+                                          also writes a one-page HTML report (needs matplotlib)
+    covidx predict PATH... [--json|--csv] [--gradcam DIR]
+                                          classify image and DICOM files (folders are searched
+                                          recursively); --gradcam writes a Grad-CAM overlay per file.
+                                          With --json or --csv, stdout holds only the records;
+                                          progress and notes go to stderr
     covidx info                           versions, OpenBLAS kernel, threads, CPU, the model card summary
 
 Options: --model FILE (a model file instead of the shipped model), --batch-size N, --threads N.
 Exit status: 0 success, 1 some files could not be read (the others are reported), 2 usage or
-model errors."""
+model errors, or a missing optional package (pydicom, matplotlib); 130 interrupted; 141 the
+reader of stdout went away (a closed pipe)."""
 from __future__ import annotations
 
 import argparse
@@ -20,8 +27,7 @@ import numpy as np
 
 import covidx
 from covidx.data import SAMPLES_DIR
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
+from covidx.distributed import image_files  # needs no dask
 
 
 def load_default_or(path):
@@ -54,18 +60,15 @@ def generator_for(model):
 
 
 def image_paths(paths):
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        else:
-            out.append(p)
-    return out
+    """Files as given; folders searched recursively for images and .dcm files."""
+    return image_files(paths)
 
 
 def cmd_evaluate(args):
+    if args.report:
+        from covidx import plots
+
+        plots.require_matplotlib()  # before the work, not after it
     model, trained = load_default_or(args.model)
     directory = args.dir or SAMPLES_DIR
     if not os.path.isdir(directory):
@@ -103,12 +106,23 @@ def cmd_evaluate(args):
     print(reports.format_summary(result))
     if not trained:
         print("(random weights: these numbers only show the pipeline working)")
+    if args.report:
+        write_html_report(args.report, model, it, labels[ok], p[ok], names, ok, directory)
     if it.skipped:
         print("%d file(s) could not be read:" % len(it.skipped))
         for path, reason in it.skipped:
             print("  %s: %s" % (path, reason))
         return 1
     return 0
+
+
+def write_html_report(path, model, it, labels, probs, names, ok, directory):
+    from covidx import report_html
+
+    files = [f for f, good in zip(it.filepaths, ok) if good]
+    report_html.write_report(path, labels, probs, names, files=files, model=model, skipped=it.skipped,
+                             source=directory)
+    print("report written to %s" % path)
 
 
 def cmd_predict(args):
@@ -119,16 +133,21 @@ def cmd_predict(args):
     if not paths:
         print("covidx predict: no image files given", file=sys.stderr)
         return 2
-    names = model.class_names or [str(i) for i in range(model.output_shape[-1])]
+    from covidx.distributed import output_names, predicted_name
+
+    names = output_names(model)
+    heatmaps = HeatmapWriter(model, args.gradcam) if args.gradcam else None
     records, failed = [], 0
-    bar = covidx.progbar.Progbar(len(paths), verbose=1, stream=sys.stderr) if len(paths) > args.batch_size else None
+    long_run = len(paths) > args.batch_size or (heatmaps and len(paths) > 1)
+    bar = covidx.progbar.Progbar(len(paths), verbose=1, stream=sys.stderr) if long_run else None
     for start in range(0, len(paths), args.batch_size):
-        chunk, arrays, errors = paths[start:start + args.batch_size], [], {}
+        chunk, images, errors = paths[start:start + args.batch_size], {}, {}
         for path in chunk:
             try:
-                arrays.append(img_to_array(load_img(path, target_size=(224, 224))))
+                images[path] = load_img(path, target_size=(224, 224))
             except (ImageFileError, OSError) as e:
                 errors[path] = str(e)
+        arrays = [img_to_array(images[p]) for p in chunk if p in images]
         probs = iter(model.predict(model.preprocess(np.stack(arrays)), verbose=0)) if arrays else iter(())
         for path in chunk:
             if path in errors:
@@ -136,13 +155,47 @@ def cmd_predict(args):
                 records.append({"path": path, "error": errors[path]})
                 continue
             p = next(probs)
-            rec = {"path": path, "probabilities": {n: float(v) for n, v in zip(names, p)}}
-            rec["predicted"] = names[int(np.argmax(p))] if len(p) > 1 else names[int(p[0] > 0.5)]
+            rec = {"path": path, "probabilities": {n: float(v) for n, v in zip(names, p)},
+                   "predicted": predicted_name(p, names)}
+            if heatmaps:
+                rec["gradcam"] = heatmaps.write(path, images[path], p)
             records.append(rec)
         if bar:
             bar.update(min(start + args.batch_size, len(paths)))
     write_records(records, names, args)
+    if heatmaps and heatmaps.written:
+        print("%d Grad-CAM overlay(s) written to %s" % (heatmaps.written, args.gradcam), file=sys.stderr)
     return 1 if failed else 0
+
+
+class HeatmapWriter:
+    """Writes DIR/<file name without extension>.gradcam.png for each file: the Grad-CAM of its
+    predicted class."""
+
+    def __init__(self, model, directory):
+        from covidx import explain
+
+        explain._head(model)  # a model without a class score fails here, before any work
+        os.makedirs(directory, exist_ok=True)
+        self.model, self.directory, self.written, self.taken = model, directory, 0, set()
+
+    def write(self, path, image, probabilities):
+        from covidx import explain
+
+        index = int(np.argmax(probabilities)) if len(probabilities) > 1 else int(probabilities[0] > 0.5)
+        out = self.unique_name(os.path.splitext(os.path.basename(path))[0])
+        explain.gradcam(self.model, image, index).save(out)
+        self.written += 1
+        return out
+
+    def unique_name(self, base):
+        """DIR/base.gradcam.png, numbered when two inputs share a file name."""
+        n, out = 1, os.path.join(self.directory, base + ".gradcam.png")
+        while out in self.taken:
+            n += 1
+            out = os.path.join(self.directory, "%s-%d.gradcam.png" % (base, n))
+        self.taken.add(out)
+        return out
 
 
 def write_records(records, names, args):
@@ -153,11 +206,12 @@ def write_records(records, names, args):
         return
     if args.csv:
         w = csv.writer(out)
-        w.writerow(["path"] + names + ["predicted", "error"])
+        heatmaps = ["gradcam"] if args.gradcam else []
+        w.writerow(["path"] + names + ["predicted", "error"] + heatmaps)
         for r in records:
             probs = r.get("probabilities", {})
             w.writerow([r["path"]] + ["%.6f" % probs[n] if n in probs else "" for n in names]
-                       + [r.get("predicted", ""), r.get("error", "")])
+                       + [r.get("predicted", ""), r.get("error", "")] + [r.get("gradcam", "") for _ in heatmaps])
         return
     width = max([len("file")] + [len(r["path"]) for r in records])
     out.write("%-*s  %s  predicted\n" % (width, "file", "  ".join("%8s" % n for n in names)))
@@ -183,7 +237,21 @@ def cmd_info(args):
             print("model card (%s):\n  %s" % (card, "\n  ".join(summary)))
     else:
         print("shipped model: none installed")
+    print("optional packages: %s" % ", ".join("%s %s" % (name, version) for name, version in optional_versions()))
     return 0
+
+
+def optional_versions():
+    """(package, version or 'not installed') for the optional extras."""
+    from importlib import metadata
+
+    out = []
+    for name in ("pydicom", "matplotlib", "dask", "distributed", "pandas"):
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, "not installed"))
+    return out
 
 
 def parser():
@@ -193,11 +261,13 @@ def parser():
     sub = ap.add_subparsers(dest="command")
     ev = sub.add_parser("evaluate", help="evaluate on a folder with one sub-folder per class")
     ev.add_argument("dir", nargs="?", help="default: the bundled sample X-rays")
+    ev.add_argument("--report", metavar="FILE.html", help="also write a one-page HTML report (needs matplotlib)")
     pr = sub.add_parser("predict", help="classify image files")
     pr.add_argument("paths", nargs="+")
     fmt = pr.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="stdout holds only JSON: one record per file")
     fmt.add_argument("--csv", action="store_true")
+    pr.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay of the predicted class per file")
     for p in (ev, pr):
         p.add_argument("--model", help="a model file (default: the shipped model)")
         p.add_argument("--batch-size", type=int, default=16)
@@ -214,17 +284,20 @@ def main(argv=None):
     try:
         if command in ("evaluate", "samples"):
             if command == "samples" or not hasattr(args, "dir"):
-                args.dir, args.model, args.batch_size = None, None, 16
+                args.dir, args.model, args.batch_size, args.report = None, None, 16, None
             return cmd_evaluate(args)
         if command == "predict":
             return cmd_predict(args)
         return cmd_info(args)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, ImportError) as e:
         print("covidx %s: %s" % (command, e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("covidx: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (covidx predict ... | head): stop quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ JPEG 2000 with Pillow or pylibjpeg). Multi-frame files are refused: which frame 
 is not something covidx can guess."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -92,10 +94,18 @@ def stored_pixels(ds, name):
                      % (syntax_name, " ".join(str(e).split()), hint)) from None
 
 
+def _lut_functions():
+    """(apply_modality_lut, apply_voi): pydicom 3's names, or pydicom 2's."""
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi
+    except ImportError:
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
+    return apply_modality_lut, apply_voi
+
+
 def display_values(pixels, ds, name):
     """Stored values -> display values in [0, 1] (Modality LUT, VOI, MONOCHROME1 inversion)."""
-    from pydicom.pixels import apply_modality_lut
-
+    apply_modality_lut, _ = _lut_functions()
     try:
         values = apply_modality_lut(pixels, ds)
         if ds.get("VOILUTSequence"):
@@ -114,7 +124,7 @@ def display_values(pixels, ds, name):
 
 def first_value(element_value):
     """Window Center/Width may hold several alternatives (multi-valued DS): the first is the default."""
-    if isinstance(element_value, (list, tuple)) or type(element_value).__name__ == "MultiValue":
+    if isinstance(element_value, Sequence) and not isinstance(element_value, str):
         return float(element_value[0])
     return float(element_value)
 
@@ -144,8 +154,7 @@ def window(values, centre, width, function="LINEAR"):
 def voi_lut(values, ds):
     """The first VOI LUT Sequence item applied; its output scaled by the LUT's bit depth. Encoders
     often declare 16 bits for 12-bit tables, so the depth the entries actually use wins when smaller."""
-    from pydicom.pixels import apply_voi
-
+    _, apply_voi = _lut_functions()
     if not np.issubdtype(np.asarray(values).dtype, np.integer):
         values = np.rint(values).astype(np.int64)  # the table is indexed by integer modality values
     out = np.asarray(apply_voi(values, ds), np.float64)

@@ -55,6 +55,16 @@ def load_folder(root):
     return np.stack(xs), np.array(ys, dtype=np.int64), names
 
 
+def holdout_mask(y, seed):
+    """The held-out tenth of each class (True), drawn with the recipe's seed."""
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(y), bool)
+    for c in range(len(CLASSES)):
+        idx = np.flatnonzero(y == c)
+        val[rng.choice(idx, size=len(idx) // 10, replace=False)] = True
+    return val
+
+
 def augment(x, size, gen, strength=1.0):
     """x: (n, 3, 224, 224) float in [0, 1] -> (n, 3, size, size), randomly transformed; strength
     scales every range."""
@@ -152,8 +162,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=14)
-    ap.add_argument("--full-res-epochs", type=int, default=1, help="final epochs at 224x224")
+    ap.add_argument("--epochs", type=int, default=7)
+    ap.add_argument("--full-res-epochs", type=int, default=0, help="final epochs at 224x224")
     ap.add_argument("--low-res", type=int, default=112)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -167,11 +177,7 @@ def main():
     t_start = time.time()
 
     x, y, names = load_folder(args.data)
-    rng = np.random.default_rng(args.seed)
-    val = np.zeros(len(y), bool)
-    for c in range(len(CLASSES)):
-        idx = np.flatnonzero(y == c)
-        val[rng.choice(idx, size=len(idx) // 10, replace=False)] = True
+    val = holdout_mask(y, args.seed)
     xtr, ytr, xva, yva = x[~val], y[~val], x[val], y[val]
     print("train %d, held out %d (%s)" % (len(ytr), len(yva), dict(zip(CLASSES, np.bincount(ytr)))), flush=True)
 

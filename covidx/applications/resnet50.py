@@ -2,9 +2,11 @@
 after global average pooling, and `variant=` for torchvision's v1.5 layout."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from .. import architecture
+from .. import architecture, formats
 from ..model import Model, load_model
 
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
@@ -77,6 +79,11 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
         where covidx reads image files itself: 'caffe', 'tf', 'torch', or {'rescale': 1/255}.
     seed: seed for the random initial weights (weights=None).
 
+    weights: None (random), 'imagenet' (Keras's official file, from Keras's cache or downloaded;
+    see covidx.applications.imagenet), or the path of a weights file loaded into this
+    architecture as Keras's load_weights does: Keras .h5 / .keras / .weights.h5, a PyTorch
+    torchvision state_dict (variant='v1.5'), or a covidx .safetensors model.
+
     Input images may have any size >= 32x32; input_shape is only checked."""
     if input_tensor is not None:
         raise ValueError("input_tensor: not supported; covidx models take NumPy arrays")
@@ -84,16 +91,47 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
         shape = tuple(input_shape)
         if len(shape) != 3 or shape[2] != 3 or any(d is not None and d < 32 for d in shape[:2]):
             raise ValueError("input_shape: expected (height >= 32, width >= 32, 3), got %r" % (input_shape,))
+    if isinstance(weights, str) and weights == "imagenet":
+        _check_imagenet_arguments(include_top, classes, classifier_activation, head, variant)
     arch = resnet50_architecture(include_top, pooling, classes, classifier_activation, head, variant)
-    if weights == "imagenet":
-        raise ValueError("weights='imagenet': ImageNet weights are not available in this covidx version; "
-                         "use weights=None (random) or the path of a covidx model file")
     if weights is None:
         return Model(arch, _initial_weights(arch, seed), class_names=class_names, preprocessing=preprocessing,
                      name=name)
-    source = load_model(weights)
-    return Model(arch, source.named_weights, class_names=class_names or source.class_names,
-                 preprocessing=source.preprocessing or preprocessing, name=name)
+    if isinstance(weights, str) and weights == "imagenet":
+        from . import imagenet
+
+        named = formats.load_weights(imagenet.weights_path(include_top), arch)
+        return Model(arch, named, class_names=class_names, preprocessing=preprocessing, name=name)
+    if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
+        raise ValueError("weights: expected None (random initialisation), 'imagenet' or the path of a weights "
+                         "file, got %r" % (weights,))
+    if formats.sniff(weights) == "safetensors":
+        # A covidx model file: its tensors that this architecture has (the backbone alone for
+        # include_top=False); its class names only where the outputs are the same.
+        source = load_model(weights)
+        wanted = {"%s/%s" % (layer, w) for layer, ws in architecture.weight_spec(arch) for w, _ in ws}
+        named = {k: v for k, v in source.named_weights.items() if k in wanted}
+        same_outputs = arch.get("head") and source.architecture.get("head") and \
+            architecture.output_units(arch) == architecture.output_units(source.architecture)
+        return Model(arch, named, class_names=class_names or (source.class_names if same_outputs else None),
+                     preprocessing=source.preprocessing or preprocessing, name=name)
+    # Keras (.h5, .keras, .weights.h5) or PyTorch files: loaded as Keras's load_weights does
+    return Model(arch, formats.load_weights(weights, arch), class_names=class_names, preprocessing=preprocessing,
+                 name=name)
+
+
+def _check_imagenet_arguments(include_top, classes, classifier_activation, head, variant):
+    """Keras's checks for weights='imagenet', and the covidx options the file cannot fill."""
+    if variant != "v1":
+        raise ValueError("weights='imagenet': Keras's ImageNet weights are variant 'v1', got variant=%r" % (variant,))
+    if include_top and head is not None:
+        raise ValueError("weights='imagenet': the ImageNet top has no hidden Dense layers; use head=None")
+    if include_top and classes != 1000:
+        raise ValueError("If using `weights='imagenet'` with `include_top=True`, `classes` should be 1000. "
+                         "Received classes=%r" % (classes,))
+    if include_top and classifier_activation not in (None, "softmax"):
+        raise ValueError("If using `weights='imagenet'` with `include_top=True`, `classifier_activation` must "
+                         "be None or 'softmax'. Received: %r" % (classifier_activation,))
 
 
 def preprocess_input(x, data_format=None, mode="caffe"):

@@ -1,0 +1,235 @@
+"""Scoring many image files on a Dask cluster (pip install covidx[distributed]).
+
+    from dask.distributed import Client
+    from covidx.distributed import predict_files
+
+    client = Client("tcp://scheduler-host:8786")          # or None: a LocalCluster on this machine
+    table = predict_files("/data/xrays", client, model_path="/shared/models/covid.safetensors")
+
+The file list is cut into chunks, one task each. A worker loads the model the first time it needs
+it and keeps it for the worker's lifetime (one copy per worker process), and sizes covidx's
+threads to its share of its machine's cores: cores // (workers on that machine). Every worker
+must be able to read the image files and the model file at the paths given (a shared or
+replicated file system). A file that cannot be read gives a row with its error; it does not stop
+the run."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".dcm")
+DEFAULT_CHUNK = 64
+
+_models = {}  # per worker process: model path -> (model, lock); the model stays loaded between tasks
+_models_lock = threading.Lock()
+
+
+def image_files(paths):
+    """The files to score: paths as given, with folders searched recursively (sorted) for files with
+    an image or DICOM extension."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        paths = [paths]
+    out = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        else:
+            out.append(p)
+    return out
+
+
+def _dask():
+    try:
+        import distributed
+        import pandas  # noqa: F401
+    except ImportError:
+        raise ImportError("covidx.distributed needs dask.distributed and pandas: pip install 'dask[distributed]' "
+                          "pandas (or pip install covidx[distributed])") from None
+    return distributed
+
+
+def predict_files(paths, client=None, *, model_path=None, batch_size=16, chunk_size=DEFAULT_CHUNK,
+                  target_size=(224, 224), progress=False):
+    """Class probabilities for every file, computed on a Dask cluster; a pandas DataFrame with one
+    row per file, in the order given: path, one probability column per class (named by class),
+    predicted (the class name) and error (why the file could not be read). For an unreadable file
+    the probabilities and predicted are missing (NaN); for the others error is.
+
+    paths: a list of files and folders, or one folder (searched recursively for images and .dcm).
+    client: a dask.distributed Client; None uses the current default client, or starts a
+        LocalCluster on this machine for the call.
+    model_path: a covidx model file readable on every worker; None: covidx's shipped model.
+    Images are read with load_img at target_size and the model's recorded preprocessing, exactly
+    as covidx predict does; batch_size images go through the engine at a time."""
+    distributed = _dask()
+    files = image_files(paths)
+    if not files:
+        raise ValueError("predict_files: no image files in %r" % (paths,))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError("chunk_size: expected a positive integer, got %r" % (chunk_size,))
+    if model_path is not None:
+        model_path = os.path.abspath(os.fspath(model_path))
+    own_client = None
+    if client is None:
+        try:
+            client = distributed.default_client()
+        except ValueError:
+            own_client = client = distributed.Client(distributed.LocalCluster(threads_per_worker=1,
+                                                                               n_workers=local_workers()))
+    try:
+        per_host = workers_per_host(client)
+        chunks = [files[i:i + chunk_size] for i in range(0, len(files), chunk_size)]
+        futures = client.map(score_chunk, chunks, model_path=model_path, workers_per_host=per_host,
+                             batch_size=batch_size, target_size=tuple(target_size), pure=False)
+        if progress:
+            _show_progress(distributed, futures, len(files), chunk_size)
+        results = client.gather(futures)
+    finally:
+        if own_client is not None:
+            cluster = own_client.cluster
+            own_client.close()
+            cluster.close()
+    return to_frame(results)
+
+
+def local_workers():
+    """Workers for a LocalCluster on this machine: enough to decode images while the engine runs,
+    each with several cores for the engine."""
+    cores = _cores()
+    return max(1, min(4, cores // 4))
+
+
+def _cores():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def workers_per_host(client):
+    """{host: number of workers on it}, from the scheduler's view of the cluster."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # dask.distributed before 2025 lists every worker without being asked
+        info = client.scheduler_info()
+    counts = {}
+    for w in info.get("workers", {}).values():
+        counts[w["host"]] = counts.get(w["host"], 0) + 1
+    return counts
+
+
+def _show_progress(distributed, futures, n_files, chunk_size):
+    from .progbar import Progbar
+
+    bar = Progbar(n_files, verbose=1, stream=sys.stderr)
+    done = 0
+    for _ in distributed.as_completed(futures):
+        done = min(n_files, done + chunk_size)
+        bar.update(done)
+
+
+# --- on the workers ----------------------------------------------------------------------------------
+
+
+def worker_model(model_path, workers_per_host=None):
+    """(model, lock) for this worker process: loaded on first use, then kept. Sets covidx's threads to
+    this worker's share of its machine's cores."""
+    key = model_path or "<shipped model>"
+    with _models_lock:
+        if key not in _models:
+            import covidx
+
+            model = covidx.load_model(model_path)
+            covidx.set_num_threads(thread_share(workers_per_host or {}))
+            _models[key] = (model, threading.Lock())
+        return _models[key]
+
+
+def thread_share(workers_per_host):
+    """This machine's cores divided among the workers that run on it (at least 1)."""
+    try:
+        from distributed import get_worker
+        from distributed.comm import get_address_host
+
+        host = get_address_host(get_worker().address)
+    except (ImportError, ValueError):  # not running inside a worker
+        return _cores()
+    return max(1, _cores() // max(1, workers_per_host.get(host, 1)))
+
+
+def score_chunk(paths, model_path=None, workers_per_host=None, batch_size=16, target_size=(224, 224)):
+    """Runs on a worker: {'class_names': [...], 'rows': [(path, probabilities or None, error or None)]}."""
+    from .preprocessing.image import ImageFileError, img_to_array, load_img
+
+    model, lock = worker_model(model_path, workers_per_host)
+    arrays, errors = {}, {}
+    for path in paths:
+        try:
+            arrays[path] = img_to_array(load_img(path, target_size=target_size))
+        except (ImageFileError, OSError, ImportError) as e:
+            errors[path] = str(e)
+        except Exception as e:  # a damaged file must not cost the other files of its chunk
+            errors[path] = "%s: %s" % (type(e).__name__, e)
+    readable = [p for p in paths if p in arrays]
+    probs = {}
+    for start in range(0, len(readable), batch_size):
+        batch = readable[start:start + batch_size]
+        x = model.preprocess(np.stack([arrays[p] for p in batch]))
+        with lock:  # one engine call at a time per worker: each already uses the worker's share of cores
+            out = model.predict(x, verbose=0)
+        probs.update(zip(batch, (np.asarray(row, np.float64) for row in out)))
+    return {"class_names": output_names(model),
+            "rows": [(p, probs.get(p), errors.get(p)) for p in paths]}
+
+
+# --- the table ---------------------------------------------------------------------------------------
+
+
+def to_frame(results):
+    """One DataFrame from the chunks' results, rows in file order."""
+    import pandas as pd
+
+    names = results[0]["class_names"]
+    columns = probability_columns(names)
+    table = {"path": []}
+    table.update({c: [] for c in columns})
+    table["predicted"], table["error"] = [], []
+    for result in results:
+        for path, probs, error in result["rows"]:
+            table["path"].append(path)
+            for i, c in enumerate(columns):
+                table[c].append(np.nan if probs is None else float(probs[i]))
+            table["predicted"].append(None if probs is None else predicted_name(probs, names))
+            table["error"].append(error)
+    return pd.DataFrame(table)
+
+
+def probability_columns(names):
+    """A probability column per class, named by the class (prefixed 'p_' if a name is taken)."""
+    return ["p_" + n if n in ("path", "predicted", "error") else n for n in names]
+
+
+def output_names(model):
+    """A name per output unit: the model's class names, else '0', '1', ... (a lone sigmoid unit
+    gives P(class 1), so it is '1')."""
+    units = model.output_shape[-1]
+    if model.class_names:
+        return list(model.class_names)
+    return [str(i) for i in range(units)] if units > 1 else ["1"]
+
+
+def predicted_name(probs, names):
+    """The predicted class; a lone sigmoid unit above 0.5 calls its class, else the other one."""
+    if len(probs) == 1:
+        if probs[0] > 0.5:
+            return names[0]
+        return "0" if names[0] == "1" else "not " + names[0]
+    return names[int(np.argmax(probs))]

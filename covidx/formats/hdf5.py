@@ -1,0 +1,253 @@
+"""Careful reading of HDF5 files (Keras's .h5 and .weights.h5) through h5py.
+
+libhdf5 is a large C parser, so covidx checks what it can before handing it anything: the
+superblock and the file length first (a truncated file is refused by covidx, not discovered by
+libhdf5 halfway through a read), then every object on the way: only hard links are followed
+(a soft or external link could point outside the file), attributes and datasets have their type
+and size checked before they are read, and datasets must have exactly the expected shape, a
+float type, storage inside the file and only the standard filters."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from .errors import ModelFileError, fail
+
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
+MAX_ATTRIBUTE_BYTES = 64 << 20  # a model_config is a few hundred KB
+MAX_NAMES = 1 << 16
+MAX_TENSOR_ELEMENTS = 1 << 30
+# deflate, shuffle, fletcher32, and h5py's own lzf: the filters h5py always has
+STANDARD_FILTERS = {1, 2, 3, 32000}
+H5PY_HINT = "pip install h5py (or pip install 'covidx[keras]')"
+
+
+def h5py_module(where):
+    try:
+        import h5py
+    except ImportError:
+        fail(where, "reading Keras HDF5 files needs the h5py package: %s" % H5PY_HINT)
+    return h5py
+
+
+def _address(head, at, size, where):
+    if at + size > len(head):
+        fail(where, "not a valid HDF5 file: the superblock is cut short")
+    return int.from_bytes(head[at:at + size], "little")
+
+
+def check_superblock(head, file_size, where):
+    """Checks the signature, the superblock's version and field sizes, and that the end-of-file
+    address it records fits the file (else the file was truncated)."""
+    if not head.startswith(SIGNATURE):
+        fail(where, "not an HDF5 file (no HDF5 signature at the start)")
+    if len(head) < 16:
+        fail(where, "not a valid HDF5 file: truncated in its superblock (%d bytes)" % file_size)
+    version = head[8]
+    if version in (0, 1):
+        offset_size, length_size = head[13], head[14]
+        first = 24 if version == 0 else 28
+    elif version in (2, 3):
+        offset_size, length_size = head[9], head[10]
+        first = 12
+    else:
+        fail(where, "unsupported HDF5 superblock version %d" % version)
+    if offset_size not in (2, 4, 8) or length_size not in (2, 4, 8):
+        fail(where, "not a valid HDF5 file: bad address sizes in the superblock (%d, %d)" % (offset_size, length_size))
+    base = _address(head, first, offset_size, where)
+    eof = _address(head, first + 2 * offset_size, offset_size, where)
+    if eof == (1 << (8 * offset_size)) - 1:
+        fail(where, "damaged HDF5 superblock (no end-of-file address)")
+    if base != 0:
+        fail(where, "unsupported HDF5 file: data does not start at the beginning of the file (user block)")
+    if eof > file_size:
+        fail(where, "truncated HDF5 file: it records %d bytes, but has %d" % (eof, file_size))
+
+
+class H5File:
+    """An HDF5 file opened read-only, from a path or from bytes (a member of a .keras archive).
+    `where` names the file in every error."""
+
+    def __init__(self, source, where):
+        self.where = where
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self.size = len(source)
+            head = bytes(source[:256])
+            target = io.BytesIO(source)
+        else:
+            self.size = os.path.getsize(source)
+            with open(source, "rb") as f:
+                head = f.read(256)
+            target = source
+        check_superblock(head, self.size, where)
+        self.h5py = h5py_module(where)
+        try:
+            try:  # no file locking: it fails on read-only and network file systems
+                self.file = self.h5py.File(target, "r", locking=False)
+            except TypeError:  # h5py < 3.5
+                self.file = self.h5py.File(target, "r")
+        except Exception as e:  # libhdf5 reports damage as OSError, sometimes others
+            fail(where, "not a readable HDF5 file (%s)" % e)
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- navigation --------------------------------------------------------------------------
+
+    def get(self, group, path):
+        """The object at path (relative to group), following hard links only; None if absent."""
+        node = group
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if not isinstance(node, self.h5py.Group):
+                return None
+            link = node.get(part, getlink=True)
+            if link is None:
+                return None
+            if not isinstance(link, self.h5py.HardLink):
+                fail(self.where, "%s/%s is a %s: covidx follows no links that may lead outside the file"
+                     % (node.name.rstrip("/"), part, type(link).__name__))
+            node = node[part]
+        return node
+
+    def group(self, parent, path):
+        node = self.get(parent, path)
+        return node if isinstance(node, self.h5py.Group) else None
+
+    def keys(self, group):
+        names = list(group.keys())
+        if len(names) > MAX_NAMES:
+            fail(self.where, "%s has %d entries, more than any model file has" % (group.name, len(names)))
+        return names
+
+    # --- attributes --------------------------------------------------------------------------
+
+    def _attribute(self, obj, name):
+        """The attribute's value, after checking its size and that it holds text."""
+        if name not in obj.attrs:
+            return None
+        attr = obj.attrs.get_id(name)
+        dtype, shape = attr.dtype, attr.shape
+        if shape == (0,):  # h5py stores an empty list as an empty float array
+            return []
+        text = dtype.kind in "SU" or self.h5py.check_string_dtype(dtype) is not None
+        if not text or len(shape) > 1:
+            fail(self.where, "attribute %r of %s: expected text, got %s %s" % (name, obj.name, dtype, shape))
+        if attr.get_storage_size() > MAX_ATTRIBUTE_BYTES or (shape and shape[0] > MAX_NAMES):
+            fail(self.where, "attribute %r of %s is implausibly large" % (name, obj.name))
+        return obj.attrs[name]
+
+    def text(self, obj, name):
+        """A text attribute (JSON configs) as str, or None."""
+        value = self._attribute(obj, name)
+        if value is None:
+            return None
+        if isinstance(value, np.ndarray):
+            if value.shape != ():
+                fail(self.where, "attribute %r of %s: expected one string" % (name, obj.name))
+            value = value[()]
+        return _decode(value, self.where, name)
+
+    def names(self, obj, name):
+        """A list-of-names attribute (layer_names, weight_names), joined from Keras's chunks
+        name0, name1, ... when it was too large for one attribute; None if absent."""
+        value = self._attribute(obj, name)
+        if value is None and (name + "0") in obj.attrs:
+            value, k = [], 0
+            while (name + str(k)) in obj.attrs:
+                value.extend(list(self._attribute(obj, name + str(k))))
+                k += 1
+                if len(value) > MAX_NAMES:
+                    fail(self.where, "attribute %r of %s is implausibly large" % (name, obj.name))
+        if value is None:
+            return None
+        if isinstance(value, (str, bytes)) or (isinstance(value, np.ndarray) and value.shape == ()):
+            value = [value[()] if isinstance(value, np.ndarray) else value]
+        return [_decode(v, self.where, name) for v in value]
+
+    # --- datasets ----------------------------------------------------------------------------
+
+    def tensor(self, dataset, shape, label):
+        """The dataset as a float32 array of exactly `shape` (checked before reading)."""
+        self.check_tensor(dataset, label, ndim=len(shape))
+        if tuple(dataset.shape) != tuple(shape):
+            fail(self.where, "%s: expected shape %s, the file has %s" % (label, tuple(shape), tuple(dataset.shape)))
+        return self.read(dataset, label)
+
+    def check_tensor(self, dataset, label, ndim=None):
+        """Checks a dataset's type, rank, size, storage and filters, without reading it."""
+        h5py = self.h5py
+        if not isinstance(dataset, h5py.Dataset):
+            fail(self.where, "%s: expected a dataset at %s" % (label, getattr(dataset, "name", "?")))
+        shape, dtype = dataset.shape, dataset.dtype
+        if shape is None or (ndim is not None and len(shape) != ndim):
+            fail(self.where, "%s: expected %d dimensions, the file has shape %s" % (label, ndim, shape))
+        count = int(np.prod(shape, dtype=np.float64))
+        if count > MAX_TENSOR_ELEMENTS:
+            fail(self.where, "%s: implausibly large tensor %s" % (label, shape))
+        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+            fail(self.where, "%s: expected float16/32/64 weights, the file has %s" % (label, dtype))
+        if dataset.is_virtual or dataset.external:
+            fail(self.where, "%s: data stored outside the file (external or virtual dataset) is not read" % label)
+        plist = dataset.id.get_create_plist()
+        for i in range(plist.get_nfilters()):
+            code = plist.get_filter(i)[0]
+            if code not in STANDARD_FILTERS:
+                fail(self.where, "%s: compressed with HDF5 filter %d, which covidx does not read" % (label, code))
+        nbytes = count * dtype.itemsize
+        layout = plist.get_layout()
+        if layout == h5py.h5d.CONTIGUOUS:
+            offset = dataset.id.get_offset()
+            if count and (offset is None or dataset.id.get_storage_size() < nbytes):
+                fail(self.where, "%s: no data stored (truncated or never written)" % label)
+            if count and offset + nbytes > self.size:
+                fail(self.where, "%s: data lies beyond the end of the file (truncated)" % label)
+        elif layout == h5py.h5d.COMPACT:
+            if dataset.id.get_storage_size() != nbytes:
+                fail(self.where, "%s: inconsistent compact storage" % label)
+        elif layout != h5py.h5d.CHUNKED:
+            fail(self.where, "%s: unsupported storage layout %d" % (label, layout))
+
+    def read(self, dataset, label):
+        out = np.empty(dataset.shape, dtype=dataset.dtype)
+        if out.size:
+            try:
+                dataset.read_direct(out)
+            except Exception as e:
+                fail(self.where, "%s: could not read the data (%s)" % (label, e))
+        out = out.astype(np.float32)
+        if not np.isfinite(out).all():
+            fail(self.where, "%s: holds NaN or infinite values (corrupted?)" % label)
+        return out
+
+
+def _decode(value, where, name):
+    if isinstance(value, np.bytes_):
+        value = bytes(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            fail(where, "attribute %r is not UTF-8 text" % name)
+    if isinstance(value, str):
+        return value
+    fail(where, "attribute %r: expected text, got %s" % (name, type(value).__name__))
+
+
+def guard(where, action, *args):
+    """Runs action(*args), turning what h5py/libhdf5 raise on a damaged file into ModelFileError."""
+    try:
+        return action(*args)
+    except ModelFileError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+        raise ModelFileError("%s: damaged or unreadable HDF5 content (%s: %s)" % (where, type(e).__name__, e)) from e

@@ -1,0 +1,116 @@
+"""covidx.distributed on a real dask.distributed LocalCluster with 2 worker processes: the table
+equals local scoring of the same files, unreadable files give rows with their errors, and each
+worker loads the model once and sizes its threads to its share of the cores."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+pd = pytest.importorskip("pandas")
+
+import covidx  # noqa: E402
+from covidx import distributed as cdist  # noqa: E402
+from covidx.applications.resnet50 import ResNet50  # noqa: E402
+from covidx.data import sample_files  # noqa: E402
+from covidx.preprocessing.image import img_to_array, load_img  # noqa: E402
+
+SIZE = (64, 64)  # small images keep the cluster test fast; the code path is the same as at 224
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    model = ResNet50(weights=None, classes=2, class_names=["COV19", "Normal"], seed=3, preprocessing="caffe")
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    model.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       worker_dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The 8 sample X-rays (in class folders), a corrupt file and a missing one."""
+    root = tmp_path_factory.mktemp("xrays")
+    paths = []
+    for path, label in sample_files():
+        os.makedirs(root / label, exist_ok=True)
+        paths.append(str(shutil.copy(path, root / label / os.path.basename(path))))
+    bad = root / "Normal" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a PNG")
+    return root, paths, str(bad), str(root / "missing.png")
+
+
+def local_predictions(model_path, paths):
+    model = covidx.load_model(model_path)
+    x = model.preprocess(np.stack([img_to_array(load_img(p, target_size=SIZE)) for p in paths]))
+    return model.predict(x, verbose=0)
+
+
+def test_matches_local_predict_with_bad_files_reported(client, model_file, files):
+    _, good, bad, missing = files
+    paths = good[:3] + [bad] + good[3:] + [missing]
+    table = cdist.predict_files(paths, client, model_path=model_file, chunk_size=3, batch_size=2, target_size=SIZE)
+    assert isinstance(table, pd.DataFrame)
+    assert list(table.columns) == ["path", "COV19", "Normal", "predicted", "error"]
+    assert list(table["path"]) == paths
+    ok = table["error"].isna()
+    assert list(ok) == [p not in (bad, missing) for p in paths]
+    want = local_predictions(model_file, good[:3] + good[3:])
+    np.testing.assert_allclose(table.loc[ok, ["COV19", "Normal"]].to_numpy(), want, rtol=0, atol=1e-6)
+    assert list(table.loc[ok, "predicted"]) == [["COV19", "Normal"][i] for i in np.argmax(want, axis=1)]
+    broken = table.set_index("path").loc[bad]
+    assert np.isnan(broken["COV19"]) and pd.isna(broken["predicted"]) and "broken.png" in broken["error"]
+    assert "no such image file" in table.set_index("path").loc[missing, "error"]
+
+
+def test_a_folder_is_searched_and_chunks_reach_both_workers(client, model_file, files):
+    root, good, bad, _ = files
+    table = cdist.predict_files(str(root), client, model_path=model_file, chunk_size=2, target_size=SIZE)
+    assert sorted(table["path"]) == sorted(good + [bad])
+    assert table["error"].notna().sum() == 1
+    # both workers scored chunks, each loaded the model once and took half of this machine's cores
+    state = client.run(lambda: (len(cdist._models), covidx.get_num_threads()))
+    assert len(state) == 2
+    cores = cdist._cores()
+    for loaded, threads in state.values():
+        assert loaded == 1 and threads == max(1, cores // 2)
+
+
+def test_model_loaded_once_per_worker(client, model_file, files):
+    _, good, _, _ = files
+    before = client.run(lambda: id(cdist._models.get(os.path.abspath(model_file), (None,))[0]))
+    cdist.predict_files(good, client, model_path=model_file, chunk_size=1, target_size=SIZE)
+    after = client.run(lambda: id(cdist._models[os.path.abspath(model_file)][0]))
+    for worker, model_id in after.items():
+        assert before[worker] in (model_id, id(None))  # same object as before where one was loaded
+
+
+def test_image_files_lists_images_and_dicom(tmp_path):
+    (tmp_path / "b").mkdir()
+    for name in ("a.png", "b/c.DCM", "b/d.txt", "e.jpeg"):
+        (tmp_path / name).write_bytes(b"")
+    assert cdist.image_files(tmp_path) == [str(tmp_path / "a.png"), str(tmp_path / "e.jpeg"),
+                                           str(tmp_path / "b" / "c.DCM")]
+    assert cdist.image_files(["x.png", str(tmp_path / "b")]) == ["x.png", str(tmp_path / "b" / "c.DCM")]
+
+
+def test_thread_share_outside_a_worker_is_all_cores():
+    assert cdist.thread_share({"127.0.0.1": 2}) == cdist._cores()
+
+
+def test_clear_errors(client, model_file, tmp_path):
+    with pytest.raises(ValueError, match="no image files"):
+        cdist.predict_files(str(tmp_path), client, model_path=model_file)
+    with pytest.raises(ValueError, match="chunk_size"):
+        cdist.predict_files(["a.png"], client, model_path=model_file, chunk_size=0)
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        cdist.predict_files(["a.png"], client, model_path=str(tmp_path / "nowhere.safetensors"))

@@ -1,0 +1,659 @@
+"""Model files from other frameworks, made by the real frameworks (test-only dependencies: Keras 3
+on its torch backend, PyTorch, h5py, onnx, onnxruntime): covidx's predictions must match the
+framework's own within 1e-5, and broken or hostile files must give clear errors.
+
+The test networks have random weights, conditioned like trained ones so that the comparison means
+something: batchnorm statistics measured on real X-rays, small gains on the last batchnorm of each
+residual branch (float32 error then stays ~1e-6 instead of growing through 50 layers), and a last
+layer scaled so probabilities spread over roughly 0.1-0.9."""
+import collections
+import copy
+import json
+import os
+import pickle
+import shutil
+import zipfile
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+h5py = pytest.importorskip("h5py")
+from torch import nn  # noqa: E402
+
+import covidx  # noqa: E402
+from conftest import ARTICLES_HEAD  # noqa: E402
+from covidx.applications.resnet50 import ResNet50, preprocess_input  # noqa: E402
+from covidx.data import sample_files  # noqa: E402
+from covidx.formats import ModelFileError  # noqa: E402
+from covidx.preprocessing.image import img_to_array, load_img  # noqa: E402
+from torch_reference import TorchResNet50  # noqa: E402
+
+torch.set_num_threads(2)
+SIZE = 128
+TOLERANCE = 1e-5
+HEAD_NAMES = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
+CLASSES = ["COVID-19", "Normal"]
+
+
+def xrays(size, flip=False):
+    """The 8 bundled chest X-rays at size x size, caffe-preprocessed."""
+    x = np.stack([img_to_array(load_img(p, target_size=(size, size))) for p, _ in sample_files()])
+    return np.ascontiguousarray(preprocess_input(x[:, :, ::-1] if flip else x))
+
+
+def conditioned_reference(variant, head, seed):
+    """A TorchResNet50 with random weights conditioned like a trained network (see the module
+    docstring); batchnorm statistics come from the mirrored X-rays, not the test inputs."""
+    torch.manual_seed(seed)
+    model = TorchResNet50(variant, head)
+    calibration = torch.from_numpy(xrays(SIZE, flip=True))
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                if name.endswith("bn3"):
+                    m.weight.mul_(0.2)
+                m.bias.normal_(0.0, 0.2)
+                m.momentum = None
+            elif isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.normal_(0.0, 0.1)
+        model.train()
+        model(calibration)
+        model.eval()
+        for layer in model.head:
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            layer.bias.zero_()
+        inputs = model.features(calibration)
+        for layer in model.head[:-1]:
+            inputs = torch.relu(layer(inputs))
+        last = model.head[-1]
+        mu = inputs.mean(dim=0)
+        last.weight -= torch.outer(last.weight @ mu, mu) / (mu @ mu)
+        logits = inputs @ last.weight.T
+        scale = 2.0 * float(logits.std()) + 1e-6
+        last.weight /= scale
+        last.bias.copy_(-logits.mean(dim=0) / scale)
+    return model
+
+
+def assert_meaningful(probs):
+    """Outputs far from saturation and varying between images, or a match would prove little."""
+    assert 0.02 < probs.min() and probs.max() < 0.98, probs
+    assert probs[:, 0].std() > 0.05, probs
+
+
+def assert_matches(got, want):
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= TOLERANCE, np.abs(got - want).max()
+
+
+# --- Keras models ------------------------------------------------------------------------------
+
+
+def keras_articles_model(weights):
+    """The articles' model in Keras 3: ResNet50 without top, GAP, Dense(1024, relu) x3,
+    Dense(512, relu), Dense(2, softmax); weights {'layer/weight': array}."""
+    base = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="global_average_pooling2d")(base.output)
+    for name, (units, activation) in zip(HEAD_NAMES, ARTICLES_HEAD):
+        x = keras.layers.Dense(units, activation=activation, name=name)(x)
+    model = keras.Model(base.input, x, name="articles")
+    assert [v.path for v in model.weights] == list(weights)  # Keras's order is covidx's
+    model.set_weights(list(weights.values()))
+    return model
+
+
+def keras_predict(model, x):
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def covidx_order(weights, arch_kwargs):
+    model = ResNet50(weights=None, **arch_kwargs)
+    return {k: weights[k] for k in model._weight_keys()}
+
+
+def save_legacy_weights(model, path):
+    """save_weights in the legacy HDF5 layout (Keras 2's model.save_weights('x.h5'))."""
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+ARTICLES = dict(classes=2, head=(1024, 1024, 1024, 512))
+
+
+@pytest.fixture(scope="module")
+def articles(tmp_path_factory):
+    """The articles' Keras model, its predictions, and the files Keras writes of it."""
+    ref = conditioned_reference("v1", ARTICLES_HEAD, seed=0)
+    weights = covidx_order(ref.keras_weights(HEAD_NAMES), ARTICLES)
+    model = keras_articles_model(weights)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    x = xrays(SIZE)
+    want = keras_predict(model, x)
+    assert_meaningful(want)
+    folder = tmp_path_factory.mktemp("keras")
+    paths = {kind: folder / ("articles" + kind) for kind in (".h5", ".keras", ".weights.h5")}
+    for path in paths.values():
+        model.save_weights(path) if path.name.endswith(".weights.h5") else model.save(path)
+    paths["legacy_weights.h5"] = folder / "articles_legacy_weights.h5"
+    save_legacy_weights(model, paths["legacy_weights.h5"])
+    return {"x": x, "want": want, "paths": paths, "weights": weights}
+
+
+@pytest.mark.parametrize("kind", [".h5", ".keras", ".weights.h5", "legacy_weights.h5"])
+def test_keras_files_match_keras(articles, kind):
+    model = covidx.load_model(articles["paths"][kind], class_names=CLASSES)
+    assert_matches(model.predict(articles["x"], verbose=0), articles["want"])
+    assert model.class_names == CLASSES
+    assert [d["units"] for d in model.architecture["head"]] == [1024, 1024, 1024, 512, 2]
+    assert model.architecture["head"][-1]["activation"] == "softmax"
+    for key, array in articles["weights"].items():
+        np.testing.assert_array_equal(model.named_weights[key], array)
+    if kind in (".h5", ".keras"):  # full models keep their name and compile settings
+        assert model.name == "articles"
+        assert model.metrics_names == ["loss", "accuracy"]
+
+
+@pytest.mark.parametrize("kind", [".h5", ".keras", ".weights.h5", "legacy_weights.h5"])
+def test_keras_files_load_into_an_architecture(articles, kind):
+    model = ResNet50(weights=str(articles["paths"][kind]), class_names=CLASSES, **ARTICLES)
+    assert_matches(model.predict(articles["x"], verbose=0), articles["want"])
+    with pytest.raises(ModelFileError, match="articles"):
+        ResNet50(weights=str(articles["paths"][kind]), classes=2, head=(1024, 512))
+
+
+def test_content_decides_not_the_extension(articles, tmp_path):
+    for kind, disguise in [(".keras", "model.h5"), (".h5", "model.pt"), ("legacy_weights.h5", "model")]:
+        path = tmp_path / disguise
+        shutil.copy(articles["paths"][kind], path)
+        assert_matches(covidx.load_model(path).predict(articles["x"], verbose=0), articles["want"])
+
+
+def test_nested_and_partly_frozen_sequential(tmp_path):
+    """Sequential([ResNet50, GAP, Dropout, Dense(1, sigmoid)]) with the first stages frozen: a
+    legacy .h5 then lists the nested model's trainable tensors before the frozen ones."""
+    ref = conditioned_reference("v1", [(1, "sigmoid")], seed=1)
+    weights = covidx_order(ref.keras_weights(["dense"]), dict(classes=1, classifier_activation="sigmoid", head=()))
+    base = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), base, keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(1, activation="sigmoid", name="dense")])
+    model.set_weights(list(weights.values()))
+    for layer in base.layers[:40]:
+        layer.trainable = False
+    x = xrays(SIZE)
+    want = keras_predict(model, x)
+    assert_meaningful(np.concatenate([want, 1 - want], axis=1))
+    for name in ("nested.h5", "nested.keras"):
+        model.save(tmp_path / name)
+        loaded = covidx.load_model(tmp_path / name)
+        assert loaded.architecture["head"] == [{"name": "dense", "units": 1, "activation": "sigmoid"}]
+        assert_matches(loaded.predict(x, verbose=0), want)
+    with h5py.File(tmp_path / "nested.h5") as f:  # the order that makes this case hard
+        names = [n.decode() if isinstance(n, bytes) else n for n in f["model_weights/resnet50"].attrs["weight_names"]]
+    assert names.index("conv2_block1_1_bn/moving_mean") > names.index("conv5_block3_3_conv/kernel")
+
+
+def tf2_spelling(src, dst):
+    """Rewrites a Keras 3 legacy .h5 the way TF 2.x's Keras wrote it: class 'Model', inbound
+    nodes as [[name, 0, 0, {}]], batch_input_shape, plain dtype strings, an input named
+    input_1, weight names ending in ':0', byte-string attributes."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        rename = {"input_layer": "input_1"}
+        for layer in config["config"]["layers"]:
+            layer["name"] = layer["config"]["name"] = rename.get(layer["name"], layer["name"])
+            layer["config"].pop("optional", None)
+            if "batch_shape" in layer["config"]:
+                layer["config"]["batch_input_shape"] = layer["config"].pop("batch_shape")
+            if isinstance(layer["config"].get("dtype"), dict):
+                layer["config"]["dtype"] = "float32"
+            sources = []
+            for node in layer["inbound_nodes"]:
+                args = node["args"][0]
+                for t in args if isinstance(args, list) else [args]:
+                    sources.append([rename.get(t["config"]["keras_history"][0], t["config"]["keras_history"][0]),
+                                    0, 0, {}])
+            layer["inbound_nodes"] = [sources] if sources else []
+        config["class_name"] = "Model"
+        config["config"]["input_layers"] = [["input_1", 0, 0]]
+        config["config"]["output_layers"] = [config["config"]["output_layers"]]
+        f.attrs["model_config"] = json.dumps(config).encode()
+        f.attrs["keras_version"], f.attrs["backend"] = b"2.4.0", b"tensorflow"
+        weights = f["model_weights"]
+        weights.move("input_layer", "input_1")
+        layer_names = [rename.get(n, n) for n in weights.attrs["layer_names"]]
+        weights.attrs["layer_names"] = [n.encode() for n in layer_names]
+        for layer in layer_names:
+            group = weights[layer]
+            names = list(group.attrs["weight_names"])
+            for name in names:
+                group.move(name, name + ":0")
+            group.attrs["weight_names"] = [(n + ":0").encode() for n in names] if names else np.zeros(0)
+
+
+def test_tf2_era_h5(articles, tmp_path):
+    path = tmp_path / "covid_resnet50.h5"
+    tf2_spelling(articles["paths"][".h5"], path)
+    with h5py.File(path) as f:
+        config = json.loads(f.attrs["model_config"])
+    assert config["config"]["layers"][1]["inbound_nodes"] == [[["input_1", 0, 0, {}]]]
+    model = covidx.load_model(path)
+    assert_matches(model.predict(articles["x"], verbose=0), articles["want"])
+
+
+# --- graphs covidx does not run ----------------------------------------------------------------
+
+
+def test_other_networks_name_their_first_unsupported_layer(tmp_path):
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(8, 3, name="my_conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    small = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    for name in ("small.keras", "small.h5"):
+        small.save(tmp_path / name)
+        with pytest.raises(ModelFileError, match=r"%s.*layer 'my_conv' \(Conv2D\).*ResNet50" % name):
+            covidx.load_model(tmp_path / name)
+
+
+def edit_config(src, dst, change):
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        change(config["config"]["layers"])
+        f.attrs["model_config"] = json.dumps(config)
+
+
+def _tanh(layers):
+    next(layer for layer in layers if layer["name"] == "dense_1")["config"]["activation"] = "tanh"
+
+
+def _head_batchnorm(layers):
+    dense = next(layer for layer in layers if layer["name"] == "dense_2")
+    layers.insert(layers.index(dense), {**copy.deepcopy(dense), "class_name": "BatchNormalization",
+                                        "name": "head_bn"})
+
+
+def _dilated(layers):
+    next(layer for layer in layers if layer["name"] == "conv3_block2_2_conv")["config"]["dilation_rate"] = [2, 2]
+
+
+@pytest.mark.parametrize("change,words", [
+    (_tanh, r"layer 'dense_1' \(Dense\).*activation 'tanh'"),
+    (_head_batchnorm, r"layer 'head_bn' \(BatchNormalization\)"),
+    (_dilated, r"layer 'conv3_block2_2_conv' \(Conv2D\).*dilation_rate"),
+])
+def test_changed_graphs_are_refused_by_layer(articles, tmp_path, change, words):
+    path = tmp_path / "changed.h5"
+    edit_config(articles["paths"][".h5"], path, change)
+    with pytest.raises(ModelFileError, match=words):
+        covidx.load_model(path)
+
+
+# --- PyTorch state_dicts -----------------------------------------------------------------------
+
+
+def torchvision_state_dict(ref, fc_keys):
+    """ref's weights under torchvision's ResNet50 keys (fc_keys: the head's Linear layers)."""
+    sd = collections.OrderedDict()
+
+    def put(prefix, module):
+        if isinstance(module, nn.Conv2d):
+            sd[prefix + ".weight"] = module.weight.detach().clone()
+        else:
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                sd["%s.%s" % (prefix, name)] = getattr(module, name).detach().clone()
+
+    put("conv1", ref.conv1)
+    put("bn1", ref.bn1)
+    for s, stage in enumerate(ref.stages):
+        for b, block in enumerate(stage):
+            p = "layer%d.%d" % (s + 1, b)
+            for i in (1, 2, 3):
+                put("%s.conv%d" % (p, i), getattr(block, "conv%d" % i))
+                put("%s.bn%d" % (p, i), getattr(block, "bn%d" % i))
+            if block.downsample is not None:
+                put(p + ".downsample.0", block.downsample[0])
+                put(p + ".downsample.1", block.downsample[1])
+    for key, layer in zip(fc_keys, ref.head):
+        sd[key + ".weight"] = layer.weight.detach().clone()
+        sd[key + ".bias"] = layer.bias.detach().clone()
+    return sd
+
+
+@pytest.fixture(scope="module")
+def torchvision_files(tmp_path_factory):
+    """A torchvision-layout ResNet50 with a replaced head (fc = Sequential(Linear, ReLU, Linear)),
+    its predictions (softmax of its logits), and torch.save files of its state_dict."""
+    ref = conditioned_reference("v1.5", [(256, "relu"), (2, "softmax")], seed=2)
+    x = xrays(SIZE)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    assert_meaningful(want)
+    sd = torchvision_state_dict(ref, ["fc.0", "fc.2"])
+    folder = tmp_path_factory.mktemp("torch")
+    paths = {"zip": folder / "resnet50.pt", "legacy": folder / "resnet50_legacy.pth",
+             "checkpoint": folder / "checkpoint.pth.tar"}
+    torch.save(sd, paths["zip"])
+    torch.save(sd, paths["legacy"], _use_new_zipfile_serialization=False)
+    wrapped = collections.OrderedDict(("module." + k, v) for k, v in sd.items())  # nn.DataParallel
+    torch.save({"epoch": 7, "state_dict": wrapped, "class_names": CLASSES, "best_acc": 0.9}, paths["checkpoint"])
+    return {"x": x, "want": want, "paths": paths, "sd": sd, "ref": ref}
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "checkpoint"])
+def test_torchvision_state_dicts_match_torch(torchvision_files, kind):
+    model = covidx.load_model(torchvision_files["paths"][kind])
+    assert model.architecture["variant"] == "v1.5"
+    assert [(d["units"], d["activation"]) for d in model.architecture["head"]] == [(256, "relu"), (2, "softmax")]
+    assert model.class_names == (CLASSES if kind == "checkpoint" else None)
+    assert model.preprocessing == "torch"
+    assert_matches(model.predict(torchvision_files["x"], verbose=0), torchvision_files["want"])
+
+
+def test_torchvision_state_dict_into_an_architecture(torchvision_files):
+    path = str(torchvision_files["paths"]["zip"])
+    model = ResNet50(weights=path, variant="v1.5", classes=2, head=(256,), class_names=CLASSES)
+    assert_matches(model.predict(torchvision_files["x"], verbose=0), torchvision_files["want"])
+    logits = ResNet50(weights=path, variant="v1.5", classes=2, head=(256,), classifier_activation=None)
+    with torch.no_grad():
+        want, _ = torchvision_files["ref"].logits_and_output(torch.from_numpy(torchvision_files["x"]))
+    assert np.abs(logits.predict(torchvision_files["x"], verbose=0) - want.numpy()).max() <= 1e-4
+    with pytest.raises(ModelFileError, match="variant='v1.5'"):
+        ResNet50(weights=path, classes=2, head=(256,))
+
+
+def test_plain_torchvision_fc_and_no_fc(torchvision_files, tmp_path):
+    sd = {k: v for k, v in torchvision_files["sd"].items() if not k.startswith("fc.")}
+    torch.save(dict(sd, **{"fc.weight": torch.zeros(5, 2048), "fc.bias": torch.zeros(5)}), tmp_path / "fc.pt")
+    model = covidx.load_model(tmp_path / "fc.pt", class_names=list("abcde"))
+    assert model.architecture["head"] == [{"name": "fc", "units": 5, "activation": "softmax"}]
+    assert model.class_names == list("abcde")
+    torch.save(sd, tmp_path / "features.pt")  # fc replaced by nn.Identity: pooled features
+    features = covidx.load_model(tmp_path / "features.pt")
+    assert features.output_shape == (None, 2048)
+
+
+# --- ONNX --------------------------------------------------------------------------------------
+
+
+def run_onnx(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def test_onnx_export_matches_covidx(articles, torchvision_files, tmp_path):
+    pytest.importorskip("onnx")
+    for name, path, x in [("keras", articles["paths"][".keras"], articles["x"]),
+                          ("torch", torchvision_files["paths"]["zip"], torchvision_files["x"])]:
+        model = covidx.load_model(path, class_names=CLASSES)
+        model.to_onnx(tmp_path / (name + ".onnx"))
+        assert_matches(run_onnx(tmp_path / (name + ".onnx"), x), model.predict(x, verbose=0))
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "keras.onnx")).metadata_props}
+    assert json.loads(meta["class_names"]) == CLASSES
+
+
+def test_onnx_export_of_a_feature_map_model(tmp_path):
+    pytest.importorskip("onnx")
+    model = ResNet50(weights=None, include_top=False, pooling=None, seed=3)
+    model.to_onnx(tmp_path / "features.onnx", opset=13)
+    x = xrays(64)[:2]
+    got = run_onnx(tmp_path / "features.onnx", x)
+    want = model.predict(x, verbose=0)
+    assert got.shape == want.shape == (2, 2, 2, 2048)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    with pytest.raises(ValueError, match="opset"):
+        model.to_onnx(tmp_path / "old.onnx", opset=7)
+
+
+# --- broken and hostile files ------------------------------------------------------------------
+
+
+def cut(src, dst, size):
+    dst.write_bytes(src.read_bytes()[:size])
+    return dst
+
+
+@pytest.mark.parametrize("kind", [".h5", ".keras", ".weights.h5"])
+def test_truncated_keras_files(articles, tmp_path, kind):
+    src = articles["paths"][kind]
+    for size in (10, 3000, src.stat().st_size // 2, src.stat().st_size - 1):
+        path = cut(src, tmp_path / ("cut%d%s" % (size, kind)), size)
+        with pytest.raises(ModelFileError, match="cut%d" % size):
+            covidx.load_model(path)
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy"])
+def test_truncated_torch_files(torchvision_files, tmp_path, kind):
+    src = torchvision_files["paths"][kind]
+    for size in (1, 200, src.stat().st_size // 2, src.stat().st_size - 1):
+        path = cut(src, tmp_path / ("cut%d.pt" % size), size)
+        with pytest.raises(ModelFileError, match="cut%d" % size):
+            covidx.load_model(path)
+
+
+def test_empty_and_unknown_files(tmp_path):
+    (tmp_path / "empty.h5").write_bytes(b"")
+    (tmp_path / "notes.h5").write_text("not a model\n")
+    for name in ("empty.h5", "notes.h5"):
+        with pytest.raises(ModelFileError, match=name):
+            covidx.load_model(tmp_path / name)
+
+
+def corrupt(src, dst, offset, data):
+    raw = bytearray(src.read_bytes())
+    raw[offset:offset + len(data)] = data
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def test_corrupted_hdf5_metadata(articles, tmp_path):
+    src = articles["paths"]["legacy_weights.h5"]
+    raw = src.read_bytes()
+    # damage the superblock's version and end-of-file address, the first B-tree node's type and
+    # entry count, and the first local heap's sizes and address
+    cases = [(8, b"\x05"), (40, b"\xff" * 8), (raw.index(b"TREE") + 4, b"\x07\x09\xff\xff"),
+             (raw.index(b"HEAP") + 8, b"\xee" * 24)]
+    for i, (offset, data) in enumerate(cases):
+        path = corrupt(src, tmp_path / ("bad%d.h5" % i), offset, data)
+        with pytest.raises(ModelFileError, match="bad%d.h5" % i):
+            covidx.load_model(path)
+
+
+FUZZ_SCRIPT = r"""
+import random, re, sys
+import covidx
+from covidx.formats import ModelFileError
+path, cases, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(path, "rb") as f:
+    raw = f.read()
+structures = [m.start() for sig in (b"TREE", b"HEAP", b"SNOD") for m in re.finditer(sig, raw)]
+rng = random.Random(seed)
+outcomes = []
+for case in range(cases):
+    base = rng.choice(structures[:40] + structures[-20:])
+    edits = [(base + rng.randrange(-300, 500), rng.randrange(256)) for _ in range(rng.randint(1, 6))]
+    with open(path, "r+b") as f:
+        for offset, value in edits:
+            f.seek(offset)
+            f.write(bytes([value]))
+    try:
+        covidx.load_model(path)
+        outcomes.append("loaded")
+    except ModelFileError as e:
+        assert path in str(e), e
+        outcomes.append("refused")
+    with open(path, "r+b") as f:  # undo
+        for offset, _ in edits:
+            f.seek(offset)
+            f.write(raw[offset:offset + 1])
+print(" ".join(outcomes))
+"""
+
+
+def test_randomly_damaged_hdf5_never_crashes(articles, tmp_path):
+    """Bytes changed around the B-trees, heaps and symbol tables of a Keras file: every load either
+    succeeds (damage where nothing is read) or raises ModelFileError naming the file. Run in a
+    child process, so that a crash of libhdf5 would show as a failure here."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "fuzzed.h5"
+    shutil.copy(articles["paths"]["legacy_weights.h5"], path)
+    result = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, str(path), "12", "7"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcomes = result.stdout.split()
+    assert len(outcomes) == 12 and "refused" in outcomes, outcomes
+
+
+def test_corrupted_configs_and_values(articles, tmp_path):
+    path = tmp_path / "json.h5"
+    shutil.copy(articles["paths"][".h5"], path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["model_config"] = '{"class_name": "Functional", "config": {'
+    with pytest.raises(ModelFileError, match="json.h5: model_config is not valid JSON"):
+        covidx.load_model(path)
+    path = tmp_path / "nan.weights.h5"
+    shutil.copy(articles["paths"]["legacy_weights.h5"], path)
+    with h5py.File(path, "r+") as f:
+        f["conv2_block1_2_bn/conv2_block1_2_bn/moving_variance"][3] = np.nan
+    with pytest.raises(ModelFileError, match="nan.weights.h5.*conv2_block1_2_bn.*NaN"):
+        covidx.load_model(path)
+
+
+def test_corrupted_keras_archive(articles, tmp_path):
+    src = articles["paths"][".keras"]
+    with zipfile.ZipFile(src) as z:
+        info = z.getinfo("model.weights.h5")
+        header = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    path = corrupt(src, tmp_path / "crc.keras", header + info.file_size // 2, b"\x00\x01\x02\x03")
+    with pytest.raises(ModelFileError, match="crc.keras.*(CRC|damaged)"):
+        covidx.load_model(path)
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(tmp_path / "config.keras", "w") as out:
+        for item in z.infolist():
+            out.writestr(item, b"{not json" if item.filename == "config.json" else z.read(item))
+    with pytest.raises(ModelFileError, match="config.keras: config.json is not valid JSON"):
+        covidx.load_model(tmp_path / "config.keras")
+
+
+def test_wrong_shapes(articles, torchvision_files, tmp_path):
+    path = tmp_path / "shape.h5"
+    shutil.copy(articles["paths"]["legacy_weights.h5"], path)
+    with h5py.File(path, "r+") as f:
+        del f["conv3_block1_2_conv/conv3_block1_2_conv/kernel"]
+        f["conv3_block1_2_conv/conv3_block1_2_conv/kernel"] = np.zeros((5, 5, 128, 128), np.float32)
+    with pytest.raises(ModelFileError, match=r"shape.h5.*conv3_block1_2_conv.*\(3, 3, 128, 128\).*\(5, 5, 128, 128\)"):
+        covidx.load_model(path)
+    with pytest.raises(ModelFileError, match=r"shape.h5.*\(3, 3, 128, 128\)"):
+        ResNet50(weights=str(path), **ARTICLES)
+    sd = dict(torchvision_files["sd"])
+    sd["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(sd, tmp_path / "conv1.pt")
+    with pytest.raises(ModelFileError, match=r"conv1.pt: conv1.weight: expected shape \(64, 3, 7, 7\), the file has "
+                                             r"\(64, 3, 5, 5\)"):
+        covidx.load_model(tmp_path / "conv1.pt")
+    sd = dict(torchvision_files["sd"], **{"fc.2.weight": torch.zeros(2, 300)})
+    torch.save(sd, tmp_path / "fc.pt")
+    with pytest.raises(ModelFileError, match=r"fc.pt: fc.2.weight: shape \(2, 300\) does not continue"):
+        covidx.load_model(tmp_path / "fc.pt")
+    torch.save(dict(torchvision_files["sd"], **{"layer1.0.se.fc.weight": torch.zeros(4, 4)}), tmp_path / "se.pt")
+    with pytest.raises(ModelFileError, match="se.pt: unexpected key 'layer1.0.se.fc.weight'"):
+        covidx.load_model(tmp_path / "se.pt")
+
+
+class Payload:
+    """Unpickling this runs a shell command (what a hostile model file does)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, ("touch %s" % self.marker,))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_hostile_pickle_is_refused_and_never_runs(torchvision_files, tmp_path, zip_format):
+    marker = tmp_path / "pwned"
+    sd = dict(torchvision_files["sd"])
+    sd["fc.0.bias"] = Payload(marker)
+    path = tmp_path / "hostile.pt"
+    torch.save(sd, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(ModelFileError, match=r"hostile.pt: refused: .*(posix|os)\.system"):
+        covidx.load_model(path)
+    with pytest.raises(ModelFileError, match="refused"):
+        ResNet50(weights=str(path), variant="v1.5", classes=2, head=(256,))
+    assert not marker.exists()
+    # the payload is real: an unrestricted unpickler runs it
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_pickled_modules_and_objects_are_refused(tmp_path):
+    torch.save(TorchResNet50("v1.5"), tmp_path / "module.pt")
+    with pytest.raises(ModelFileError, match=r"module.pt: refused: .*torch_reference.TorchResNet50.*state_dict"):
+        covidx.load_model(tmp_path / "module.pt")
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"a": np.zeros(3)}, f, protocol=2)
+    with pytest.raises(ModelFileError, match="plain.pkl"):
+        covidx.load_model(tmp_path / "plain.pkl")
+
+
+def test_tensor_outside_its_storage_is_refused(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(4)}, tmp_path / "view.pt")
+    with zipfile.ZipFile(tmp_path / "view.pt") as z:
+        items = [(i, z.read(i)) for i in z.infolist()]
+    with zipfile.ZipFile(tmp_path / "bad_view.pt", "w") as out:
+        for item, data in items:
+            if item.filename.endswith("data.pkl"):
+                data = data.replace(b"K\x04\x85", b"M\x00\x04\x85")  # sizes (4,) -> (1024,)
+                assert b"M\x00\x04" in data
+            out.writestr(item, data)
+    with pytest.raises(ModelFileError, match="bad_view.pt: a tensor reaches past the end of its storage"):
+        covidx.load_model(tmp_path / "bad_view.pt")
+
+
+def test_h5_links_and_storage_outside_the_file_are_refused(articles, tmp_path):
+    path = tmp_path / "link.h5"
+    shutil.copy(articles["paths"]["legacy_weights.h5"], path)
+    with h5py.File(path, "r+") as f:
+        group = f["conv1_conv/conv1_conv"]
+        del group["kernel"]
+        group["kernel"] = h5py.ExternalLink("/etc/passwd", "/data")
+    with pytest.raises(ModelFileError, match="link.h5.*ExternalLink.*outside the file"):
+        covidx.load_model(path)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.ones(7 * 7 * 3 * 64, np.float32).tobytes())
+    path = tmp_path / "external.h5"
+    shutil.copy(articles["paths"]["legacy_weights.h5"], path)
+    with h5py.File(path, "r+") as f:
+        group = f["conv1_conv/conv1_conv"]
+        del group["kernel"]
+        group.create_dataset("kernel", shape=(7, 7, 3, 64), dtype="f4",
+                             external=[(str(secret), 0, secret.stat().st_size)])
+    with pytest.raises(ModelFileError, match="external.h5.*stored outside the file"):
+        covidx.load_model(path)
+
+
+def test_missing_h5py_says_how_to_get_it(articles, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_h5py(name, *args, **kwargs):
+        if name == "h5py":
+            raise ImportError("No module named 'h5py'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_h5py)
+    with pytest.raises(ModelFileError, match="needs the h5py package: pip install h5py"):
+        covidx.load_model(articles["paths"][".h5"])

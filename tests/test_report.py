@@ -1,0 +1,218 @@
+"""Evaluation plots and the HTML report: curves against brute-force definitions, the plotted data
+against them, the page's numbers against covidx.reports, and `covidx evaluate --report`."""
+import base64
+import io
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from covidx import __main__ as cli  # noqa: E402
+from covidx import plots, report_html, reports  # noqa: E402
+from covidx.applications.resnet50 import ResNet50  # noqa: E402
+from covidx.data import sample_files  # noqa: E402
+
+
+def scores_with_ties(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = rng.random(n) < 0.4
+    scores = np.round(np.clip(rng.normal(0.35 + 0.3 * truth, 0.2), 0, 1), 1)  # rounding makes ties
+    return scores, truth
+
+
+# --- curves against their definitions --------------------------------------------------------------
+
+
+def brute_pr(scores, truth):
+    """Precision and recall at every distinct threshold, from the highest: called = score >= t."""
+    out = []
+    for t in sorted(set(scores), reverse=True):
+        called = scores >= t
+        out.append((np.sum(called & truth) / np.sum(called), np.sum(called & truth) / np.sum(truth), t))
+    return np.array(out).T
+
+
+def test_precision_recall_curve_matches_the_definition():
+    scores, truth = scores_with_ties()
+    precision, recall, thresholds = plots.precision_recall_curve(scores, truth)
+    want_p, want_r, want_t = brute_pr(scores, truth)
+    np.testing.assert_allclose(precision, want_p, rtol=1e-12)
+    np.testing.assert_allclose(recall, want_r, rtol=1e-12)
+    np.testing.assert_array_equal(thresholds, want_t)
+
+
+def test_average_precision_is_the_mean_precision_at_the_positives():
+    scores, truth = scores_with_ties()
+    # each positive's precision: at the threshold of its own score (ties included)
+    want = np.mean([np.sum((scores >= s) & truth) / np.sum(scores >= s) for s in scores[truth]])
+    assert plots.average_precision(scores, truth) == pytest.approx(want, rel=1e-12)
+    # a worked example: positives ranked 1st, 4th, 6th and 7th
+    example = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.3]), np.array([1, 0, 0, 1, 0, 1, 1, 0], bool)
+    assert plots.average_precision(*example) == pytest.approx((1 + 2 / 4 + 3 / 6 + 4 / 7) / 4)
+    assert np.isnan(plots.average_precision(example[0], np.zeros(8, bool)))
+
+
+def test_roc_figure_plots_the_roc_points():
+    scores, truth = scores_with_ties(seed=1)
+    fig = plots.roc_figure(scores, truth, "COV19", operating_point=(0.2, 0.7))
+    curve = fig.axes[0].lines[1].get_xydata()
+    thresholds = [np.inf] + sorted(set(scores), reverse=True)
+    want = [(np.sum((scores >= t) & ~truth) / np.sum(~truth), np.sum((scores >= t) & truth) / np.sum(truth))
+            for t in thresholds]
+    np.testing.assert_allclose(curve, want, rtol=1e-12)
+    auc = reports.roc_auc(scores, truth)[0]
+    assert "AUC %.3f" % auc in fig.axes[0].lines[1].get_label()
+    assert fig.axes[0].lines[2].get_xydata().tolist() == [[0.2, 0.7]]
+
+
+def test_precision_recall_figure_area_is_the_average_precision():
+    scores, truth = scores_with_ties(seed=2)
+    fig = plots.precision_recall_figure(scores, truth, "COV19")
+    x, y = fig.axes[0].lines[1].get_xydata().T  # lines[0]: the prevalence baseline
+    # steps-pre: the segment ending at x[i] has height y[i]
+    assert np.sum(np.diff(x) * y[1:]) == pytest.approx(plots.average_precision(scores, truth), rel=1e-12)
+    assert fig.axes[0].lines[1].get_drawstyle() == "steps-pre"
+
+
+def test_confusion_figure_writes_counts_and_row_shares():
+    fig = plots.confusion_figure([[51, 9], [7, 33]], ["COV19", "Normal"])
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == sorted(["51\n(85%)", "9\n(15%)", "7\n(18%)", "33\n(82%)"])
+    png = plots.figure_png(fig)
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png))
+    assert img.format == "PNG" and img.size[0] > 300
+
+
+def test_missing_matplotlib_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        plots.roc_figure([0.1, 0.9], [False, True])
+
+
+# --- the report's numbers ---------------------------------------------------------------------------
+
+
+def test_per_class_metrics_from_the_confusion_matrix():
+    labels = np.array([0] * 10 + [1] * 6 + [2] * 4)
+    predicted = np.array([0] * 7 + [1] * 2 + [2] + [1] * 5 + [0] + [2] * 3 + [1])
+    confusion = np.zeros((3, 3), int)
+    np.add.at(confusion, (labels, predicted), 1)
+    rows = report_html.per_class_metrics(confusion, ["a", "b", "c"])
+    for k, row in enumerate(rows):
+        hits = np.sum((labels == k) & (predicted == k))
+        assert row["support"] == np.sum(labels == k)
+        assert row["precision"] == reports.wilson(hits, np.sum(predicted == k))
+        assert row["recall"] == reports.wilson(hits, np.sum(labels == k))
+
+
+def test_pick_examples_covers_each_kind_of_outcome():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    p_pos = np.array([0.95, 0.7, 0.3, 0.2, 0.6, 0.9])  # class 0 is the positive one
+    probs = np.c_[p_pos, 1 - p_pos]
+    picked = report_html.pick_examples(labels, probs, positive=0, k=5)
+    assert picked == [(0, "true positive"), (2, "false negative"), (5, "false positive"), (3, "true negative"),
+                      (1, "true positive")]
+
+
+def data_images(page):
+    return [(kind, base64.b64decode(data)) for kind, data in
+            re.findall(r'src="data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_report_is_self_contained_and_shows_the_summary(tmp_path):
+    scores, truth = scores_with_ties(80, seed=3)
+    labels = np.where(truth, 0, 1)  # class 0, 'COV<19>', is the positive class
+    probs = np.c_[scores, 1 - scores]
+    names = ["COV<19>", "Normal"]
+    path = report_html.write_report(tmp_path / "r.html", labels, probs, names, skipped=[("x/bad.png", "truncated")],
+                                    source="test set")
+    page = open(path, encoding="utf-8").read()
+    assert "<script" not in page and "http" not in page  # nothing fetched from anywhere
+    assert "COV&lt;19&gt;" in page and "COV<19>" not in page
+    summary = reports.classification_summary(labels, probs, names)
+    for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+        v, lo, hi = summary[key]
+        assert "<td>%.3f</td><td>%.3f &ndash; %.3f</td>" % (v, lo, hi) in page
+    assert "%.3f" % plots.average_precision(scores, truth) in page
+    assert "x/bad.png: truncated" in page
+    from PIL import Image
+
+    pictures = data_images(page)
+    assert [k for k, _ in pictures] == ["png"] * 4  # confusion, ROC, PR, histogram; no model: no examples
+    for _, data in pictures:
+        assert Image.open(io.BytesIO(data)).size[0] >= 300
+
+
+def test_report_with_gradcam_examples(tmp_path):
+    model = ResNet50(weights=None, classes=2, class_names=["COV19", "Normal"], seed=5)
+    files = [p for p, _ in sample_files()]
+    labels = np.array([0 if label == "COVID-19" else 1 for _, label in sample_files()])
+    from covidx.preprocessing.image import img_to_array, load_img
+
+    x = model.preprocess(np.stack([img_to_array(load_img(p, target_size=(64, 64))) for p in files]))
+    probs = model.predict(x, verbose=0)
+    page = report_html.report_html(labels, probs, model.class_names, files=files, model=model, examples=3,
+                                   target_size=(64, 64))
+    pictures = data_images(page)
+    assert [k for k, _ in pictures] == ["png"] * 4 + ["jpeg"] * 6  # 3 examples: X-ray and overlay each
+    assert page.count("<figure>") == 3 and page.count("heatmap for") == 3
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(pictures[-1][1])).size == (64, 64)
+
+
+def test_sigmoid_outputs_and_a_single_class_name():
+    scores, truth = scores_with_ties(seed=4)
+    page = report_html.report_html(truth.astype(int), scores[:, None], ["COV19"])
+    summary = reports.classification_summary(truth.astype(int), np.c_[1 - scores, scores], ["not COV19", "COV19"],
+                                             positive=1)
+    assert "<td>%.3f</td>" % summary["roc_auc"][0] in page and "Positive class: COV19" in page
+
+
+# --- covidx evaluate --report and covidx info -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    ResNet50(weights=None, classes=2, class_names=["COV19", "Normal"], seed=6).save(path, dtype="float16")
+    return str(path)
+
+
+def test_cli_evaluate_writes_the_report(tmp_path, model_file, capsys):
+    data = tmp_path / "data"
+    for path, label in sample_files():
+        os.makedirs(data / label, exist_ok=True)
+        shutil.copy(path, data / label)
+    (data / "Normal" / "broken.png").write_bytes(b"not an image")
+    report = tmp_path / "out" / "report.html"
+    os.makedirs(report.parent)
+    code = cli.main(["evaluate", str(data), "--model", model_file, "--report", str(report)])
+    out = capsys.readouterr().out
+    assert code == 1  # one unreadable file: reported, the rest evaluated
+    assert "report written to %s" % report in out and "broken.png" in out
+    page = report.read_text(encoding="utf-8")
+    assert "8 images" in page and "broken.png" in page and page.count("<figure>") == 4
+
+
+def test_cli_report_without_matplotlib_fails_before_the_work(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code = cli.main(["evaluate", "--model", model_file, "--report", str(tmp_path / "r.html")])
+    captured = capsys.readouterr()
+    assert code == 2 and "pip install matplotlib" in captured.err and "accuracy" not in captured.out
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_cli_info_lists_the_optional_packages(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "OpenBLAS" in out and "optional packages:" in out
+    for name in ("pydicom", "matplotlib", "dask", "pandas"):
+        assert name in out
