@@ -1,9 +1,11 @@
 """End-to-end evaluate (files -> decode -> resize -> engine) against predict on the same images
 preloaded as an array, in the same run, on the real test split.
 
-    python benchmarks/bench_evaluate.py [DIR] [--batch-size 32] [--repeats 2]
+    python benchmarks/bench_evaluate.py [DIR] [--batch-size 32] [--repeats 2] [--keras-steps N]
 
-DIR defaults to ../shared/data/cxr/covid19-radiography/test. Prints images/s of both and the ratio."""
+DIR defaults to ../shared/data/cxr/covid19-radiography/test. Prints images/s of both and the ratio.
+With --keras-steps N, also times Keras 3 (torch backend, fp32) evaluating the articles' model with
+the same generator settings over the first N batches, against covidx on the same N batches."""
 import argparse
 import os
 import platform
@@ -24,6 +26,7 @@ def main():
     ap.add_argument("dir", nargs="?", default=DEFAULT)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--keras-steps", type=int, default=0)
     args = ap.parse_args()
     try:
         model = covidx.load_model()
@@ -60,6 +63,40 @@ def main():
           % (n, args.batch_size, covidx.get_num_threads(), n / load_s))
     print("median: predict %.2f img/s, evaluate %.2f img/s, evaluate/predict %.2f  [%s, covidx %s, numpy %s]"
           % (pred, ev, ev / pred, platform.processor() or platform.machine(), covidx.__version__, np.__version__))
+
+
+    if args.keras_steps:
+        compare_keras(model, args)
+
+
+def compare_keras(model, args):
+    """Keras 3 on PyTorch against covidx, evaluate() over the same batches of the same folder."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator as KerasGenerator
+
+    base = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(224, 224, 3))
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    for units in (1024, 1024, 1024, 512):
+        x = keras.layers.Dense(units, activation="relu")(x)
+    kmodel = keras.Model(base.input, keras.layers.Dense(2, activation="softmax")(x))
+    kmodel.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
+    settings = dict(target_size=(224, 224), batch_size=args.batch_size, class_mode="categorical", shuffle=False)
+    rates = {}
+    for name, run in [("keras", lambda: kmodel.evaluate(KerasGenerator(rescale=1.0 / 255).flow_from_directory(
+                          args.dir, **settings), steps=args.keras_steps, verbose=0)),
+                      ("covidx", lambda: model.evaluate(ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
+                          args.dir, **settings), steps=args.keras_steps, verbose=0))]:
+        run()  # warm-up
+        t = time.perf_counter()
+        run()
+        rates[name] = args.keras_steps * args.batch_size / (time.perf_counter() - t)
+    import torch
+
+    print("evaluate over %d batches of %d: Keras %s (torch %s backend, fp32, %d threads) %.2f img/s, covidx %.2f "
+          "img/s, covidx/Keras %.2fx" % (args.keras_steps, args.batch_size, keras.__version__, torch.__version__,
+                                         torch.get_num_threads(), rates["keras"], rates["covidx"],
+                                         rates["covidx"] / rates["keras"]))
 
 
 if __name__ == "__main__":

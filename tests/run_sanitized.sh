@@ -14,4 +14,5 @@ rm -rf "$work"/covidx/*.so "$work/covidx/_libs"
 cd "$work"
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-PYTHONPATH="$work" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests/test_engine.py" "$root/tests/test_model_files.py"
+PYTHONPATH="$work" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests/test_engine.py" "$root/tests/test_model_files.py" \
+    "$root/tests/test_modes.py" -k "not benchmark"

@@ -5,6 +5,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${COVIDX_TEST_VENV:-$root/.venv-test}
+if ! command -v valgrind > /dev/null; then
+    (apt-get update -qq && apt-get install -y -qq valgrind) > /dev/null 2>&1 || { echo "valgrind: not installed, skipped"; exit 0; }
+fi
 log=$(mktemp)
 cd "$(mktemp -d)"
 PYTHONMALLOC=malloc valgrind --tool=memcheck --error-exitcode=0 --leak-check=full --show-leak-kinds=definite \

@@ -143,25 +143,32 @@ def test_many_files_listed_quickly(tmp_path):
 def test_ctrl_c_during_evaluate_stops_quickly_and_model_still_works(tmp_path):
     d = tmp_path / "many" / "COVID-19"
     d.mkdir(parents=True)
-    for i in range(60):
-        xray().resize((96, 96)).save(d / ("%02d.png" % i))
+    img = xray().resize((128, 128))
+    for i in range(300):  # long enough (several seconds) to be interrupted mid-way
+        img.save(d / ("%03d.png" % i))
     model = ResNet50(weights=None, classes=2, head=(8,), seed=0, class_names=["COV19", "Normal"])
     model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
-    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(tmp_path / "many"), target_size=(96, 96),
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(tmp_path / "many"), target_size=(128, 128),
                                                                  batch_size=2)
     main = threading.main_thread().ident
     sent = []
 
     def interrupt():
-        time.sleep(0.5)
+        time.sleep(0.3)
         sent.append(time.perf_counter())
         signal.pthread_kill(main, signal.SIGINT)
 
-    threading.Thread(target=interrupt).start()
-    with pytest.raises(KeyboardInterrupt):
-        model.evaluate(it, verbose=0)
+    # Python's own Ctrl-C handler, as in a terminal or Jupyter (a job started in the background by a
+    # shell inherits SIGINT ignored, and Python then leaves it ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt).start()
+        with pytest.raises(KeyboardInterrupt):
+            model.evaluate(it, verbose=0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - sent[0] < 1.5
-    x = np.stack([img_to_array(load_img(str(d / "00.png"), target_size=(96, 96)))]) / 255
+    x = np.stack([img_to_array(load_img(str(d / "000.png"), target_size=(128, 128)))]) / 255
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
-    assert len(model.evaluate(it, verbose=0)) == 2
+    assert len(model.evaluate(it, steps=3, verbose=0)) == 2
     assert not [t for t in threading.enumerate() if t.name == "covidx-prefetch"]

@@ -206,7 +206,9 @@ def tf2_spelling(src, dst):
     shutil.copy(src, dst)
     with h5py.File(dst, "r+") as f:
         config = json.loads(f.attrs["model_config"])
-        rename = {"input_layer": "input_1"}
+        # Keras 3 numbers its input layers per process (input_layer, input_layer_1, ...)
+        keras3_input = [layer["name"] for layer in config["config"]["layers"] if layer["class_name"] == "InputLayer"][0]
+        rename = {keras3_input: "input_1"}
         for layer in config["config"]["layers"]:
             layer["name"] = layer["config"]["name"] = rename.get(layer["name"], layer["name"])
             layer["config"].pop("optional", None)
@@ -227,7 +229,7 @@ def tf2_spelling(src, dst):
         f.attrs["model_config"] = json.dumps(config).encode()
         f.attrs["keras_version"], f.attrs["backend"] = b"2.4.0", b"tensorflow"
         weights = f["model_weights"]
-        weights.move("input_layer", "input_1")
+        weights.move(keras3_input, "input_1")
         layer_names = [rename.get(n, n) for n in weights.attrs["layer_names"]]
         weights.attrs["layer_names"] = [n.encode() for n in layer_names]
         for layer in layer_names:

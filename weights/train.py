@@ -1,4 +1,5 @@
-"""Trains the shipped COVID-19 model (development-only; needs torch==2.13.0, not needed to run covidx).
+"""Stage 1 of the shipped COVID-19 model (development-only; needs torch==2.13.0, not needed to run
+covidx): the whole network, trained from scratch in PyTorch. weights/make_model.sh runs all stages.
 
 Architecture: Keras ResNet50 v1 + GlobalAveragePooling2D + Dense(1024, relu) x3 + Dense(512, relu)
 + Dense(2, softmax), classes ('COV19', 'Normal'); input RGB 224x224 scaled by 1/255, exactly what
@@ -125,6 +126,23 @@ def build_model(seed):
     return model
 
 
+def load_keras_weights(model, named):
+    """The inverse of TorchResNet50.keras_weights: Keras-named arrays into the torch modules."""
+    with torch.no_grad():
+        for name, m in model.keras_named_modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.from_numpy(np.asarray(named[name + "/kernel"], np.float32)).permute(3, 2, 0, 1))
+                if m.bias is not None:
+                    m.bias.copy_(torch.from_numpy(np.asarray(named[name + "/bias"], np.float32)))
+            else:
+                for w, t in [("gamma", m.weight), ("beta", m.bias), ("moving_mean", m.running_mean),
+                             ("moving_variance", m.running_var)]:
+                    t.copy_(torch.from_numpy(np.asarray(named[name + "/" + w], np.float32)))
+        for name, layer in zip(HEAD_NAMES, model.head):
+            layer.weight.copy_(torch.from_numpy(np.asarray(named[name + "/kernel"], np.float32)).T)
+            layer.bias.copy_(torch.from_numpy(np.asarray(named[name + "/bias"], np.float32)))
+
+
 def logits(model, x_nchw):
     return model.logits_and_output(x_nchw.permute(0, 2, 3, 1))[0]
 
@@ -172,6 +190,8 @@ def main():
     ap.add_argument("--seed", type=int, default=20210101)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--time-steps", type=int, default=0, help="only time this many steps")
+    ap.add_argument("--init", help="start from this covidx model file (a later stage) instead of from scratch")
+    ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps spent warming up")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -181,14 +201,19 @@ def main():
     xtr, ytr, xva, yva = x[~val], y[~val], x[val], y[val]
     print("train %d, held out %d (%s)" % (len(ytr), len(yva), dict(zip(CLASSES, np.bincount(ytr)))), flush=True)
 
-    model = build_model(args.seed).to(memory_format=torch.channels_last)
+    model = build_model(args.seed)
+    if args.init:
+        import covidx
+
+        load_keras_weights(model, covidx.load_model(args.init).named_weights)
+    model = model.to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0}], lr=args.lr)
     steps_per_epoch = len(ytr) // args.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.1)
+                                                steps_per_epoch=steps_per_epoch, pct_start=args.warmup)
     gen = torch.Generator().manual_seed(args.seed)
     log = []
     for epoch in range(args.epochs):
