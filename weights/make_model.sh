@@ -11,6 +11,8 @@ python weights/train.py --data "$data" --init weights/backbone_112.safetensors -
     --warmup 0.05 --out weights/backbone_stage2.safetensors
 # 3. the head refitted by covidx on 224x224 features of the same training images (backbone frozen)
 python weights/refit_head.py --data "$data" --backbone weights/backbone_stage2.safetensors \
-    --out weights/covid_resnet50.safetensors
-# 4. the model card's figures, computed by covidx
+    --out weights/covid_resnet50.safetensors --out32 weights/backbone_float32_check.safetensors
+# 4. the model card's figures, computed by covidx (and the same with float32 weights: float16
+#    storage must change no test metric)
 python weights/measure.py
+python weights/measure.py --model weights/backbone_float32_check.safetensors --json /tmp/metrics_float32.json

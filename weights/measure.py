@@ -38,6 +38,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=os.path.join(HERE, "covid_resnet50.safetensors"))
     ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "data", "cxr"))
+    ap.add_argument("--json", default=os.path.join(HERE, "metrics.json"))
     args = ap.parse_args()
     model = covidx.load_model(args.model)
     out = {"model": os.path.basename(args.model), "covidx": covidx.__version__}
@@ -56,7 +57,7 @@ def main():
             s["files"] = [{"file": f, "p_covid": float(q[0])} for f, q in zip(it.filenames, p)]
         out[name] = s
         print("== %s (%s)\n%s" % (name, directory, reports.format_summary(s)))
-    with open(os.path.join(HERE, "metrics.json"), "w") as f:
+    with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
 
 

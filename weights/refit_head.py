@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=20210101)
+    ap.add_argument("--out32", help="also write the float32 model here (to check that float16 storage changes "
+                    "no test metric)")
     ap.add_argument("--limit", type=int, default=0, help="use every k-th image only (a quick check of the script)")
     args = ap.parse_args()
     t0 = time.time()
@@ -68,6 +70,8 @@ def main():
     model.class_names = list(CLASSES)
     model.name = "covid_resnet50"
     model.save(args.out, dtype="float16")
+    if args.out32:
+        model.save(args.out32, dtype="float32")
     back = covidx.load_model(args.out)
     p16 = back.predict(x[val].astype(np.float32) / 255, verbose=0)
     p32 = model.predict(x[val].astype(np.float32) / 255, verbose=0)
