@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 import zipfile
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -659,3 +660,16 @@ def test_missing_h5py_says_how_to_get_it(articles, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_h5py)
     with pytest.raises(ModelFileError, match="needs the h5py package: pip install h5py"):
         covidx.load_model(articles["paths"][".h5"])
+
+
+def test_hdf5_that_hangs_libhdf5_is_refused_in_time(monkeypatch):
+    """A file found by fuzzing (tests/fuzz): libhdf5 loops on its metadata. covidx parses HDF5
+    metadata in a child process first and gives up after PROBE_SECONDS."""
+    from covidx.formats import hdf5
+
+    monkeypatch.setattr(hdf5, "PROBE_SECONDS", 3.0)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hdf5_libhdf5_hang.h5")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="did not finish reading"):
+        covidx.load_model(path)
+    assert time.monotonic() - start < 30

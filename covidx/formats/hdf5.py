@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import time
 
 import numpy as np
 
@@ -66,6 +68,59 @@ def check_superblock(head, file_size, where):
         fail(where, "truncated HDF5 file: it records %d bytes, but has %d" % (eof, file_size))
 
 
+PROBE_SECONDS = 20.0
+
+
+def _walk_metadata(source):
+    """Opens the file and touches every object's metadata: what libhdf5 parses before covidx reads
+    any data (run in the probe's child process)."""
+    import h5py
+
+    with h5py.File(io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source,
+                   "r") as f:
+        def visit(name, obj):
+            for key in obj.attrs.keys():
+                obj.attrs.get(key)
+            if isinstance(obj, h5py.Dataset):
+                obj.shape, obj.dtype, obj.chunks  # noqa: B018 (parsing these is the point)
+
+        for key in f.attrs.keys():
+            f.attrs.get(key)
+        f.visititems(visit)
+
+
+def probe_in_child(source, where, seconds=None):
+    """Parses the file's HDF5 metadata in a forked child first: libhdf5 can crash or loop on hostile
+    files, and then only the child dies (and is killed after `seconds`), never this process."""
+    if not hasattr(os, "fork"):
+        return
+    seconds = PROBE_SECONDS if seconds is None else seconds
+    pid = os.fork()
+    if pid == 0:  # the child: report only by exit status
+        code = 1
+        try:
+            _walk_metadata(source)
+            code = 0
+        except BaseException:
+            code = 1  # a Python-level error: the parent reports it when it reads the file itself
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            fail(where, "the HDF5 library did not finish reading this file's structure within %.0f s (a damaged "
+                        "or hostile file); nothing was loaded" % seconds)
+        time.sleep(0.005)
+    if os.WIFSIGNALED(status):
+        fail(where, "the HDF5 library crashed reading this file (signal %d; it was read in a separate process, "
+                    "so this one is unaffected): a damaged or hostile file" % os.WTERMSIG(status))
+
+
 class H5File:
     """An HDF5 file opened read-only, from a path or from bytes (a member of a .keras archive).
     `where` names the file in every error."""
@@ -83,6 +138,7 @@ class H5File:
             target = source
         check_superblock(head, self.size, where)
         self.h5py = h5py_module(where)
+        probe_in_child(source, where)
         try:
             try:  # no file locking: it fails on read-only and network file systems
                 self.file = self.h5py.File(target, "r", locking=False)
