@@ -673,3 +673,10 @@ def test_hdf5_that_hangs_libhdf5_is_refused_in_time(monkeypatch):
     with pytest.raises(ValueError, match="did not finish reading"):
         covidx.load_model(path)
     assert time.monotonic() - start < 30
+
+
+def test_zip_of_unsupported_version_is_a_model_file_error():
+    """A file found by fuzzing: zipfile raises NotImplementedError on its version field."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "zip_unsupported_version.keras")
+    with pytest.raises(ValueError, match="not a readable zip archive"):
+        covidx.load_model(path)

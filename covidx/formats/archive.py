@@ -14,8 +14,8 @@ ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.
 def open_zip(path):
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        fail(path, "not a readable zip archive (%s)" % e)
+    except ZIP_ERRORS as e:  # NotImplementedError too: an unsupported zip version (found by fuzzing)
+        fail(path, "not a readable zip archive (%s: %s)" % (type(e).__name__, e))
 
 
 def member(archive, name, limit, where):
