@@ -2,6 +2,8 @@
 import json
 import struct
 
+import os
+
 import numpy as np
 import pytest
 
@@ -99,8 +101,20 @@ def test_header_length_beyond_file(tmp_path):
 def test_not_a_file():
     with pytest.raises(FileNotFoundError, match="no such file"):
         covidx.load_model("/nonexistent/model.safetensors")
-    with pytest.raises(FileNotFoundError):
-        covidx.load_model()
+    if covidx.model.default_model_path() is None:  # an installation without the shipped model
+        with pytest.raises(FileNotFoundError):
+            covidx.load_model()
+
+
+def test_no_argument_loads_the_shipped_model():
+    path = covidx.model.default_model_path()
+    if path is None:
+        pytest.skip("this installation has no shipped model")
+    model = covidx.load_model()
+    assert model.class_names == ["COV19", "Normal"] and model.output_shape == (None, 2)
+    assert model.preprocessing == {"rescale": 1 / 255} and model.metrics_names == ["loss", "accuracy"]
+    assert [d["units"] for d in model.architecture["head"]] == [1024, 1024, 1024, 512, 2]
+    assert os.path.getsize(path) < 64 * 2**20
 
 
 def test_recorded_preprocessing_is_applied(saved):
