@@ -1,8 +1,7 @@
 """covidx's native model files: round trips and refusal of broken files."""
 import json
-import struct
-
 import os
+import struct
 
 import numpy as np
 import pytest
