@@ -221,7 +221,9 @@ def batch_source(x, y, batch_size, steps, sample_weight=None):
     return gen(), n_batches, None
 
 
-def _say_alignment(model, iterator):
+def say_alignment(model, iterator):
+    """The class mapping of iterator's labels to model's classes (None: unchanged); the message
+    saying what was aligned is printed once per iterator and model."""
     if iterator is None:
         return None
     mapping, message = class_alignment(model, iterator)
@@ -255,7 +257,7 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
         m.reset_state()
     loss_tracker = metrics_mod.Mean(name="loss")
     source, total_steps, iterator = batch_source(x, y, batch_size, steps, sample_weight)
-    mapping = _say_alignment(model, iterator)
+    mapping = say_alignment(model, iterator)
     mode = getattr(iterator, "class_mode", None)
     n_model = model_class_count(model)
     verbose = 1 if verbose == "auto" else verbose

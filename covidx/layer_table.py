@@ -10,12 +10,10 @@ class Layer:
     """One entry of model.layers: .name, .trainable (writable), class_name, output_shape,
     count_params(). Weights live in the model; layers only describe them."""
 
-    def __init__(self, name, class_name, output_shape, trainable_params=0, non_trainable_params=0, inbound=(),
-                 model=None):
+    def __init__(self, name, class_name, output_shape, trainable_params=0, non_trainable_params=0, inbound=()):
         self.name, self.class_name, self.output_shape = name, class_name, output_shape
         self._trainable_params, self._non_trainable_params = trainable_params, non_trainable_params
         self.inbound = list(inbound)
-        self._model = model
         self._trainable = True
 
     @property
@@ -24,17 +22,10 @@ class Layer:
 
     @trainable.setter
     def trainable(self, value):
-        value = bool(value)
-        if self._model is not None:
-            self._model._check_trainable_change(self, value)
-        self._trainable = value
+        self._trainable = bool(value)
 
     def count_params(self):
         return self._trainable_params + self._non_trainable_params
-
-    @property
-    def weights_shapes(self):
-        return None
 
     def __repr__(self):
         return "<%s name=%s, built=True>" % (self.class_name, self.name)

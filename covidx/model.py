@@ -187,8 +187,9 @@ class Model:
         _check_legacy_kwargs("predict", kwargs)
         verbose = 1 if verbose == "auto" else verbose
         if self._is_array(x):
-            out = self._run(x, batch_size, "head", verbose)
-            return out if steps is None else out[:steps * (batch_size or 32)]
+            if steps is not None:  # only the first `steps` batches are computed
+                x = x[:steps * (batch_size or 32)]
+            return self._run(x, batch_size, "head", verbose)
         return evaluation.predict(self, x, batch_size, verbose, steps, "head")
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
@@ -288,7 +289,7 @@ class Model:
         activation, pooling, add) and the head, in Keras's order, with writable .trainable."""
         if self._layers is None:
             rows = layer_table.build(self.architecture, self._input_shape)
-            self._layers = [layer_table.Layer(*row, model=self) for row in rows]
+            self._layers = [layer_table.Layer(*row) for row in rows]
         return self._layers
 
     def get_layer(self, name=None, index=None):
@@ -298,9 +299,6 @@ class Model:
             if layer.name == name:
                 return layer
         raise ValueError("No such layer: %s. Existing layers are: %s..." % (name, [l.name for l in self.layers[:5]]))
-
-    def _check_trainable_change(self, layer, value):
-        pass
 
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
                 layer_range=None):

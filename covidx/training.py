@@ -214,13 +214,7 @@ class Labels:
 
     def __init__(self, model, iterator=None, class_weight=None):
         self.class_weight = class_weight
-        self.mapping, message = (None, None) if iterator is None else evaluation.class_alignment(model, iterator)
-        if message and getattr(iterator, "_covidx_alignment_said", None) != id(model):
-            print(message)
-            try:
-                iterator._covidx_alignment_said = id(model)
-            except AttributeError:
-                pass
+        self.mapping = evaluation.say_alignment(model, iterator)
         self.mode = getattr(iterator, "class_mode", None)
         self.n_model = evaluation.model_class_count(model)
 
