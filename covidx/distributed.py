@@ -85,6 +85,7 @@ def predict_files(paths, client=None, *, model_path=None, batch_size=16, chunk_s
             own_client = client = distributed.Client(distributed.LocalCluster(threads_per_worker=1,
                                                                                n_workers=local_workers()))
     try:
+        check_workers(client)
         per_host = workers_per_host(client)
         chunks = [files[i:i + chunk_size] for i in range(0, len(files), chunk_size)]
         futures = client.map(score_chunk, chunks, model_path=model_path, workers_per_host=per_host,
@@ -98,6 +99,17 @@ def predict_files(paths, client=None, *, model_path=None, batch_size=16, chunk_s
             own_client.close()
             cluster.close()
     return to_frame(results)
+
+
+def check_workers(client):
+    """Raises at once, with the workers' own error, when covidx cannot be imported on them (not
+    installed there, or shadowed by a covidx/ source folder in their working directory); tasks
+    whose function cannot be loaded would otherwise never finish."""
+    try:
+        client.run(exec, "import covidx.distributed")
+    except Exception as exc:
+        raise RuntimeError("covidx cannot be imported on the Dask workers: %s: %s"
+                           % (type(exc).__name__, exc)) from exc
 
 
 def local_workers():

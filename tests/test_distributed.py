@@ -64,7 +64,9 @@ def test_matches_local_predict_with_bad_files_reported(client, model_file, files
     assert list(table["path"]) == paths
     ok = table["error"].isna()
     assert list(ok) == [p not in (bad, missing) for p in paths]
-    want = local_predictions(model_file, good[:3] + good[3:])
+    # one image at a time: at this size the workers' batches of 1-2 images take the same
+    # convolution algorithms (Winograd or im2col is chosen by the number of tiles in a batch)
+    want = np.concatenate([local_predictions(model_file, [p]) for p in good])
     np.testing.assert_allclose(table.loc[ok, ["COV19", "Normal"]].to_numpy(), want, rtol=0, atol=1e-6)
     assert list(table.loc[ok, "predicted"]) == [["COV19", "Normal"][i] for i in np.argmax(want, axis=1)]
     broken = table.set_index("path").loc[bad]
@@ -114,3 +116,22 @@ def test_clear_errors(client, model_file, tmp_path):
         cdist.predict_files(["a.png"], client, model_path=model_file, chunk_size=0)
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
         cdist.predict_files(["a.png"], client, model_path=str(tmp_path / "nowhere.safetensors"))
+
+
+def test_workers_that_cannot_import_covidx_fail_fast(model_file, files, tmp_path, monkeypatch):
+    # Worker processes whose sys.path finds a covidx/ source tree without its engine first (as
+    # when a notebook's kernel has changed into a checkout) cannot load the task function:
+    # predict_files says so instead of waiting forever. Spawned workers inherit sys.path.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(os.path.dirname(covidx.__file__), checkout / "covidx",
+                    ignore=shutil.ignore_patterns("_core*", "_libs", "weights", "__pycache__"))
+    (checkout / "setup.py").write_text("# stand-in for a checkout's setup.py\n")
+    monkeypatch.syspath_prepend(str(checkout))
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       worker_dashboard_address=None)
+    try:
+        with distributed.Client(cluster) as c:
+            with pytest.raises(RuntimeError, match="cannot be imported on the Dask workers.*source tree"):
+                cdist.predict_files(files[1][:2], c, model_path=model_file)
+    finally:
+        cluster.close()
