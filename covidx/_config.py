@@ -65,6 +65,7 @@ def config():
         "openblas": blas["config"],
         "openblas_corename": blas["corename"],
         "openblas_threads": blas["num_threads"],
+        "conv_gemm": "covidx AVX2+FMA kernel (weights packed at load)" if blas["packed_gemm"] else "OpenBLAS",
         "threads": get_num_threads(),
         "cpus": cpu["cpus"],
         "cpu_features": [k for k in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if cpu[k]],
@@ -78,6 +79,7 @@ def show_config():
     print("covidx %s (Python %s, NumPy %s)" % (c["covidx"], c["python"], c["numpy"]))
     print("  OpenBLAS:     %s" % c["openblas"])
     print("  kernel:       %s" % c["openblas_corename"])
+    print("  conv GEMMs:   %s" % c["conv_gemm"])
     print("  threads:      %d engine threads x %d OpenBLAS thread(s) each; %d CPUs available"
           % (c["threads"], c["openblas_threads"], c["cpus"]))
     print("  CPU features: %s" % (", ".join(c["cpu_features"]) or "baseline x86-64 only"))

@@ -2,10 +2,12 @@
  *
  *     out[pixels x cout] = A[pixels x K] . W[K x cout],   K = kh * kw * cin
  *
- * where A is the input itself for a stride-1 1x1 convolution and an im2col panel otherwise. Each
- * GEMM task is followed at once by its epilogue (bias, residual, ReLU) while its block of the
- * output is still in cache. Chunk and task sizes depend only on the layer's shape, never on the
- * number of threads, so the outputs are bitwise the same for any thread count. */
+ * where A is the input itself for a stride-1 1x1 convolution and an im2col panel otherwise. With
+ * the packed kernel (gemm.c: AVX2 + FMA, weights packed at load) the epilogue (bias, residual,
+ * ReLU) is applied in registers and each task builds the im2col rows it multiplies; otherwise
+ * OpenBLAS runs the GEMM and each task's epilogue follows at once, while its block of the output
+ * is still in cache. Chunk and task sizes depend only on the layer's shape, never on the number
+ * of threads, so the outputs are bitwise the same for any thread count. */
 #include "layers.h"
 
 #include <float.h>
@@ -53,11 +55,8 @@ typedef struct {
     float *panel;
 } Im2col;
 
-static void im2col_task(void *arg, int part) {
-    const Im2col *j = arg;
+static void im2col_rows(const Im2col *j, int r0, int r1) {
     const Conv *c = j->c;
-    int per = (j->rows + j->nparts - 1) / j->nparts;
-    int r0 = part * per, r1 = r0 + per < j->rows ? r0 + per : j->rows;
     size_t k = (size_t)c->kh * c->kw * c->cin;
     for (int r = r0; r < r1; r++) {
         int p = j->row0 + r;
@@ -76,6 +75,28 @@ static void im2col_task(void *arg, int part) {
             }
         }
     }
+}
+
+static void im2col_task(void *arg, int part) {
+    const Im2col *j = arg;
+    int per = (j->rows + j->nparts - 1) / j->nparts;
+    int r0 = part * per, r1 = r0 + per < j->rows ? r0 + per : j->rows;
+    im2col_rows(j, r0, r1);
+}
+
+/* im2col and the packed GEMM fused, one block of GEMM_MC rows per task: the block's panel rows
+ * are written and read back while they are in this core's cache. */
+typedef struct {
+    Im2col im;
+    GemmJob g;
+    int per_block;
+} Im2colGemm;
+
+static void im2col_gemm_task(void *arg, int block) {
+    const Im2colGemm *f = arg;
+    int r0 = block * GEMM_MC, r1 = r0 + GEMM_MC < f->im.rows ? r0 + GEMM_MC : f->im.rows;
+    im2col_rows(&f->im, r0, r1);
+    for (int t = 0; t < f->per_block; t++) gemm_run_task(&f->g, block * f->per_block + t);
 }
 
 /* --- GEMM + epilogue on one block of the output ------------------------------------------------ */
@@ -130,6 +151,8 @@ static void gemm_task(void *arg, int t) {
     }
 }
 
+static void packed_gemm_task(void *arg, int t) { gemm_run_task(arg, t); }
+
 /* Splits one GEMM into tasks by its shape: along rows when the weights are the smaller operand to
  * re-pack per task, along output channels otherwise. */
 static void gemm_epilogue(Gemm *g) {
@@ -160,11 +183,25 @@ void conv2d(const Conv *c, const float *x, int n, int h, int w, float *out, cons
     for (int row0 = 0; row0 < m; row0 += step) {
         int rows = row0 + step < m ? step : m - row0;
         const float *a = x + (size_t)row0 * c->cin;
+        if (!direct && c->packed.data && rows >= 2 * GEMM_MC) {
+            Im2colGemm f = {{c, x, h, w, ho, wo, row0, rows, 1, scratch},
+                            {rows, scratch, k, &c->packed, out + (size_t)row0 * c->cout, c->cout, c->bias,
+                             residual ? residual + (size_t)row0 * c->cout : NULL, relu}, 0};
+            f.per_block = gemm_tasks_per_row_block(&f.g);
+            pool_run((rows + GEMM_MC - 1) / GEMM_MC, im2col_gemm_task, &f);
+            continue;
+        }
         if (!direct) {
             int nparts = pool_get_threads();
             Im2col j = {c, x, h, w, ho, wo, row0, rows, nparts, scratch};
             pool_run(nparts, im2col_task, &j);
             a = scratch;
+        }
+        if (c->packed.data) {
+            GemmJob g = {rows, a, k, &c->packed, out + (size_t)row0 * c->cout, c->cout, c->bias,
+                         residual ? residual + (size_t)row0 * c->cout : NULL, relu};
+            pool_run(gemm_tasks(&g), packed_gemm_task, &g);
+            continue;
         }
         Gemm g = {a, k, rows, k, c->cout, c->w, c->bias,
                   residual ? residual + (size_t)row0 * c->cout : NULL,

@@ -7,12 +7,18 @@
 
 #include <stddef.h>
 
+#include "gemm.h"
+
 /* A convolution with batchnorm folded in: out = act(conv(x, w) + bias [+ residual]). */
 typedef struct {
     int kh, kw, cin, cout, stride, pad; /* symmetric zero padding */
     float *w;                           /* (kh*kw*cin, cout): HWIO flattened, the GEMM's B */
     float *bias;                        /* (cout) */
     float *wino;                        /* (16, cin, cout) Winograd-transformed weights, or NULL */
+    PackedB packed;                     /* w packed for gemm.c (data NULL where OpenBLAS runs) */
+    PackedB wino_packed[16];            /* the Winograd planes packed (then wino is NULL) */
+    int winograd;                       /* 1 when either Winograd form is ready */
+    int wino_min_tiles;                 /* use Winograd for batches with at least this many tiles */
 } Conv;
 
 /* Output size of a convolution or pooling window along one axis. */

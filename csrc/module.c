@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "gemm.h"
 #include "cpu.h"
 #include "resnet50.h"
 #include "threadpool.h"
@@ -173,6 +174,8 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
     self->built = 1; /* from here on, dealloc frees whatever was allocated */
     Net *net = &self->net;
     net->variant = variant;
+    const char *sub = getenv("COVIDX_SUB_BATCH"); /* a tuning knob for benchmarks */
+    net->sub_batch = sub && atoi(sub) > 0 ? atoi(sub) : 0;
     net->pooling = pooling;
     ConvShape shapes[RESNET50_NCONV];
     Conv *slots[RESNET50_NCONV];
@@ -302,8 +305,9 @@ static PyObject *get_num_threads(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
 static PyObject *blas_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
     const char *config = BLAS_FN(openblas_get_config)();
     const char *core = BLAS_FN(openblas_get_corename)();
-    return Py_BuildValue("{s:s,s:s,s:i}", "config", config ? config : "", "corename", core ? core : "",
-                         "num_threads", BLAS_FN(openblas_get_num_threads)());
+    return Py_BuildValue("{s:s,s:s,s:i,s:O}", "config", config ? config : "", "corename", core ? core : "",
+                         "num_threads", BLAS_FN(openblas_get_num_threads)(), "packed_gemm",
+                         gemm_available() ? Py_True : Py_False);
 }
 
 static PyObject *cpu_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {

@@ -64,6 +64,7 @@ int conv_fold_bn(Conv *c, const ConvShape *s, const float *kernel, const float *
             c->w[r * s->cout + o] = (float)v;
         }
     }
+    if (gemm_available() && gemm_pack(&c->packed, c->w, (int)k, c->cout, c->cout) != 0) return -1;
     if (winograd_enabled() && winograd_eligible(c)) return winograd_prepare(c);
     return 0;
 }
@@ -100,6 +101,8 @@ void net_free(Net *net) {
         free(slots[i]->w);
         free(slots[i]->bias);
         free(slots[i]->wino);
+        gemm_pack_free(&slots[i]->packed);
+        for (int xi = 0; xi < 16; xi++) gemm_pack_free(&slots[i]->wino_packed[xi]);
     }
     for (int i = 0; i < net->nhead; i++) {
         free(net->head[i].w);
@@ -174,6 +177,10 @@ static int plan_ensure(Net *net, int n, int h, int w) {
     return 0;
 }
 
+#ifndef SUB_BATCH
+#define SUB_BATCH 8
+#endif
+
 /* One convolution, fast or plain. */
 static void run_conv(const Conv *c, const float *x, int n, int h, int w, float *out,
                      const float *residual, int relu, float *scratch, int reference) {
@@ -183,8 +190,8 @@ static void run_conv(const Conv *c, const float *x, int n, int h, int w, float *
         conv2d(c, x, n, h, w, out, residual, relu, scratch);
 }
 
-int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
-                     float *out) {
+static int forward_batch(Net *net, const float *x, int n, int h, int w, int output, int reference,
+                         float *out) {
     if (plan_ensure(net, n, h, w) != 0) return -1;
     Plan *p = &net->plan;
     float **buf = p->act;
@@ -232,6 +239,29 @@ int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, 
         else
             dense(in, n, d->cin, d->cout, d->w, d->bias, d->act, dst);
         in = dst;
+    }
+    return 0;
+}
+
+/* Floats of output per image, for the output kind asked for. */
+static size_t out_floats_per_image(const Net *net, int h, int w, int output) {
+    int ho, wo;
+    resnet50_feature_map_size(net->variant, h, w, &ho, &wo);
+    if (output == OUT_FEATURE_MAP || (net->pooling == POOL_NONE && output == OUT_HEAD))
+        return (size_t)ho * wo * 2048;
+    if (output == OUT_FEATURES || net->nhead == 0) return 2048;
+    return (size_t)net->head[net->nhead - 1].cout;
+}
+
+/* Large batches go through in slices of at most sub_batch images: every image is computed
+ * independently, and a slice's activations stay near cache size (and the buffers small). */
+int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
+                     float *out) {
+    size_t in_per = (size_t)h * w * 3, out_per = out_floats_per_image(net, h, w, output);
+    int sub = net->sub_batch > 0 ? net->sub_batch : SUB_BATCH;
+    for (int i0 = 0; i0 < n; i0 += sub) {
+        int m = n - i0 < sub ? n - i0 : sub;
+        if (forward_batch(net, x + i0 * in_per, m, h, w, output, reference, out + i0 * out_per) != 0) return -1;
     }
     return 0;
 }

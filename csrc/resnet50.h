@@ -47,6 +47,7 @@ typedef struct {
     DenseLayer head[MAX_DENSE];
     int nhead;
     Plan plan;
+    int sub_batch; /* images per pass through the network (0: SUB_BATCH) */
 } Net;
 
 /* Fills shapes[RESNET50_NCONV] for the variant. */

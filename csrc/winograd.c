@@ -32,9 +32,10 @@ static void tile_counts(int h, int w, int *th, int *tw) {
 #define WINO_CHUNK_BYTES (12u << 20)
 #endif
 #define WINO_MIN_TILES 64
-#ifndef WINO_MIN_USE_TILES
-#define WINO_MIN_USE_TILES 64 /* fewer tiles make GEMMs too thin to pay for the transforms */
-#endif
+/* Fewer tiles in a batch make the GEMMs too thin to pay for the transforms: with OpenBLAS below
+ * 64 tiles; with the packed kernel below 16 (a 7x7 map at batch 1 still pays). */
+#define WINO_MIN_TILES_OPENBLAS 64
+#define WINO_MIN_TILES_PACKED 16
 #define WINO_PARTS 8 /* transform tasks per chunk (elementwise work: any split gives the same result) */
 
 int winograd_enabled(void) {
@@ -49,7 +50,7 @@ int winograd_eligible(const Conv *c) {
 int winograd_worth_it(const Conv *c, int n, int h, int w) {
     int th, tw;
     tile_counts(h, w, &th, &tw);
-    return c->wino && (long)n * th * tw >= WINO_MIN_USE_TILES;
+    return c->winograd && (long)n * th * tw >= c->wino_min_tiles;
 }
 
 int winograd_prepare(Conv *c) {
@@ -68,6 +69,15 @@ int winograd_prepare(Conv *c) {
             for (int j = 0; j < 4; j++)
                 c->wino[(size_t)(i * 4 + j) * plane + p] = (float)(t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2]);
     }
+    if (gemm_available()) { /* the packed planes replace the plain ones */
+        for (int xi = 0; xi < 16; xi++)
+            if (gemm_pack(&c->wino_packed[xi], c->wino + (size_t)xi * plane, c->cin, c->cout, c->cout) != 0) return -1;
+        free(c->wino);
+        c->wino = NULL;
+    }
+    c->winograd = 1;
+    const char *v = getenv("COVIDX_WINOGRAD_MIN_TILES"); /* a tuning knob for benchmarks */
+    c->wino_min_tiles = v && atoi(v) > 0 ? atoi(v) : c->wino_packed[0].data ? WINO_MIN_TILES_PACKED : WINO_MIN_TILES_OPENBLAS;
     return 0;
 }
 
@@ -143,6 +153,22 @@ VECTOR_CLONES static void input_transform_task(void *arg, int part) {
             for (int xi = 0; xi < 16; xi++) dst[xi * plane + ci] = q[xi / 4][xi % 4];
         }
     }
+}
+
+/* M[xi] = V[xi] . U[xi] with U packed: task t is task t % per of the GEMM for xi = t / per. */
+static GemmJob packed_job(const Wino *j, int xi) {
+    const Conv *c = j->c;
+    GemmJob g = {j->ntiles, j->v + (size_t)xi * j->ntiles * c->cin, c->cin, &c->wino_packed[xi],
+                 j->m + (size_t)xi * j->ntiles * c->cout, c->cout, NULL, NULL, 0};
+    return g;
+}
+
+static void packed_gemm_task(void *arg, int t) {
+    const Wino *j = arg;
+    GemmJob g0 = packed_job(j, 0);
+    int per = gemm_tasks(&g0);
+    GemmJob g = packed_job(j, t / per);
+    gemm_run_task(&g, t % per);
 }
 
 static void gemm_task(void *arg, int xi) {
@@ -233,7 +259,12 @@ void conv2d_winograd(const Conv *c, const float *x, int n, int h, int w, float *
         int nt = t0 + step < tiles ? step : tiles - t0;
         Wino j = {c, x, residual, out, scratch, scratch + (size_t)16 * nt * c->cin, h, w, th, tw, t0, nt, relu};
         pool_run(WINO_PARTS, input_transform_task, &j);
-        pool_run(16, gemm_task, &j);
+        if (c->wino_packed[0].data) {
+            GemmJob g0 = packed_job(&j, 0);
+            pool_run(16 * gemm_tasks(&g0), packed_gemm_task, &j);
+        } else {
+            pool_run(16, gemm_task, &j);
+        }
         pool_run(WINO_PARTS, output_transform_task, &j);
     }
 }

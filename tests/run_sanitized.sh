@@ -10,6 +10,10 @@ trap 'rm -rf "$work"' EXIT
 "$venv/bin/pip" install -q --disable-pip-version-check 'setuptools>=77' numpy 'scipy-openblas32==0.3.34.481.3'
 cp -r "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$root/LICENSE" "$root/csrc" "$root/covidx" "$work/"
 rm -rf "$work"/covidx/*.so "$work/covidx/_libs"
+# the packed GEMM kernel on its own, against plain loops
+gcc -O1 -g -std=c11 -Wall -Wextra -Werror -fsanitize=address,undefined -fno-sanitize-recover=all -I "$root/csrc" \
+    "$root/tests/gemm_check.c" "$root/csrc/gemm.c" -lm -o "$work/gemm_check"
+ASAN_OPTIONS=detect_leaks=1 "$work/gemm_check"
 (cd "$work" && COVIDX_SANITIZE=1 "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
 cd "$work"
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"

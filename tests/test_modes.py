@@ -1,5 +1,6 @@
-"""Every compute mode gives the same answers: Winograd F(2x2,3x3) against im2col + SGEMM and
-against the plain C loops, on real X-rays; and a benchmark smoke run (outputs only, no timing)."""
+"""Every compute mode gives the same answers: Winograd F(2x2,3x3) against im2col + SGEMM, the packed
+GEMM kernel against OpenBLAS, and both against the plain C loops, on real X-rays; and a benchmark
+smoke run (outputs only, no timing)."""
 import os
 import subprocess
 import sys
@@ -35,6 +36,26 @@ def test_winograd_matches_im2col_and_plain_loops(monkeypatch, size):
     assert not np.array_equal(fw, fi)  # the two paths really differ in how they compute
 
 
+@pytest.mark.parametrize("size", [(96, 96), (67, 75), (224, 224)])
+def test_packed_gemm_matches_openblas_and_plain_loops(monkeypatch, size):
+    from covidx import _core
+
+    x = xrays(size)[:3 if size[0] < 200 else 1]
+    monkeypatch.setenv("COVIDX_GEMM", "openblas")
+    assert not _core.blas_info()["packed_gemm"]
+    openblas = ResNet50(weights=None, include_top=False, pooling=None, seed=7)
+    monkeypatch.delenv("COVIDX_GEMM")
+    if not _core.blas_info()["packed_gemm"]:
+        pytest.skip("the packed kernel needs AVX2 and FMA")
+    packed = ResNet50(weights=None, include_top=False, pooling=None, seed=7)
+    fp, fo = packed.feature_map(x), openblas.feature_map(x)
+    ref = packed._engine.forward(np.ascontiguousarray(x, np.float32), output=2, reference=True)
+    scale = np.abs(ref).max()
+    assert np.abs(fp - ref).max() / scale < 2e-6
+    assert np.abs(fo - ref).max() / scale < 2e-6
+    assert not np.array_equal(fp, fo)  # really two different GEMMs
+
+
 def test_benchmark_smoke_outputs_agree(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -45,3 +66,15 @@ def test_benchmark_smoke_outputs_agree(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     row = [line for line in out.stdout.splitlines() if line.startswith("onnxruntime")][0]
     assert float(row.split()[-1]) < 1e-4  # max |p_ort - p_covidx| on identical weights
+
+
+def test_large_batches_run_in_slices_of_eight():
+    # The engine runs a batch 8 images at a time: a batch of 20 gives exactly what its slices
+    # 0-7, 8-15 and 16-19 give on their own, and every slice matches the plain loops.
+    model = ResNet50(weights=None, classes=2, head=(64,), seed=11)
+    x = preprocess_input(np.random.RandomState(2).uniform(0, 255, (20, 64, 64, 3)).astype(np.float32))
+    whole = model.predict(x, batch_size=20, verbose=0)
+    parts = np.concatenate([model.predict(x[a:b], batch_size=20, verbose=0) for a, b in ((0, 8), (8, 16), (16, 20))])
+    assert np.array_equal(whole, parts)
+    ref = model._engine.forward(np.ascontiguousarray(x, np.float32), output=0, reference=True)
+    np.testing.assert_allclose(whole, ref, rtol=0, atol=1e-5)

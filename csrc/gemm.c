@@ -1,0 +1,262 @@
+/* gemm.c: the packed-weights SGEMM with its epilogue (see gemm.h).
+ *
+ * Blocking, for one task (a block of at most MC rows by a group of 16-column panels):
+ *
+ *     for each block of kc rows of B (kc <= KC):
+ *         for each 16-column panel of the group:     B panel, kc x 16, stays in L1
+ *             for each 6 rows of the task's block:   A rows, 6 x kc, come from L2
+ *                 C[6 x 16] (+)= A[6 x kc] . Bpanel[kc x 16]     12 ymm accumulators
+ *
+ * The first block of kc starts the accumulators at zero, later ones at the partial sums in C,
+ * and the last one adds the bias and the residual and applies ReLU before storing. Each element
+ * of C is therefore summed over k in the same order whatever the task split. */
+#include "gemm.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MR 6    /* rows per register tile */
+#define NR 16   /* columns per register tile and per packed panel (two ymm vectors) */
+#define KC 256  /* rows of B per block: a 16 KiB panel, half of L1 */
+#define MC GEMM_MC /* rows of A per task: 96 x KC floats = 96 KiB, within L2 */
+#define MAX_PANELS_PER_TASK 16
+#define MIN_TASKS 8 /* enough tasks to keep two (or a few) cores evenly busy */
+
+static int panels(int n) { return (n + NR - 1) / NR; }
+
+/* K splits into nkb blocks of kc_base rows, the last one possibly shorter. */
+static void k_blocks(int k, int *nkb, int *kc_base) {
+    *nkb = (k + KC - 1) / KC;
+    if (*nkb < 1) *nkb = 1;
+    *kc_base = (k + *nkb - 1) / *nkb;
+}
+
+int gemm_pack(PackedB *p, const float *b, int k, int n, int ldb) {
+    int np = panels(n), nkb, kc_base;
+    k_blocks(k, &nkb, &kc_base);
+    size_t floats = (size_t)k * np * NR;
+    size_t bytes = ((floats ? floats : 1) * sizeof(float) + 63) / 64 * 64; /* aligned_alloc: a multiple */
+    float *data = aligned_alloc(64, bytes);
+    if (!data) return -1;
+    for (int blk = 0; blk < nkb; blk++) {
+        int k0 = blk * kc_base, kc = k - k0 < kc_base ? k - k0 : kc_base;
+        float *block = data + (size_t)k0 * np * NR;
+        for (int j = 0; j < np; j++) {
+            float *panel = block + (size_t)j * kc * NR;
+            int cols = n - j * NR < NR ? n - j * NR : NR;
+            for (int kk = 0; kk < kc; kk++) {
+                const float *src = b + (size_t)(k0 + kk) * ldb + (size_t)j * NR;
+                memcpy(panel + (size_t)kk * NR, src, sizeof(float) * cols);
+                memset(panel + (size_t)kk * NR + cols, 0, sizeof(float) * (NR - cols));
+            }
+        }
+    }
+    p->k = k;
+    p->n = n;
+    p->data = data;
+    return 0;
+}
+
+void gemm_pack_free(PackedB *p) {
+    free(p->data);
+    p->data = NULL;
+}
+
+/* Task grid: row blocks of MC, column groups of whole panels; at least MIN_TASKS where the shape
+ * allows it (small maps at batch 1 split along the columns). */
+static void task_grid(const GemmJob *g, int *row_blocks, int *groups, int *per_group) {
+    int np = panels(g->b->n);
+    *row_blocks = (g->m + MC - 1) / MC;
+    int want = (MIN_TASKS + *row_blocks - 1) / *row_blocks;
+    int by_size = (np + MAX_PANELS_PER_TASK - 1) / MAX_PANELS_PER_TASK;
+    int ng = want > by_size ? want : by_size;
+    if (ng > np) ng = np;
+    *per_group = (np + ng - 1) / ng;
+    *groups = (np + *per_group - 1) / *per_group;
+}
+
+int gemm_tasks_per_row_block(const GemmJob *g) {
+    int rb, ng, pg;
+    task_grid(g, &rb, &ng, &pg);
+    return ng;
+}
+
+int gemm_tasks(const GemmJob *g) {
+    int rb, ng, pg;
+    if (g->m <= 0) return 0;
+    task_grid(g, &rb, &ng, &pg);
+    return rb * ng;
+}
+
+typedef struct {
+    const float *bias;     /* at the tile's first column */
+    const float *residual; /* at the tile's first element, or NULL */
+    size_t ldr;
+    int relu;
+} Epilogue;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_KERNEL 1
+#define TARGET __attribute__((target("avx2,fma")))
+
+/* c[6 x 16] (+)= a[6 rows][0..kc) . b[kc x 16]; then the epilogue when e is not NULL. Rows of a
+ * are given as pointers, so the caller may repeat a row to fill a short tile. */
+TARGET static void kernel_6x16(int kc, const float *const a[MR], const float *restrict b, float *c, size_t ldc,
+                               int load, const Epilogue *e) {
+    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (load) {
+        c00 = _mm256_loadu_ps(c), c01 = _mm256_loadu_ps(c + 8);
+        c10 = _mm256_loadu_ps(c + ldc), c11 = _mm256_loadu_ps(c + ldc + 8);
+        c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
+        c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
+        c40 = _mm256_loadu_ps(c + 4 * ldc), c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
+        c50 = _mm256_loadu_ps(c + 5 * ldc), c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++, b += NR) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), x;
+        x = _mm256_broadcast_ss(a0 + k);
+        c00 = _mm256_fmadd_ps(x, b0, c00), c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a1 + k);
+        c10 = _mm256_fmadd_ps(x, b0, c10), c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a2 + k);
+        c20 = _mm256_fmadd_ps(x, b0, c20), c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a3 + k);
+        c30 = _mm256_fmadd_ps(x, b0, c30), c31 = _mm256_fmadd_ps(x, b1, c31);
+        x = _mm256_broadcast_ss(a4 + k);
+        c40 = _mm256_fmadd_ps(x, b0, c40), c41 = _mm256_fmadd_ps(x, b1, c41);
+        x = _mm256_broadcast_ss(a5 + k);
+        c50 = _mm256_fmadd_ps(x, b0, c50), c51 = _mm256_fmadd_ps(x, b1, c51);
+    }
+    if (e) {
+        __m256 bias0 = _mm256_loadu_ps(e->bias), bias1 = _mm256_loadu_ps(e->bias + 8);
+        c00 = _mm256_add_ps(c00, bias0), c01 = _mm256_add_ps(c01, bias1);
+        c10 = _mm256_add_ps(c10, bias0), c11 = _mm256_add_ps(c11, bias1);
+        c20 = _mm256_add_ps(c20, bias0), c21 = _mm256_add_ps(c21, bias1);
+        c30 = _mm256_add_ps(c30, bias0), c31 = _mm256_add_ps(c31, bias1);
+        c40 = _mm256_add_ps(c40, bias0), c41 = _mm256_add_ps(c41, bias1);
+        c50 = _mm256_add_ps(c50, bias0), c51 = _mm256_add_ps(c51, bias1);
+        if (e->residual) {
+            const float *r = e->residual;
+            size_t l = e->ldr;
+            c00 = _mm256_add_ps(c00, _mm256_loadu_ps(r)), c01 = _mm256_add_ps(c01, _mm256_loadu_ps(r + 8));
+            c10 = _mm256_add_ps(c10, _mm256_loadu_ps(r + l)), c11 = _mm256_add_ps(c11, _mm256_loadu_ps(r + l + 8));
+            c20 = _mm256_add_ps(c20, _mm256_loadu_ps(r + 2 * l)), c21 = _mm256_add_ps(c21, _mm256_loadu_ps(r + 2 * l + 8));
+            c30 = _mm256_add_ps(c30, _mm256_loadu_ps(r + 3 * l)), c31 = _mm256_add_ps(c31, _mm256_loadu_ps(r + 3 * l + 8));
+            c40 = _mm256_add_ps(c40, _mm256_loadu_ps(r + 4 * l)), c41 = _mm256_add_ps(c41, _mm256_loadu_ps(r + 4 * l + 8));
+            c50 = _mm256_add_ps(c50, _mm256_loadu_ps(r + 5 * l)), c51 = _mm256_add_ps(c51, _mm256_loadu_ps(r + 5 * l + 8));
+        }
+        if (e->relu) {
+            __m256 z = _mm256_setzero_ps();
+            c00 = _mm256_max_ps(c00, z), c01 = _mm256_max_ps(c01, z), c10 = _mm256_max_ps(c10, z);
+            c11 = _mm256_max_ps(c11, z), c20 = _mm256_max_ps(c20, z), c21 = _mm256_max_ps(c21, z);
+            c30 = _mm256_max_ps(c30, z), c31 = _mm256_max_ps(c31, z), c40 = _mm256_max_ps(c40, z);
+            c41 = _mm256_max_ps(c41, z), c50 = _mm256_max_ps(c50, z), c51 = _mm256_max_ps(c51, z);
+        }
+    }
+    _mm256_storeu_ps(c, c00), _mm256_storeu_ps(c + 8, c01);
+    _mm256_storeu_ps(c + ldc, c10), _mm256_storeu_ps(c + ldc + 8, c11);
+    _mm256_storeu_ps(c + 2 * ldc, c20), _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(c + 3 * ldc, c30), _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+    _mm256_storeu_ps(c + 4 * ldc, c40), _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+    _mm256_storeu_ps(c + 5 * ldc, c50), _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+}
+
+/* A short tile (mr < 6 rows or nr < 16 columns) runs through a 6 x 16 buffer; rows past mr repeat
+ * row r. Its epilogue is the same operations in the same order as the kernel's. */
+static void short_tile(const GemmJob *g, int r, int mr, int col, int nr, int k0, int kc, const float *panel,
+                       int first, int last) {
+    const float *a[MR];
+    for (int i = 0; i < MR; i++) a[i] = g->a + (size_t)(r + (i < mr ? i : 0)) * g->lda + k0;
+    float *c = g->c + (size_t)r * g->ldc + col;
+    float buf[MR * NR] __attribute__((aligned(32)));
+    memset(buf, 0, sizeof buf);
+    if (!first)
+        for (int i = 0; i < mr; i++) memcpy(buf + i * NR, c + (size_t)i * g->ldc, sizeof(float) * nr);
+    kernel_6x16(kc, a, panel, buf, NR, !first, NULL);
+    for (int i = 0; i < mr; i++) {
+        float *dst = c + (size_t)i * g->ldc;
+        const float *res = g->residual ? g->residual + (size_t)(r + i) * g->ldc + col : NULL;
+        for (int j = 0; j < nr; j++) {
+            float v = buf[i * NR + j];
+            if (last) {
+                v = v + (g->bias ? g->bias[col + j] : 0.0f);
+                if (res) v = v + res[j];
+                if (g->relu) v = v > 0.0f ? v : 0.0f;
+            }
+            dst[j] = v;
+        }
+    }
+}
+
+/* Rows r0..r1 of C against one panel of B: whole 6-row tiles straight into C, then the rest. */
+TARGET static void panel_rows(const GemmJob *g, int r0, int r1, int col, int nr, int k0, int kc,
+                              const float *panel, int first, int last) {
+    static const float zero_bias[NR];
+    int r = r0;
+    if (nr == NR) {
+        size_t lda = (size_t)g->lda, ldc = (size_t)g->ldc;
+        Epilogue e = {g->bias ? g->bias + col : zero_bias, NULL, ldc, g->relu};
+        for (; r + MR <= r1; r += MR) {
+            const float *ar = g->a + (size_t)r * lda + k0;
+            const float *a[MR] = {ar, ar + lda, ar + 2 * lda, ar + 3 * lda, ar + 4 * lda, ar + 5 * lda};
+            e.residual = g->residual ? g->residual + (size_t)r * ldc + col : NULL;
+            if (last && r + 2 * MR <= g->m) /* the next tile's residual and output lines, ahead of time */
+                for (int i = MR; i < 2 * MR; i++) {
+                    if (g->residual) _mm_prefetch((const char *)(e.residual + i * ldc), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(g->c + (size_t)(r + i) * ldc + col), _MM_HINT_T0);
+                }
+            kernel_6x16(kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
+        }
+    }
+    for (; r < r1; r += MR)
+        short_tile(g, r, r1 - r < MR ? r1 - r : MR, col, nr, k0, kc, panel, first, last);
+}
+
+void gemm_run_task(const GemmJob *g, int task) {
+    int rb, ng, pg, nkb, kc_base;
+    task_grid(g, &rb, &ng, &pg);
+    k_blocks(g->b->k, &nkb, &kc_base);
+    int np = panels(g->b->n), n = g->b->n, k = g->b->k;
+    int r0 = task / ng * MC, r1 = r0 + MC < g->m ? r0 + MC : g->m;
+    int j0 = task % ng * pg, j1 = j0 + pg < np ? j0 + pg : np;
+    if (nkb == 1) { /* one block of k: 6 rows of A against every panel, so C fills row by row */
+        for (int r = r0; r < r1; r += MR)
+            for (int j = j0; j < j1; j++) {
+                int nr = n - j * NR < NR ? n - j * NR : NR;
+                panel_rows(g, r, r + MR < r1 ? r + MR : r1, j * NR, nr, 0, k, g->b->data + (size_t)j * k * NR, 1, 1);
+            }
+        return;
+    }
+    for (int blk = 0; blk < nkb; blk++) {
+        int k0 = blk * kc_base, kc = k - k0 < kc_base ? k - k0 : kc_base;
+        const float *block = g->b->data + (size_t)k0 * np * NR;
+        for (int j = j0; j < j1; j++) {
+            const float *panel = block + (size_t)j * kc * NR;
+            int nr = n - j * NR < NR ? n - j * NR : NR;
+            panel_rows(g, r0, r1, j * NR, nr, k0, kc, panel, blk == 0, blk == nkb - 1);
+        }
+    }
+}
+
+int gemm_available(void) { /* asked while a model loads: reads the environment each time */
+    const char *v = getenv("COVIDX_GEMM");
+    if (v && strcmp(v, "openblas") == 0) return 0;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+#else /* no AVX2 kernel on this architecture: callers use OpenBLAS */
+
+void gemm_run_task(const GemmJob *g, int task) {
+    (void)g;
+    (void)task;
+}
+
+int gemm_available(void) { return 0; }
+
+#endif
