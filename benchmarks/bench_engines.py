@@ -5,9 +5,11 @@ The articles' model (Keras ResNet50 v1 + Dense 1024/1024/1024/512/2) gets well-c
 weights in a PyTorch twin (tests/torch_reference.py); the twin is exported to ONNX (what ONNX
 Runtime and OpenVINO run) and its Keras-named weights are loaded into covidx. Every engine runs in
 its own process, so peak RSS and import time are its own. Each figure is the median of several
-timed runs after a warm-up.
+timed runs after a warm-up. The engines take turns, --rounds times over (a fresh process each
+time), and each cell reports the median over the rounds: on a shared machine the load drifts,
+and taking turns spreads it over every engine alike.
 
-    python benchmarks/bench_engines.py [--batches 1 8 32] [--threads 2 1] [--seconds 3]
+    python benchmarks/bench_engines.py [--batches 1 8 32] [--threads 2 1] [--seconds 3] [--rounds 3]
         [--engines covidx onnxruntime torch torch-compile openvino]
 
 Needs: covidx installed; torch==2.13.0, onnx, onnxruntime, openvino (benchmark-only)."""
@@ -152,11 +154,30 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def merge_rounds(runs):
+    """One engine's rounds as one result: the median rate per batch, the median import time, the
+    largest peak RSS; outputs from the first round (they do not change between rounds)."""
+    ok = [r for r in runs if "rates" in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    rates = {}
+    for b in ok[0]["rates"]:
+        values = [r["rates"].get(b) for r in ok]
+        rates[b] = None if any(v is None for v in values) else statistics.median(values)
+    out["rates"] = rates
+    out["import_s"] = statistics.median(r["import_s"] for r in ok)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    out["rounds"] = len(ok)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--engines", nargs="+", default=ENGINES)
     ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "WORKDIR", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -174,15 +195,17 @@ def main():
     print("covidx %s (OpenBLAS %s, kernel %s) | numpy %s | python %s"
           % (c["covidx"], c["openblas"].split()[1], c["openblas_corename"], np.__version__, platform.python_version()))
     for threads in args.threads:
-        results = []
-        for engine in args.engines:
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, workdir, str(threads), "--batches",
-                   *map(str, args.batches), "--seconds", str(args.seconds)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            try:
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            except (ValueError, IndexError):
-                results.append({"engine": engine, "error": (proc.stderr or "no output").strip()[-200:]})
+        rounds = {engine: [] for engine in args.engines}
+        for _ in range(max(1, args.rounds)):
+            for engine in args.engines:
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, workdir, str(threads),
+                       "--batches", *map(str, args.batches), "--seconds", str(args.seconds)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                try:
+                    rounds[engine].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                except (ValueError, IndexError):
+                    rounds[engine].append({"engine": engine, "error": (proc.stderr or "no output").strip()[-200:]})
+        results = [merge_rounds(rounds[engine]) for engine in args.engines]
         base = next((r for r in results if r["engine"] == "onnxruntime" and "rates" in r), None)
         ref_out = next((r for r in results if r["engine"] == "covidx" and "outputs" in r), None)
         print("\n%d thread(s)" % threads)
@@ -208,7 +231,8 @@ def main():
             if r.get("error"):
                 print("%14s  (%s)" % ("", r["error"]))
         sys.stdout.flush()
-    print("\nratios are against onnxruntime in the same run")
+    print("\nratios are against onnxruntime in the same run; each cell is the median of %d round(s)"
+          % max(1, args.rounds))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_benchmark_smoke_outputs_agree(tmp_path):
     pytest.importorskip("onnx")
     torch = pytest.importorskip("torch")  # noqa: F841
     script = os.path.join(REPO, "benchmarks", "bench_engines.py")
-    out = subprocess.run([sys.executable, script, "--batches", "1", "--threads", "1", "--seconds", "0.01",
+    out = subprocess.run([sys.executable, script, "--batches", "1", "--threads", "1", "--seconds", "0.01", "--rounds", "1",
                           "--engines", "covidx", "onnxruntime"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     row = [line for line in out.stdout.splitlines() if line.startswith("onnxruntime")][0]
