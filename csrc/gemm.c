@@ -12,7 +12,6 @@
  * of C is therefore summed over k in the same order whatever the task split. */
 #include "gemm.h"
 
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -98,7 +97,6 @@ typedef struct {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define HAVE_KERNEL 1
 #define TARGET __attribute__((target("avx2,fma")))
 
 /* c[6 x 16] (+)= a[6 rows][0..kc) . b[kc x 16]; then the epilogue when e is not NULL. Rows of a

@@ -182,27 +182,21 @@ void conv2d(const Conv *c, const float *x, int n, int h, int w, float *out, cons
     int step = chunk_rows(c, m);
     for (int row0 = 0; row0 < m; row0 += step) {
         int rows = row0 + step < m ? step : m - row0;
-        const float *a = x + (size_t)row0 * c->cin;
-        if (!direct && c->packed.data && rows >= 2 * GEMM_MC) {
-            Im2colGemm f = {{c, x, h, w, ho, wo, row0, rows, 1, scratch},
-                            {rows, scratch, k, &c->packed, out + (size_t)row0 * c->cout, c->cout, c->bias,
-                             residual ? residual + (size_t)row0 * c->cout : NULL, relu}, 0};
-            f.per_block = gemm_tasks_per_row_block(&f.g);
-            pool_run((rows + GEMM_MC - 1) / GEMM_MC, im2col_gemm_task, &f);
-            continue;
-        }
-        if (!direct) {
-            int nparts = pool_get_threads();
-            Im2col j = {c, x, h, w, ho, wo, row0, rows, nparts, scratch};
-            pool_run(nparts, im2col_task, &j);
-            a = scratch;
-        }
+        const float *a = direct ? x + (size_t)row0 * c->cin : scratch;
+        Im2col im = {c, x, h, w, ho, wo, row0, rows, pool_get_threads(), scratch};
         if (c->packed.data) {
             GemmJob g = {rows, a, k, &c->packed, out + (size_t)row0 * c->cout, c->cout, c->bias,
                          residual ? residual + (size_t)row0 * c->cout : NULL, relu};
+            if (!direct && rows >= 2 * GEMM_MC) { /* enough row blocks to share: im2col inside each */
+                Im2colGemm f = {im, g, gemm_tasks_per_row_block(&g)};
+                pool_run((rows + GEMM_MC - 1) / GEMM_MC, im2col_gemm_task, &f);
+                continue;
+            }
+            if (!direct) pool_run(im.nparts, im2col_task, &im);
             pool_run(gemm_tasks(&g), packed_gemm_task, &g);
             continue;
         }
+        if (!direct) pool_run(im.nparts, im2col_task, &im);
         Gemm g = {a, k, rows, k, c->cout, c->w, c->bias,
                   residual ? residual + (size_t)row0 * c->cout : NULL,
                   out + (size_t)row0 * c->cout, relu, 0, 0};

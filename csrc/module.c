@@ -227,14 +227,9 @@ static PyObject *Engine_forward(EngineObject *self, PyObject *args, PyObject *kw
         return NULL;
     }
     Net *net = &self->net;
-    int ho, wo;
-    resnet50_feature_map_size(net->variant, (int)h, (int)w, &ho, &wo);
-    npy_intp dims[4] = {n, ho, wo, 2048};
-    int ndim = 4;
-    if (output == OUT_FEATURES || (output == OUT_HEAD && net->pooling != POOL_NONE)) {
-        ndim = 2;
-        dims[1] = output == OUT_HEAD && net->nhead ? net->head[net->nhead - 1].cout : 2048;
-    }
+    int per_image[3] = {0, 0, 0};
+    int ndim = 1 + resnet50_output_shape(net, (int)h, (int)w, output, per_image);
+    npy_intp dims[4] = {n, per_image[0], per_image[1], per_image[2]};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(ndim, dims, NPY_FLOAT32);
     if (!out) {
         Py_DECREF(x);

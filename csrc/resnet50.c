@@ -243,21 +243,23 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
     return 0;
 }
 
-/* Floats of output per image, for the output kind asked for. */
-static size_t out_floats_per_image(const Net *net, int h, int w, int output) {
-    int ho, wo;
-    resnet50_feature_map_size(net->variant, h, w, &ho, &wo);
-    if (output == OUT_FEATURE_MAP || (net->pooling == POOL_NONE && output == OUT_HEAD))
-        return (size_t)ho * wo * 2048;
-    if (output == OUT_FEATURES || net->nhead == 0) return 2048;
-    return (size_t)net->head[net->nhead - 1].cout;
+int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3]) {
+    if (output == OUT_FEATURE_MAP || (net->pooling == POOL_NONE && output == OUT_HEAD)) {
+        resnet50_feature_map_size(net->variant, h, w, &dims[0], &dims[1]);
+        dims[2] = 2048;
+        return 3;
+    }
+    dims[0] = output == OUT_FEATURES || net->nhead == 0 ? 2048 : net->head[net->nhead - 1].cout;
+    return 1;
 }
 
 /* Large batches go through in slices of at most sub_batch images: every image is computed
  * independently, and a slice's activations stay near cache size (and the buffers small). */
 int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
                      float *out) {
-    size_t in_per = (size_t)h * w * 3, out_per = out_floats_per_image(net, h, w, output);
+    int dims[3];
+    size_t in_per = (size_t)h * w * 3, out_per = 1;
+    for (int i = 0, nd = resnet50_output_shape(net, h, w, output, dims); i < nd; i++) out_per *= (size_t)dims[i];
     int sub = net->sub_batch > 0 ? net->sub_batch : SUB_BATCH;
     for (int i0 = 0; i0 < n; i0 += sub) {
         int m = n - i0 < sub ? n - i0 : sub;

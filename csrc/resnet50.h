@@ -70,6 +70,11 @@ void net_free(Net *net);
 /* Output size of the final feature map for an input h x w. */
 void resnet50_feature_map_size(int variant, int h, int w, int *ho, int *wo);
 
+/* Shape of one image's output for an input h x w: (ho, wo, 2048) for a feature map, else one
+ * dimension (2048 pooled features, or the last Dense layer's units). Returns the number of
+ * dimensions (3 or 1) filled in dims. */
+int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3]);
+
 /* x (n, h, w, 3) -> out: OUT_HEAD (n, units of the last Dense layer, or 2048 without a head),
  * OUT_FEATURES (n, 2048) pooled, OUT_FEATURE_MAP (n, ho, wo, 2048). reference != 0 runs the
  * plain layers. Returns 0, or -1 when the buffers cannot be allocated. */

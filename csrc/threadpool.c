@@ -169,8 +169,6 @@ void pool_run(int ntasks, TaskFn fn, void *ctx) {
 
     int ran = run_tasks(fn, ctx, ntasks);
 
-    pthread_mutex_lock(&P.mu);
-    pthread_mutex_unlock(&P.mu);
     int left = ntasks - ran;
     spin_while_not(workers_done, &left);
     pthread_mutex_lock(&P.mu);

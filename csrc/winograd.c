@@ -100,6 +100,7 @@ typedef struct {
     float *out, *v, *m;
     int h, w, th, tw, t0, ntiles;
     int relu;
+    int gemm_tasks; /* tasks per GEMM, with the packed kernel */
 } Wino;
 
 static void part_range(int n, int part, int *a, int *b) {
@@ -165,10 +166,8 @@ static GemmJob packed_job(const Wino *j, int xi) {
 
 static void packed_gemm_task(void *arg, int t) {
     const Wino *j = arg;
-    GemmJob g0 = packed_job(j, 0);
-    int per = gemm_tasks(&g0);
-    GemmJob g = packed_job(j, t / per);
-    gemm_run_task(&g, t % per);
+    GemmJob g = packed_job(j, t / j->gemm_tasks);
+    gemm_run_task(&g, t % j->gemm_tasks);
 }
 
 static void gemm_task(void *arg, int xi) {
@@ -257,11 +256,12 @@ void conv2d_winograd(const Conv *c, const float *x, int n, int h, int w, float *
     int tiles = n * th * tw, step = chunk_tiles(c, tiles);
     for (int t0 = 0; t0 < tiles; t0 += step) {
         int nt = t0 + step < tiles ? step : tiles - t0;
-        Wino j = {c, x, residual, out, scratch, scratch + (size_t)16 * nt * c->cin, h, w, th, tw, t0, nt, relu};
+        Wino j = {c, x, residual, out, scratch, scratch + (size_t)16 * nt * c->cin, h, w, th, tw, t0, nt, relu, 0};
         pool_run(WINO_PARTS, input_transform_task, &j);
         if (c->wino_packed[0].data) {
-            GemmJob g0 = packed_job(&j, 0);
-            pool_run(16 * gemm_tasks(&g0), packed_gemm_task, &j);
+            GemmJob g0 = packed_job(&j, 0); /* the 16 GEMMs have one shape */
+            j.gemm_tasks = gemm_tasks(&g0);
+            pool_run(16 * j.gemm_tasks, packed_gemm_task, &j);
         } else {
             pool_run(16, gemm_task, &j);
         }
