@@ -183,6 +183,28 @@ def test_progress_bar_formats(shuffled_tree, capsys):
     assert re.fullmatch(r"4/4 \[={30}\] - \d+s \d+m?s/step - loss: \d\.\d{4} - acc: \d\.\d{4}", last), last
 
 
+def test_progress_bar_pads_a_shorter_redraw():
+    """keras-compat 4.6: a redraw shorter than the previous one is padded with spaces, so no
+    characters of the old line are left on screen."""
+    import io
+
+    from covidx.progbar import Progbar
+
+    stream = io.StringIO()
+    bar = Progbar(target=2, stream=stream)
+    bar.update(1, [("loss", 1e-4)])  # " - loss: 1.0000e-04"
+    bar.update(2, [("loss", 0.5)])  # " - loss: 0.5000", four characters shorter
+    out = stream.getvalue()
+    # dynamic: every draw starts with backspaces over the previous one and "\r"; else with "\n"
+    first, second = out.split("\r")[1:] if bar.dynamic else out.split("\n", 1)
+    first = first.rstrip("\b")
+    assert first.endswith("loss: 1.0000e-04") and second.endswith("\n")
+    second = second[:-1]
+    drawn = second.rstrip(" ")
+    assert drawn.endswith("loss: 0.5000")
+    assert len(second) == max(len(first), len(drawn))
+
+
 def test_one_class_folder_aligned_by_name(tmp_path, capsys):
     (tmp_path / "COVID-19").mkdir()
     for p, label in sample_files():
