@@ -63,16 +63,22 @@ static void im2col_rows(const Im2col *j, int r0, int r1) {
         int img = p / (j->ho * j->wo), rem = p % (j->ho * j->wo);
         int oy = rem / j->wo, ox = rem % j->wo;
         float *dst = j->panel + (size_t)r * k;
-        for (int ky = 0; ky < c->kh; ky++) {
+        /* the kernel row's pixels kx0..kx1 inside the image are contiguous in x and in the panel:
+         * one copy per kernel row, zeros for the padding either side */
+        int ix0 = ox * c->stride - c->pad;
+        int kx0 = ix0 < 0 ? (-ix0 < c->kw ? -ix0 : c->kw) : 0, kx1 = j->w - ix0 < c->kw ? j->w - ix0 : c->kw;
+        if (kx1 < kx0) kx1 = kx0;
+        size_t row_floats = (size_t)c->kw * c->cin;
+        for (int ky = 0; ky < c->kh; ky++, dst += row_floats) {
             int iy = oy * c->stride - c->pad + ky;
-            for (int kx = 0; kx < c->kw; kx++, dst += c->cin) {
-                int ix = ox * c->stride - c->pad + kx;
-                if (iy < 0 || iy >= j->h || ix < 0 || ix >= j->w)
-                    memset(dst, 0, sizeof(float) * c->cin);
-                else
-                    memcpy(dst, j->x + (((size_t)img * j->h + iy) * j->w + ix) * c->cin,
-                           sizeof(float) * c->cin);
+            if (iy < 0 || iy >= j->h || kx0 == kx1) {
+                memset(dst, 0, sizeof(float) * row_floats);
+                continue;
             }
+            memset(dst, 0, sizeof(float) * (size_t)kx0 * c->cin);
+            memcpy(dst + (size_t)kx0 * c->cin, j->x + (((size_t)img * j->h + iy) * j->w + ix0 + kx0) * c->cin,
+                   sizeof(float) * (size_t)(kx1 - kx0) * c->cin);
+            memset(dst + (size_t)kx1 * c->cin, 0, sizeof(float) * (size_t)(c->kw - kx1) * c->cin);
         }
     }
 }
