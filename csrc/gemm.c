@@ -164,8 +164,57 @@ TARGET static void kernel_6x16(int kc, const float *const a[MR], const float *re
     _mm256_storeu_ps(c + 5 * ldc, c50), _mm256_storeu_ps(c + 5 * ldc + 8, c51);
 }
 
-/* A short tile (mr < 6 rows or nr < 16 columns) runs through a 6 x 16 buffer; rows past mr repeat
- * row r. Its epilogue is the same operations in the same order as the kernel's. */
+/* c[mr x 16] (+)= a[mr rows] . b for 1 <= mr < 6, then the epilogue: the 6x16 kernel's operations,
+ * in its order, on fewer rows (a 7x7 map at batch 1 is 8 tiles and 1 row; 16 Winograd tiles are
+ * 2 tiles and 4 rows). Inlined into one function per mr, so the accumulators stay in registers. */
+#define SHORT_MR 5
+__attribute__((always_inline)) TARGET static inline void kernel_rows(int mr, int kc, const float *const a[MR],
+                                                                    const float *restrict b, float *c, size_t ldc,
+                                                                    int load, const Epilogue *e) {
+    __m256 acc[SHORT_MR][2];
+#pragma GCC unroll 5
+    for (int i = 0; i < mr; i++) {
+        acc[i][0] = load ? _mm256_loadu_ps(c + i * ldc) : _mm256_setzero_ps();
+        acc[i][1] = load ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++, b += NR) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 5
+        for (int i = 0; i < mr; i++) {
+            __m256 x = _mm256_broadcast_ss(a[i] + k);
+            acc[i][0] = _mm256_fmadd_ps(x, b0, acc[i][0]), acc[i][1] = _mm256_fmadd_ps(x, b1, acc[i][1]);
+        }
+    }
+    if (e) {
+        __m256 bias0 = _mm256_loadu_ps(e->bias), bias1 = _mm256_loadu_ps(e->bias + 8), z = _mm256_setzero_ps();
+#pragma GCC unroll 5
+        for (int i = 0; i < mr; i++) {
+            acc[i][0] = _mm256_add_ps(acc[i][0], bias0), acc[i][1] = _mm256_add_ps(acc[i][1], bias1);
+            if (e->residual) {
+                acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(e->residual + i * e->ldr));
+                acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(e->residual + i * e->ldr + 8));
+            }
+            if (e->relu) acc[i][0] = _mm256_max_ps(acc[i][0], z), acc[i][1] = _mm256_max_ps(acc[i][1], z);
+        }
+    }
+#pragma GCC unroll 5
+    for (int i = 0; i < mr; i++) _mm256_storeu_ps(c + i * ldc, acc[i][0]), _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
+}
+
+TARGET static void kernel_short(int mr, int kc, const float *const a[MR], const float *restrict b, float *c,
+                                size_t ldc, int load, const Epilogue *e) {
+    switch (mr) {
+    case 1: kernel_rows(1, kc, a, b, c, ldc, load, e); break;
+    case 2: kernel_rows(2, kc, a, b, c, ldc, load, e); break;
+    case 3: kernel_rows(3, kc, a, b, c, ldc, load, e); break;
+    case 4: kernel_rows(4, kc, a, b, c, ldc, load, e); break;
+    default: kernel_rows(5, kc, a, b, c, ldc, load, e); break;
+    }
+}
+
+/* A narrow tile (nr < 16 columns: the last panel of a layer whose width is not a multiple of 16)
+ * runs through a 6 x 16 buffer; rows past mr repeat row r. Its epilogue is the same operations in
+ * the same order as the kernel's. */
 static void short_tile(const GemmJob *g, int r, int mr, int col, int nr, int k0, int kc, const float *panel,
                        int first, int last) {
     const float *a[MR];
@@ -210,6 +259,15 @@ TARGET static void panel_rows(const GemmJob *g, int r0, int r1, int col, int nr,
                 }
             kernel_6x16(kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
         }
+    }
+    if (nr == NR && r < r1) { /* fewer than 6 rows left: straight into C as well */
+        size_t lda = (size_t)g->lda, ldc = (size_t)g->ldc;
+        const float *a[MR];
+        for (int i = 0; i < MR; i++) a[i] = g->a + (size_t)(r + (r + i < r1 ? i : 0)) * lda + k0;
+        Epilogue e = {g->bias ? g->bias + col : zero_bias, g->residual ? g->residual + (size_t)r * ldc + col : NULL,
+                      ldc, g->relu};
+        kernel_short(r1 - r, kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
+        return;
     }
     for (; r < r1; r += MR)
         short_tile(g, r, r1 - r < MR ? r1 - r : MR, col, nr, k0, kc, panel, first, last);
