@@ -274,9 +274,14 @@ void activate_rows(float *x, int n, int c, int act) {
     }
 }
 
-void dense(const float *x, int n, int cin, int cout, const float *w, const float *bias, int act,
-           float *out) {
-    Gemm g = {x, cin, n, cin, cout, w, bias, NULL, out, act == ACT_RELU, 0, 0};
-    gemm_epilogue(&g);
+void dense(const float *x, int n, int cin, int cout, const float *w, const PackedB *packed, const float *bias,
+           int act, float *out) {
+    if (packed && packed->data) { /* a few rows against a large matrix: packed, it streams through once */
+        GemmJob g = {n, x, cin, packed, out, cout, bias, NULL, act == ACT_RELU};
+        pool_run(gemm_tasks(&g), packed_gemm_task, &g);
+    } else {
+        Gemm g = {x, cin, n, cin, cout, w, bias, NULL, out, act == ACT_RELU, 0, 0};
+        gemm_epilogue(&g);
+    }
     activate_rows(out, n, cout, act);
 }

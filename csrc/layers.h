@@ -38,9 +38,10 @@ void global_pool(const float *x, int n, int h, int w, int c, int use_max, float 
 
 enum Activation { ACT_LINEAR = 0, ACT_RELU = 1, ACT_SOFTMAX = 2, ACT_SIGMOID = 3 };
 
-/* x (n, cin) -> out (n, cout) = act(x . w + bias); w (cin, cout). */
-void dense(const float *x, int n, int cin, int cout, const float *w, const float *bias, int act,
-           float *out);
+/* x (n, cin) -> out (n, cout) = act(x . w + bias); w (cin, cout), also packed for gemm.c where
+ * packed->data is not NULL (then the packed kernel runs, else OpenBLAS). */
+void dense(const float *x, int n, int cin, int cout, const float *w, const PackedB *packed, const float *bias,
+           int act, float *out);
 
 /* Plain reference versions, same shapes and meaning. */
 void conv2d_ref(const Conv *c, const float *x, int n, int h, int w, float *out,

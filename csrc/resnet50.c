@@ -82,6 +82,7 @@ int dense_init(DenseLayer *d, int cin, int cout, int act, const float *w, const 
         if (!isfinite(bias[i])) return -2;
     memcpy(d->w, w, sizeof(float) * (size_t)cin * cout);
     memcpy(d->bias, bias, sizeof(float) * cout);
+    if (gemm_available() && gemm_pack(&d->packed, d->w, cin, cout, cout) != 0) return -1;
     return 0;
 }
 
@@ -104,9 +105,10 @@ void net_free(Net *net) {
         gemm_pack_free(&slots[i]->packed);
         for (int xi = 0; xi < 16; xi++) gemm_pack_free(&slots[i]->wino_packed[xi]);
     }
-    for (int i = 0; i < net->nhead; i++) {
+    for (int i = 0; i < MAX_DENSE; i++) { /* all slots: a layer that failed to load may hold memory */
         free(net->head[i].w);
         free(net->head[i].bias);
+        gemm_pack_free(&net->head[i].packed);
     }
     plan_free(&net->plan);
 }
@@ -237,7 +239,7 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
         if (reference)
             dense_ref(in, n, d->cin, d->cout, d->w, d->bias, d->act, dst);
         else
-            dense(in, n, d->cin, d->cout, d->w, d->bias, d->act, dst);
+            dense(in, n, d->cin, d->cout, d->w, &d->packed, d->bias, d->act, dst);
         in = dst;
     }
     return 0;
