@@ -180,7 +180,7 @@ static int plan_ensure(Net *net, int n, int h, int w) {
 }
 
 #ifndef SUB_BATCH
-#define SUB_BATCH 8
+#define SUB_BATCH 32 /* measured at batch 32: 1.03-1.12x slices of 8 (BENCHMARKS.md) */
 #endif
 
 /* One convolution, fast or plain. */
@@ -256,7 +256,7 @@ int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3])
 }
 
 /* Large batches go through in slices of at most sub_batch images: every image is computed
- * independently, and a slice's activations stay near cache size (and the buffers small). */
+ * independently, and the buffers stay bounded whatever the batch. */
 int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
                      float *out) {
     int dims[3];

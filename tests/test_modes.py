@@ -68,13 +68,13 @@ def test_benchmark_smoke_outputs_agree(tmp_path):
     assert float(row.split()[-1]) < 1e-4  # max |p_ort - p_covidx| on identical weights
 
 
-def test_large_batches_run_in_slices_of_eight():
-    # The engine runs a batch 8 images at a time: a batch of 20 gives exactly what its slices
-    # 0-7, 8-15 and 16-19 give on their own, and every slice matches the plain loops.
+def test_large_batches_run_in_slices_of_thirty_two():
+    # The engine runs a batch 32 images at a time: a batch of 70 gives exactly what its slices
+    # 0-31, 32-63 and 64-69 give on their own, and every slice matches the plain loops.
     model = ResNet50(weights=None, classes=2, head=(64,), seed=11)
-    x = preprocess_input(np.random.RandomState(2).uniform(0, 255, (20, 64, 64, 3)).astype(np.float32))
-    whole = model.predict(x, batch_size=20, verbose=0)
-    parts = np.concatenate([model.predict(x[a:b], batch_size=20, verbose=0) for a, b in ((0, 8), (8, 16), (16, 20))])
+    x = preprocess_input(np.random.RandomState(2).uniform(0, 255, (70, 32, 32, 3)).astype(np.float32))
+    whole = model.predict(x, batch_size=70, verbose=0)
+    parts = np.concatenate([model.predict(x[a:b], batch_size=70, verbose=0) for a, b in ((0, 32), (32, 64), (64, 70))])
     assert np.array_equal(whole, parts)
     ref = model._engine.forward(np.ascontiguousarray(x, np.float32), output=0, reference=True)
     np.testing.assert_allclose(whole, ref, rtol=0, atol=1e-5)
