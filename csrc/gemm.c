@@ -99,87 +99,21 @@ typedef struct {
 #include <immintrin.h>
 #define TARGET __attribute__((target("avx2,fma")))
 
-/* c[6 x 16] (+)= a[6 rows][0..kc) . b[kc x 16]; then the epilogue when e is not NULL. Rows of a
- * are given as pointers, so the caller may repeat a row to fill a short tile. */
-TARGET static void kernel_6x16(int kc, const float *const a[MR], const float *restrict b, float *c, size_t ldc,
-                               int load, const Epilogue *e) {
-    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
-    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    if (load) {
-        c00 = _mm256_loadu_ps(c), c01 = _mm256_loadu_ps(c + 8);
-        c10 = _mm256_loadu_ps(c + ldc), c11 = _mm256_loadu_ps(c + ldc + 8);
-        c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
-        c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
-        c40 = _mm256_loadu_ps(c + 4 * ldc), c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
-        c50 = _mm256_loadu_ps(c + 5 * ldc), c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
-    } else {
-        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
-    }
-    for (int k = 0; k < kc; k++, b += NR) {
-        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), x;
-        x = _mm256_broadcast_ss(a0 + k);
-        c00 = _mm256_fmadd_ps(x, b0, c00), c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(a1 + k);
-        c10 = _mm256_fmadd_ps(x, b0, c10), c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(a2 + k);
-        c20 = _mm256_fmadd_ps(x, b0, c20), c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(a3 + k);
-        c30 = _mm256_fmadd_ps(x, b0, c30), c31 = _mm256_fmadd_ps(x, b1, c31);
-        x = _mm256_broadcast_ss(a4 + k);
-        c40 = _mm256_fmadd_ps(x, b0, c40), c41 = _mm256_fmadd_ps(x, b1, c41);
-        x = _mm256_broadcast_ss(a5 + k);
-        c50 = _mm256_fmadd_ps(x, b0, c50), c51 = _mm256_fmadd_ps(x, b1, c51);
-    }
-    if (e) {
-        __m256 bias0 = _mm256_loadu_ps(e->bias), bias1 = _mm256_loadu_ps(e->bias + 8);
-        c00 = _mm256_add_ps(c00, bias0), c01 = _mm256_add_ps(c01, bias1);
-        c10 = _mm256_add_ps(c10, bias0), c11 = _mm256_add_ps(c11, bias1);
-        c20 = _mm256_add_ps(c20, bias0), c21 = _mm256_add_ps(c21, bias1);
-        c30 = _mm256_add_ps(c30, bias0), c31 = _mm256_add_ps(c31, bias1);
-        c40 = _mm256_add_ps(c40, bias0), c41 = _mm256_add_ps(c41, bias1);
-        c50 = _mm256_add_ps(c50, bias0), c51 = _mm256_add_ps(c51, bias1);
-        if (e->residual) {
-            const float *r = e->residual;
-            size_t l = e->ldr;
-            c00 = _mm256_add_ps(c00, _mm256_loadu_ps(r)), c01 = _mm256_add_ps(c01, _mm256_loadu_ps(r + 8));
-            c10 = _mm256_add_ps(c10, _mm256_loadu_ps(r + l)), c11 = _mm256_add_ps(c11, _mm256_loadu_ps(r + l + 8));
-            c20 = _mm256_add_ps(c20, _mm256_loadu_ps(r + 2 * l)), c21 = _mm256_add_ps(c21, _mm256_loadu_ps(r + 2 * l + 8));
-            c30 = _mm256_add_ps(c30, _mm256_loadu_ps(r + 3 * l)), c31 = _mm256_add_ps(c31, _mm256_loadu_ps(r + 3 * l + 8));
-            c40 = _mm256_add_ps(c40, _mm256_loadu_ps(r + 4 * l)), c41 = _mm256_add_ps(c41, _mm256_loadu_ps(r + 4 * l + 8));
-            c50 = _mm256_add_ps(c50, _mm256_loadu_ps(r + 5 * l)), c51 = _mm256_add_ps(c51, _mm256_loadu_ps(r + 5 * l + 8));
-        }
-        if (e->relu) {
-            __m256 z = _mm256_setzero_ps();
-            c00 = _mm256_max_ps(c00, z), c01 = _mm256_max_ps(c01, z), c10 = _mm256_max_ps(c10, z);
-            c11 = _mm256_max_ps(c11, z), c20 = _mm256_max_ps(c20, z), c21 = _mm256_max_ps(c21, z);
-            c30 = _mm256_max_ps(c30, z), c31 = _mm256_max_ps(c31, z), c40 = _mm256_max_ps(c40, z);
-            c41 = _mm256_max_ps(c41, z), c50 = _mm256_max_ps(c50, z), c51 = _mm256_max_ps(c51, z);
-        }
-    }
-    _mm256_storeu_ps(c, c00), _mm256_storeu_ps(c + 8, c01);
-    _mm256_storeu_ps(c + ldc, c10), _mm256_storeu_ps(c + ldc + 8, c11);
-    _mm256_storeu_ps(c + 2 * ldc, c20), _mm256_storeu_ps(c + 2 * ldc + 8, c21);
-    _mm256_storeu_ps(c + 3 * ldc, c30), _mm256_storeu_ps(c + 3 * ldc + 8, c31);
-    _mm256_storeu_ps(c + 4 * ldc, c40), _mm256_storeu_ps(c + 4 * ldc + 8, c41);
-    _mm256_storeu_ps(c + 5 * ldc, c50), _mm256_storeu_ps(c + 5 * ldc + 8, c51);
-}
-
-/* c[mr x 16] (+)= a[mr rows] . b for 1 <= mr < 6, then the epilogue: the 6x16 kernel's operations,
- * in its order, on fewer rows (a 7x7 map at batch 1 is 8 tiles and 1 row; 16 Winograd tiles are
- * 2 tiles and 4 rows). Inlined into one function per mr, so the accumulators stay in registers. */
-#define SHORT_MR 5
+/* c[mr x 16] (+)= a[mr rows][0..kc) . b[kc x 16], 1 <= mr <= 6; then the epilogue when e is not
+ * NULL. Rows of a are given as pointers, so a caller may repeat a row to fill a tile. Always
+ * inlined with a constant mr (below), so the 2 * mr accumulators stay in registers. */
 __attribute__((always_inline)) TARGET static inline void kernel_rows(int mr, int kc, const float *const a[MR],
                                                                     const float *restrict b, float *c, size_t ldc,
                                                                     int load, const Epilogue *e) {
-    __m256 acc[SHORT_MR][2];
-#pragma GCC unroll 5
+    __m256 acc[MR][2];
+#pragma GCC unroll 6
     for (int i = 0; i < mr; i++) {
         acc[i][0] = load ? _mm256_loadu_ps(c + i * ldc) : _mm256_setzero_ps();
         acc[i][1] = load ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
     }
     for (int k = 0; k < kc; k++, b += NR) {
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-#pragma GCC unroll 5
+#pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
             __m256 x = _mm256_broadcast_ss(a[i] + k);
             acc[i][0] = _mm256_fmadd_ps(x, b0, acc[i][0]), acc[i][1] = _mm256_fmadd_ps(x, b1, acc[i][1]);
@@ -187,7 +121,7 @@ __attribute__((always_inline)) TARGET static inline void kernel_rows(int mr, int
     }
     if (e) {
         __m256 bias0 = _mm256_loadu_ps(e->bias), bias1 = _mm256_loadu_ps(e->bias + 8), z = _mm256_setzero_ps();
-#pragma GCC unroll 5
+#pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
             acc[i][0] = _mm256_add_ps(acc[i][0], bias0), acc[i][1] = _mm256_add_ps(acc[i][1], bias1);
             if (e->residual) {
@@ -197,10 +131,18 @@ __attribute__((always_inline)) TARGET static inline void kernel_rows(int mr, int
             if (e->relu) acc[i][0] = _mm256_max_ps(acc[i][0], z), acc[i][1] = _mm256_max_ps(acc[i][1], z);
         }
     }
-#pragma GCC unroll 5
+#pragma GCC unroll 6
     for (int i = 0; i < mr; i++) _mm256_storeu_ps(c + i * ldc, acc[i][0]), _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
 }
 
+/* The full tile: 6 x 16, 12 accumulators. */
+TARGET static void kernel_6x16(int kc, const float *const a[MR], const float *restrict b, float *c, size_t ldc,
+                               int load, const Epilogue *e) {
+    kernel_rows(MR, kc, a, b, c, ldc, load, e);
+}
+
+/* 1 to 5 rows left over after the 6-row tiles (a 7x7 map at batch 1 is 8 tiles and 1 row; 16
+ * Winograd tiles are 2 tiles and 4 rows): one copy of the kernel per row count. */
 TARGET static void kernel_short(int mr, int kc, const float *const a[MR], const float *restrict b, float *c,
                                 size_t ldc, int load, const Epilogue *e) {
     switch (mr) {
@@ -240,37 +182,36 @@ static void short_tile(const GemmJob *g, int r, int mr, int col, int nr, int k0,
     }
 }
 
-/* Rows r0..r1 of C against one panel of B: whole 6-row tiles straight into C, then the rest. */
+/* Rows r0..r1 of C against one panel of B: whole 6-row tiles straight into C, then the rows left
+ * over; a narrow panel (nr < 16) goes through short_tile's buffer instead. */
 TARGET static void panel_rows(const GemmJob *g, int r0, int r1, int col, int nr, int k0, int kc,
                               const float *panel, int first, int last) {
     static const float zero_bias[NR];
-    int r = r0;
-    if (nr == NR) {
-        size_t lda = (size_t)g->lda, ldc = (size_t)g->ldc;
-        Epilogue e = {g->bias ? g->bias + col : zero_bias, NULL, ldc, g->relu};
-        for (; r + MR <= r1; r += MR) {
-            const float *ar = g->a + (size_t)r * lda + k0;
-            const float *a[MR] = {ar, ar + lda, ar + 2 * lda, ar + 3 * lda, ar + 4 * lda, ar + 5 * lda};
-            e.residual = g->residual ? g->residual + (size_t)r * ldc + col : NULL;
-            if (last && r + 2 * MR <= g->m) /* the next tile's residual and output lines, ahead of time */
-                for (int i = MR; i < 2 * MR; i++) {
-                    if (g->residual) _mm_prefetch((const char *)(e.residual + i * ldc), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(g->c + (size_t)(r + i) * ldc + col), _MM_HINT_T0);
-                }
-            kernel_6x16(kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
-        }
-    }
-    if (nr == NR && r < r1) { /* fewer than 6 rows left: straight into C as well */
-        size_t lda = (size_t)g->lda, ldc = (size_t)g->ldc;
-        const float *a[MR];
-        for (int i = 0; i < MR; i++) a[i] = g->a + (size_t)(r + (r + i < r1 ? i : 0)) * lda + k0;
-        Epilogue e = {g->bias ? g->bias + col : zero_bias, g->residual ? g->residual + (size_t)r * ldc + col : NULL,
-                      ldc, g->relu};
-        kernel_short(r1 - r, kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
+    if (nr < NR) {
+        for (int r = r0; r < r1; r += MR)
+            short_tile(g, r, r1 - r < MR ? r1 - r : MR, col, nr, k0, kc, panel, first, last);
         return;
     }
-    for (; r < r1; r += MR)
-        short_tile(g, r, r1 - r < MR ? r1 - r : MR, col, nr, k0, kc, panel, first, last);
+    size_t lda = (size_t)g->lda, ldc = (size_t)g->ldc;
+    Epilogue e = {g->bias ? g->bias + col : zero_bias, NULL, ldc, g->relu};
+    int r = r0;
+    for (; r + MR <= r1; r += MR) {
+        const float *ar = g->a + (size_t)r * lda + k0;
+        const float *a[MR] = {ar, ar + lda, ar + 2 * lda, ar + 3 * lda, ar + 4 * lda, ar + 5 * lda};
+        e.residual = g->residual ? g->residual + (size_t)r * ldc + col : NULL;
+        if (last && r + 2 * MR <= g->m) /* the next tile's residual and output lines, ahead of time */
+            for (int i = MR; i < 2 * MR; i++) {
+                if (g->residual) _mm_prefetch((const char *)(e.residual + i * ldc), _MM_HINT_T0);
+                _mm_prefetch((const char *)(g->c + (size_t)(r + i) * ldc + col), _MM_HINT_T0);
+            }
+        kernel_6x16(kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
+    }
+    if (r < r1) {
+        const float *a[MR];
+        for (int i = 0; i < MR; i++) a[i] = g->a + (size_t)(r + (r + i < r1 ? i : 0)) * lda + k0;
+        e.residual = g->residual ? g->residual + (size_t)r * ldc + col : NULL;
+        kernel_short(r1 - r, kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
+    }
 }
 
 void gemm_run_task(const GemmJob *g, int task) {
