@@ -4,8 +4,16 @@ import ctypes
 import gc
 
 import numpy as np
+import pytest
 
 from covidx.applications.resnet50 import ResNet50
+
+
+def statm_mb(field):
+    """One field of /proc/self/statm (0: virtual size, 1: resident), in MB."""
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[field]) * 4096 / 2**20
 
 
 def rss_mb():
@@ -16,8 +24,7 @@ def rss_mb():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+    return statm_mb(1)
 
 
 def test_rss_flat_over_1000_predict_calls():
@@ -54,18 +61,9 @@ def test_rss_flat_over_model_rebuilds_and_errors():
     assert rss_mb() - before < 8.0, (before, rss_mb())
 
 
-def vm_mb():
-    """Virtual memory size: also counts blocks that were allocated but never touched."""
-    gc.collect()
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * 4096 / 2**20
-
-
 def test_memory_flat_over_refused_dense_layers():
     """A Dense layer refused for a non-finite weight leaves nothing behind. Its copy (8 MB here) is
     allocated before the check and never written, so a leak would show in the virtual size only."""
-    import pytest
-
     model = ResNet50(weights=None, classes=2, head=(1024,), seed=0)
     bad = [w.copy() for w in model.get_weights()]
     kernel = next(w for w in bad if w.shape == (2048, 1024))  # the first Dense layer's
@@ -73,8 +71,8 @@ def test_memory_flat_over_refused_dense_layers():
     for _ in range(3):  # warm-up
         with pytest.raises(ValueError, match="dense"):
             model.set_weights(bad)
-    before = vm_mb()
+    before = statm_mb(0)
     for _ in range(20):
         with pytest.raises(ValueError, match="dense"):
             model.set_weights(bad)
-    assert vm_mb() - before < 40.0, (before, vm_mb())
+    assert statm_mb(0) - before < 40.0, (before, statm_mb(0))
