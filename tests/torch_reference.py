@@ -30,10 +30,13 @@ class Bottleneck(nn.Module):
 
 
 class TorchResNet50(nn.Module):
-    """head: [(units, activation)]; pooling 'avg'."""
+    """head: [(units, activation)]; pooling 'avg'. input_norm_eps: if set, each image is first
+    standardised over all its pixels and channels, (x - mean) / sqrt(var + eps), as Keras's
+    LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=eps) does."""
 
-    def __init__(self, variant="v1", head=()):
+    def __init__(self, variant="v1", head=(), input_norm_eps=None):
         super().__init__()
+        self.input_norm_eps = input_norm_eps
         bias, eps = (True, 1.001e-5) if variant == "v1" else (False, 1e-5)
         self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=bias)
         self.bn1 = nn.BatchNorm2d(64, eps=eps)
@@ -54,6 +57,10 @@ class TorchResNet50(nn.Module):
 
     def features(self, x):
         """x NHWC float32 -> pooled features (n, 2048)."""
+        if self.input_norm_eps is not None:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) / torch.sqrt(var + self.input_norm_eps)
         x = x.permute(0, 3, 1, 2)
         x = torch.relu(self.bn1(self.conv1(x)))
         x = nn.functional.max_pool2d(x, 3, 2, padding=1)

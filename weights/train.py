@@ -1,24 +1,35 @@
 """Stage 1 of the shipped COVID-19 model (development-only; needs torch==2.13.0, not needed to run
 covidx): the whole network, trained from scratch in PyTorch. weights/make_model.sh runs all stages.
 
-Architecture: Keras ResNet50 v1 + GlobalAveragePooling2D + Dense(1024, relu) x3 + Dense(512, relu)
-+ Dense(2, softmax), classes ('COV19', 'Normal'); input RGB 224x224 scaled by 1/255, exactly what
-ImageDataGenerator(rescale=1./255).flow_from_directory(..., target_size=(224, 224)) yields.
-ImageNet weights cannot be fetched here, so the whole network is trained from scratch.
+Architecture: per-image standardisation of the input (Keras's LayerNormalization over height,
+width and channels, no weights) + Keras ResNet50 v1 + GlobalAveragePooling2D + Dense(1024, relu) x3
++ Dense(512, relu) + Dense(2, softmax), classes ('COV19', 'Normal'); input RGB 224x224 scaled by
+1/255, exactly what ImageDataGenerator(rescale=1./255).flow_from_directory(..., target_size=(224,
+224)) yields. ImageNet weights cannot be fetched here, so the whole network is trained from scratch.
 
 The network is the plain PyTorch ResNet50 that the tests use as their independent reference
 (tests/torch_reference.py), so its Keras-named weights load into covidx as they are.
 
     python weights/train.py --data ../shared/data/cxr/covid19-radiography/train \
-        --out weights/covid_resnet50.safetensors
+        --data ../shared/data/cxr/covid19-radiography/train-extra --work /tmp/covidx-train
 
-Recipe (fixed seed): 10% of the training folder (stratified) is held out for monitoring; the test
-split is never read. AdamW, one-cycle learning rate, label smoothing, decoupled weight decay,
-zero-initialised last batchnorm of each block. Geometric and photometric augmentation
-(rotation, scale, aspect ratio, shift, shear, contrast, brightness, gamma, blur, noise, border fill)
-so that the model sees images unlike the training hospitals'. Progressive resizing: most epochs at
-a lower resolution (cheaper on a CPU), the last ones at 224x224. The batchnorm statistics are
-re-estimated at 224x224 on un-augmented training images before export.
+What the model must not learn is the source of an image rather than the disease. In the training
+folders COVID-19 and Normal images come from different hospitals and processing (the normals are
+darker and higher in contrast), and users feed it full-resolution files resized with Keras's
+default nearest-neighbour resampling. So:
+- the input is standardised per image (exact invariance to brightness and contrast), and
+- augmentation covers what does not carry the disease: tone curves (gamma, windowing, S-curves,
+  histogram equalisation), resampling paths (area, bilinear, nearest; blur, sharpening, noise),
+  geometry (rotation, zoom, crop, shift, shear, aspect, mirror), borders and text markers.
+
+Recipe (fixed seed): 10% of the training images (stratified) are held out (monitoring here;
+temperature and the out-of-distribution threshold later); the measuring sets are never read.
+AdamW, one learning-rate cycle over all epochs (warm-up, cosine decay), label smoothing,
+decoupled weight decay, zero-initialised last batchnorm of each block, an exponential moving
+average of the weights. Progressive resizing (--schedule): most epochs at low resolution (cheap
+on a CPU), the last at 224x224; then the batchnorm statistics are re-estimated at 224x224 on
+un-augmented training images. A checkpoint is written after every epoch and --resume continues
+from it, so a long run survives an interruption.
 """
 import argparse
 import json
@@ -39,6 +50,7 @@ from torch_reference import TorchResNet50  # noqa: E402
 CLASSES = ("COV19", "Normal")
 HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "softmax")]
 HEAD_NAMES = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
+INPUT_NORM_EPS = 1e-5
 
 
 def load_folder(root):
@@ -56,6 +68,12 @@ def load_folder(root):
     return np.stack(xs), np.array(ys, dtype=np.int64), names
 
 
+def load_folders(roots):
+    parts = [load_folder(r) for r in roots]
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            [os.path.join(os.path.basename(os.path.normpath(r)), n) for r, p in zip(roots, parts) for n in p[2]])
+
+
 def holdout_mask(y, seed):
     """The held-out tenth of each class (True), drawn with the recipe's seed."""
     rng = np.random.default_rng(seed)
@@ -66,53 +84,144 @@ def holdout_mask(y, seed):
     return val
 
 
-def augment(x, size, gen, strength=1.0):
-    """x: (n, 3, 224, 224) float in [0, 1] -> (n, 3, size, size), randomly transformed; strength
-    scales every range."""
-    n, k = x.shape[0], strength
+# ---------------------------------------------------------------------------------------------
+# Augmentation. x: (n, 3, 224, 224) float in [0, 1]; every function returns values in [0, 1].
 
-    def u(lo, hi):
-        return torch.rand(n, generator=gen) * (hi - lo) + lo
+def _u(n, lo, hi, gen):
+    return torch.rand(n, generator=gen) * (hi - lo) + lo
 
-    angle = u(-12 * k, 12 * k) * math.pi / 180
-    scale = torch.exp(u(math.log(1 - 0.2 * k), math.log(1 + 0.2 * k)))
-    aspect = torch.exp(u(-0.22 * k, 0.22 * k))
-    shear = u(-0.1 * k, 0.1 * k)
-    tx, ty = u(-0.1 * k, 0.1 * k), u(-0.1 * k, 0.1 * k)
+
+def _chance(n, p, gen):
+    return torch.rand(n, generator=gen) < p
+
+
+def geometry(x, size, gen):
+    """Rotation, zoom, aspect, shear, shift and mirror, resampled to size x size along one of the
+    resampling paths real files take (area-averaged, bilinear, or nearest neighbour as Keras's
+    default load_img resize)."""
+    n = x.shape[0]
+    angle = _u(n, -10, 10, gen) * math.pi / 180
+    scale = torch.exp(_u(n, math.log(0.8), math.log(1.25), gen))  # > 1 zooms in (a crop)
+    aspect = torch.exp(_u(n, -0.12, 0.12, gen))
+    shear = _u(n, -0.08, 0.08, gen)
+    tx, ty = _u(n, -0.08, 0.08, gen), _u(n, -0.08, 0.08, gen)
+    flip = torch.where(_chance(n, 0.5, gen), -1.0, 1.0)
     sx, sy = scale * torch.sqrt(aspect), scale / torch.sqrt(aspect)
     cos, sin = torch.cos(angle), torch.sin(angle)
     # theta maps output coordinates to input coordinates (normalised to [-1, 1]).
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos / sx
+    theta[:, 0, 0] = flip * cos / sx
     theta[:, 0, 1] = (-sin + shear) / sx
-    theta[:, 1, 0] = sin / sy
+    theta[:, 1, 0] = flip * sin / sy
     theta[:, 1, 1] = cos / sy
     theta[:, 0, 2] = tx
     theta[:, 1, 2] = ty
+    path = torch.rand(1, generator=gen).item()
+    if path < 0.35 and size < x.shape[-1]:
+        # area-average first (an anti-aliased downscale), then a mild bilinear warp
+        x = F.interpolate(x, size=(size, size), mode="area")
+        mode = "bilinear"
+    else:
+        mode = "nearest" if path < 0.7 else "bilinear"
+    fill = torch.rand(1, generator=gen).item()
+    pad = "zeros" if fill < 0.5 else "border"
     grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
-    mode = "nearest" if torch.rand(1, generator=gen).item() < 0.3 else "bilinear"
-    pad = "zeros" if torch.rand(1, generator=gen).item() < 0.5 else "border"
-    y = F.grid_sample(x, grid, mode=mode, padding_mode=pad, align_corners=False)
-    # Photometric: gamma, contrast around the image mean, brightness, slight channel tint.
-    gamma = torch.exp(u(-0.47 * k, 0.47 * k)).view(n, 1, 1, 1)
-    y = y.clamp(0, 1) ** gamma
-    mean = y.mean(dim=(1, 2, 3), keepdim=True)
-    y = (y - mean) * u(1 - 0.4 * k, 1 + 0.4 * k).view(n, 1, 1, 1) + mean + u(-0.12 * k, 0.12 * k).view(n, 1, 1, 1)
-    y = y * (1 + 0.04 * k * (torch.rand(n, 3, 1, 1, generator=gen) - 0.5))
-    # Blur some images, add noise to some others.
-    blur = torch.rand(n, generator=gen) < 0.25 * k
-    if blur.any():
-        taps = torch.tensor([0.25, 0.5, 0.25])
-        kernel = (taps[:, None] * taps[None, :]).expand(3, 1, 3, 3)
-        y[blur] = F.conv2d(F.pad(y[blur], (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
-    noisy = (torch.rand(n, generator=gen) < 0.25 * k).view(n, 1, 1, 1)
-    y = y + noisy * torch.randn(y.shape, generator=gen) * 0.03
-    return y.clamp(0, 1)
+    return F.grid_sample(x, grid, mode=mode, padding_mode=pad, align_corners=False).clamp(0, 1)
 
+
+def equalize(x):
+    """Histogram equalisation of each image over 256 levels (all channels together, one mapping,
+    so grey stays grey): each level -> the mid-point of its cumulative frequency."""
+    n = x.shape[0]
+    q = (x.reshape(n, -1) * 255).round().long().clamp(0, 255)
+    hist = torch.zeros(n, 256).scatter_add_(1, q, torch.ones(q.shape))
+    cdf = hist.cumsum(1)
+    mid = (cdf - hist / 2) / q.shape[1]
+    return torch.gather(mid, 1, q).reshape(x.shape)
+
+
+def tone(x, gen):
+    """A random monotone tone curve per image: windowing, gamma, S-curve, equalisation, then a
+    linear brightness/contrast change and a slight channel tint (the input standardisation makes
+    the linear part exact; it still moves where values clip)."""
+    n = x.shape[0]
+    view = (n, 1, 1, 1)
+    win = _chance(n, 0.4, gen).view(view)
+    lo, hi = _u(n, 0.0, 0.2, gen).view(view), _u(n, 0.8, 1.0, gen).view(view)
+    x = torch.where(win, ((x - lo) / (hi - lo)).clamp(0, 1), x)
+    gamma = torch.exp(_u(n, math.log(0.5), math.log(2.0), gen)).view(view)
+    x = x.clamp(0, 1) ** gamma
+    s = _chance(n, 0.3, gen).view(view)
+    k = _u(n, 3, 8, gen).view(view)
+    c = _u(n, 0.35, 0.65, gen).view(view)
+    lo_s, hi_s = torch.sigmoid(-k * c), torch.sigmoid(k * (1 - c))
+    x = torch.where(s, (torch.sigmoid(k * (x - c)) - lo_s) / (hi_s - lo_s), x)
+    eq = _chance(n, 0.15, gen)
+    if eq.any():
+        x[eq] = equalize(x[eq])
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * _u(n, 0.75, 1.3, gen).view(view) + mean + _u(n, -0.1, 0.1, gen).view(view)
+    x = x * (1 + 0.04 * (torch.rand(n, 3, 1, 1, generator=gen) - 0.5))
+    return x.clamp(0, 1)
+
+
+def texture(x, gen):
+    """Blur or sharpen some images and add noise to others: the fine texture that differs between
+    a pre-resized file and a full-resolution one read with nearest-neighbour resampling."""
+    n = x.shape[0]
+    taps = torch.tensor([0.25, 0.5, 0.25])
+    kernel = (taps[:, None] * taps[None, :]).expand(3, 1, 3, 3).contiguous()
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    r = torch.rand(n, generator=gen).view(n, 1, 1, 1)
+    amount = _u(n, 0.5, 1.5, gen).view(n, 1, 1, 1)
+    x = torch.where(r < 0.2, blurred, torch.where(r < 0.4, x + amount * (x - blurred), x))
+    noisy = _chance(n, 0.3, gen).view(n, 1, 1, 1)
+    sigma = _u(n, 0.005, 0.04, gen).view(n, 1, 1, 1)
+    grain = torch.randn(n, 1, x.shape[2], x.shape[3], generator=gen)  # grey noise, as in grey films
+    return (x + noisy * sigma * grain).clamp(0, 1)
+
+
+def borders_and_markers(x, gen):
+    """Black or white bands on some sides (scanner borders, crops) and small bright rectangles
+    (text and laterality markers) at random places."""
+    n, _, h, w = x.shape
+    for i in range(n):
+        if torch.rand(1, generator=gen).item() < 0.2:
+            value = 0.0 if torch.rand(1, generator=gen).item() < 0.7 else 1.0
+            for side in range(4):
+                if torch.rand(1, generator=gen).item() < 0.5:
+                    b = int(torch.randint(1, max(2, h // 8), (1,), generator=gen))
+                    if side == 0:
+                        x[i, :, :b] = value
+                    elif side == 1:
+                        x[i, :, -b:] = value
+                    elif side == 2:
+                        x[i, :, :, :b] = value
+                    else:
+                        x[i, :, :, -b:] = value
+        if torch.rand(1, generator=gen).item() < 0.3:
+            for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+                mh = int(torch.randint(max(2, h // 40), max(3, h // 12), (1,), generator=gen))
+                mw = int(torch.randint(max(2, w // 40), max(3, w // 8), (1,), generator=gen))
+                top = int(torch.randint(0, h - mh, (1,), generator=gen))
+                left = int(torch.randint(0, w - mw, (1,), generator=gen))
+                x[i, :, top:top + mh, left:left + mw] = _u(1, 0.75, 1.0, gen).item()
+    return x
+
+
+def augment(x, size, gen):
+    """x: (n, 3, 224, 224) float in [0, 1] -> (n, 3, size, size), randomly transformed."""
+    x = geometry(x, size, gen)
+    x = tone(x, gen)
+    x = texture(x, gen)
+    return borders_and_markers(x, gen)
+
+
+# ---------------------------------------------------------------------------------------------
 
 def build_model(seed):
     torch.manual_seed(seed)
-    model = TorchResNet50("v1", HEAD)
+    model = TorchResNet50("v1", HEAD, input_norm_eps=INPUT_NORM_EPS)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -126,34 +235,23 @@ def build_model(seed):
     return model
 
 
-def load_keras_weights(model, named):
-    """The inverse of TorchResNet50.keras_weights: Keras-named arrays into the torch modules."""
-    with torch.no_grad():
-        for name, m in model.keras_named_modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(torch.from_numpy(np.asarray(named[name + "/kernel"], np.float32)).permute(3, 2, 0, 1))
-                if m.bias is not None:
-                    m.bias.copy_(torch.from_numpy(np.asarray(named[name + "/bias"], np.float32)))
-            else:
-                for w, t in [("gamma", m.weight), ("beta", m.bias), ("moving_mean", m.running_mean),
-                             ("moving_variance", m.running_var)]:
-                    t.copy_(torch.from_numpy(np.asarray(named[name + "/" + w], np.float32)))
-        for name, layer in zip(HEAD_NAMES, model.head):
-            layer.weight.copy_(torch.from_numpy(np.asarray(named[name + "/kernel"], np.float32)).T)
-            layer.bias.copy_(torch.from_numpy(np.asarray(named[name + "/bias"], np.float32)))
-
-
 def logits(model, x_nchw):
     return model.logits_and_output(x_nchw.permute(0, 2, 3, 1))[0]
 
 
-def evaluate(model, x, y, batch=64):
+def to_float(x_uint8):
+    return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float() / 255
+
+
+def evaluate(model, x, y, size=224, batch=64):
     model.eval()
     correct, loss = 0, 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(x[i:i + batch]).permute(0, 3, 1, 2).float() / 255
-            lg = logits(model, xb)
+            xb = to_float(x[i:i + batch])
+            if size != 224:
+                xb = F.interpolate(xb, size=(size, size), mode="area")
+            lg = logits(model, xb.contiguous(memory_format=torch.channels_last))
             yb = torch.from_numpy(y[i:i + batch])
             loss += float(F.cross_entropy(lg, yb, reduction="sum"))
             correct += int((lg.argmax(1) == yb).sum())
@@ -171,104 +269,142 @@ def recalibrate_bn(model, x, batch=64, gen=None):
     order = torch.randperm(len(x), generator=gen).numpy()
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(x[order[i:i + batch]]).permute(0, 3, 1, 2).float() / 255
-            logits(model, xb)
+            logits(model, to_float(x[order[i:i + batch]]).contiguous(memory_format=torch.channels_last))
     model.eval()
+
+
+def parse_schedule(text):
+    """'96:10,128:6,224:1' -> [96]*10 + [128]*6 + [224]."""
+    sizes = []
+    for part in text.split(","):
+        size, epochs = part.split(":")
+        sizes += [int(size)] * int(epochs)
+    return sizes
+
+
+def learning_rate(step, total, peak, warmup):
+    """Linear warm-up, then cosine decay to 1% of the peak."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return peak * (step + 1) / w
+    t = (step - w) / max(1, total - w)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=7)
-    ap.add_argument("--full-res-epochs", type=int, default=0, help="final epochs at 224x224")
-    ap.add_argument("--low-res", type=int, default=112)
+    ap.add_argument("--data", action="append", required=True, help="a training folder (repeatable)")
+    ap.add_argument("--work", required=True, help="folder for the checkpoint, the log and the final weights")
+    ap.add_argument("--schedule", default="96:10,128:6,224:1", help="size:epochs,... (progressive resizing)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=float, default=0.05, help="fraction of the steps spent warming up")
     ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--augment", type=float, default=0.6, help="augmentation strength (1: widest ranges)")
+    ap.add_argument("--label-smoothing", type=float, default=0.05)
+    ap.add_argument("--ema", type=float, default=0.998, help="decay of the weights' moving average per step")
+    ap.add_argument("--bn-images", type=int, default=1536, help="training images for the 224x224 batchnorm "
+                    "re-estimation")
     ap.add_argument("--seed", type=int, default=20210101)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--time-steps", type=int, default=0, help="only time this many steps")
-    ap.add_argument("--init", help="start from this covidx model file (a later stage) instead of from scratch")
-    ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps spent warming up")
+    ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    ap.add_argument("--time-steps", type=int, default=0, help="only time this many steps at each size")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    os.makedirs(args.work, exist_ok=True)
+    ckpt_path = os.path.join(args.work, "checkpoint.pt")
     t_start = time.time()
 
-    x, y, names = load_folder(args.data)
+    x, y, names = load_folders(args.data)
     val = holdout_mask(y, args.seed)
     xtr, ytr, xva, yva = x[~val], y[~val], x[val], y[val]
-    print("train %d, held out %d (%s)" % (len(ytr), len(yva), dict(zip(CLASSES, np.bincount(ytr)))), flush=True)
+    print("train %d, held out %d (%s)" % (len(ytr), len(yva), dict(zip(CLASSES, np.bincount(ytr).tolist()))),
+          flush=True)
 
-    model = build_model(args.seed)
-    if args.init:
-        import covidx
-
-        load_keras_weights(model, covidx.load_model(args.init).named_weights)
-    model = model.to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    sizes = parse_schedule(args.schedule)
+    steps_per_epoch = len(ytr) // args.batch
+    total_steps = steps_per_epoch * len(sizes)
+    model = build_model(args.seed).to(memory_format=torch.channels_last)
+    ema = build_model(args.seed).to(memory_format=torch.channels_last)
+    ema.load_state_dict(model.state_dict())
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0}], lr=args.lr)
-    steps_per_epoch = len(ytr) // args.batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=args.warmup)
     gen = torch.Generator().manual_seed(args.seed)
-    log = []
-    for epoch in range(args.epochs):
-        size = 224 if epoch >= args.epochs - args.full_res_epochs else args.low_res
+    log, first_epoch = [], 0
+    if args.resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        log, first_epoch = json.loads(state["log"]), int(state["epoch"])
+        print("resumed after epoch %d" % first_epoch, flush=True)
+
+    for epoch in range(first_epoch, len(sizes)):
+        size = sizes[epoch]
         model.train()
         perm = torch.randperm(len(ytr), generator=gen).numpy()
         t0, tot, correct = time.time(), 0.0, 0
         for s in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + s
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(step, total_steps, args.lr, args.warmup)
             idx = perm[s * args.batch:(s + 1) * args.batch]
-            xb = torch.from_numpy(xtr[idx]).permute(0, 3, 1, 2).float() / 255
-            xb = augment(xb, size, gen, args.augment).contiguous(memory_format=torch.channels_last)
+            xb = augment(to_float(xtr[idx]), size, gen).contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(ytr[idx])
             lg = logits(model, xb)
-            loss = F.cross_entropy(lg, yb, label_smoothing=0.1)
+            loss = F.cross_entropy(lg, yb, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            with torch.no_grad():
+                d = min(args.ema, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+                for be, bm in zip(ema.buffers(), model.buffers()):
+                    be.copy_(bm)
             tot += float(loss.detach()) * len(idx)
             correct += int((lg.argmax(1) == yb).sum())
             if args.time_steps and s + 1 >= args.time_steps:
-                print("size %d: %.2f s/step" % (size, (time.time() - t0) / (s + 1)))
-                return
-        vloss, vacc = evaluate(model, xva, yva)
+                print("size %d: %.2f s/step" % (size, (time.time() - t0) / (s + 1)), flush=True)
+                break
+        if args.time_steps:
+            continue
+        vloss, vacc = evaluate(model, xva, yva, size)
+        eloss, eacc = evaluate(ema, xva, yva, size)
         n = steps_per_epoch * args.batch
-        rec = {"epoch": epoch + 1, "size": size, "loss": tot / n, "acc": correct / n, "val_loss": vloss,
-               "val_acc": vacc, "seconds": round(time.time() - t0, 1)}
+        rec = {"epoch": epoch + 1, "size": size, "lr_end": round(opt.param_groups[0]["lr"], 7), "loss": tot / n,
+               "acc": correct / n, "val_loss": vloss, "val_acc": vacc, "ema_val_loss": eloss, "ema_val_acc": eacc,
+               "seconds": round(time.time() - t0, 1)}
         log.append(rec)
         print(json.dumps(rec), flush=True)
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "gen": gen.get_state(), "log": json.dumps(log), "epoch": epoch + 1}, ckpt_path + ".tmp")
+        os.replace(ckpt_path + ".tmp", ckpt_path)
+    if args.time_steps:
+        return
 
-    recalibrate_bn(model, xtr, gen=gen)
-    vloss, vacc = evaluate(model, xva, yva)
-    print("after batchnorm re-estimation at 224: val_loss %.4f val_acc %.4f" % (vloss, vacc), flush=True)
-
-    import covidx
-    from covidx.applications.resnet50 import ResNet50
-
-    net = ResNet50(weights=None, classes=2, head=[u for u, _ in HEAD[:-1]], class_names=list(CLASSES),
-                   preprocessing={"rescale": 1 / 255}, name="covid_resnet50")
-    named = model.keras_weights(HEAD_NAMES)
-    net.set_weights([named[k] for k in net._weight_keys()])
-    net.save(args.out, dtype="float16")
-    # The exported file must reproduce PyTorch's held-out predictions.
-    back = covidx.load_model(args.out)
-    p_cx = back.predict(xva.astype(np.float32) / 255)
-    with torch.no_grad():
-        p_t = torch.softmax(logits(model, torch.from_numpy(xva).permute(0, 3, 1, 2).float() / 255), 1).numpy()
-    print("covidx vs torch on held-out images: max |prob diff| %.2e, same class %.4f"
-          % (np.abs(p_cx - p_t).max(), np.mean(p_cx.argmax(1) == p_t.argmax(1))))
+    # Both the trained weights and their moving average, batchnorm re-estimated at 224x224 on the
+    # same un-augmented training images; the held-out tenth picks one.
+    bn_idx = np.random.default_rng(args.seed).choice(len(ytr), size=min(args.bn_images, len(ytr)), replace=False)
+    results = {}
+    for name, net in [("weights", model), ("ema", ema)]:
+        recalibrate_bn(net, xtr[np.sort(bn_idx)], gen=torch.Generator().manual_seed(args.seed))
+        results[name] = evaluate(net, xva, yva, 224)
+        print("%s after batchnorm re-estimation at 224: val_loss %.4f val_acc %.4f" % ((name,) + results[name]),
+              flush=True)
+    chosen = min(results, key=lambda k: (results[k][0], k))
+    net = model if chosen == "weights" else ema
+    final = os.path.join(args.work, "final.pt")
+    torch.save({"state": net.state_dict(), "chosen": chosen}, final)
     minutes = (time.time() - t_start) / 60
-    with open(os.path.splitext(args.out)[0] + ".train-log.json", "w") as f:
-        json.dump({"args": vars(args), "epochs": log, "final_val_loss": vloss, "final_val_acc": vacc,
-                   "minutes": round(minutes, 1), "torch": torch.__version__, "cpu_threads": args.threads}, f,
-                  indent=1)
-    print("done in %.1f min" % minutes)
+    with open(os.path.join(args.work, "train-log.json"), "w") as f:
+        json.dump({"args": vars(args), "epochs": log, "final": {k: {"val_loss": v[0], "val_acc": v[1]}
+                                                                 for k, v in results.items()},
+                   "chosen": chosen, "minutes": round(minutes, 1), "torch": torch.__version__,
+                   "cpu_threads": args.threads}, f, indent=1)
+    print("chose %s; done in %.1f min; weights in %s" % (chosen, minutes, final), flush=True)
 
 
 if __name__ == "__main__":
