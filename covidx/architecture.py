@@ -4,10 +4,14 @@ An architecture is a plain dict (stored as JSON in model files):
 
     {"family": "resnet50", "variant": "v1" | "v1.5", "bn_epsilon": 1.001e-05,
      "pooling": "avg" | "max" | None, "pooling_name": "avg_pool",
-     "head": [{"name": "dense", "units": 1024, "activation": "relu"}, ...]}
+     "head": [{"name": "dense", "units": 1024, "activation": "relu"}, ...],
+     "input_norm": {"name": "input_norm", "epsilon": 1e-05}}       (optional)
 
 "v1" is Keras's ResNet50 (stride on the first 1x1 conv of a block, conv biases, BN epsilon
 1.001e-5); "v1.5" is torchvision's (stride on the 3x3 conv, no conv biases, BN epsilon 1e-5).
+"input_norm", where present and not None, standardises each image before the first convolution:
+(x - mean) / sqrt(var + epsilon) over all its pixels and channels, as Keras's
+LayerNormalization(axis=[1, 2, 3], center=False, scale=False) does; it has no weights.
 """
 from __future__ import annotations
 
@@ -71,6 +75,12 @@ def weight_spec(arch):
     return spec
 
 
+def input_norm_epsilon(arch):
+    """The input standardisation's epsilon, or 0.0 where the network has none."""
+    norm = arch.get("input_norm")
+    return float(norm["epsilon"]) if norm else 0.0
+
+
 def output_units(arch):
     head = arch.get("head", [])
     return head[-1]["units"] if head else 2048
@@ -89,6 +99,13 @@ def validate(arch):
         raise ValueError("architecture.bn_epsilon: expected a small positive number, got %r" % (eps,))
     if arch.get("pooling") not in POOLINGS:
         raise ValueError("architecture.pooling: expected 'avg', 'max' or None, got %r" % arch.get("pooling"))
+    norm = arch.get("input_norm")
+    if norm is not None:
+        eps = norm.get("epsilon") if isinstance(norm, dict) else None
+        if not isinstance(norm, dict) or not isinstance(norm.get("name"), str) or isinstance(eps, bool) or \
+                not isinstance(eps, (int, float)) or not 0 < eps < 1 or not math.isfinite(eps):
+            raise ValueError("architecture.input_norm: expected None or {'name': str, 'epsilon': a small positive "
+                             "number}, got %r" % (norm,))
     head = arch.get("head", [])
     if not isinstance(head, list) or len(head) > 16:
         raise ValueError("architecture.head: expected a list of at most 16 Dense layers")

@@ -56,6 +56,8 @@ def build(arch, input_shape, input_name="input_layer"):
         return c, (oh, ow)
 
     x = add(input_name, "InputLayer", (h, w, 3))
+    if arch.get("input_norm"):
+        x = add(arch["input_norm"]["name"], "LayerNormalization", (h, w, 3), inbound=[x])
     x = add("conv1_pad", "ZeroPadding2D", (pad(h, 3), pad(w, 3), 3), inbound=[x])
     h1, w1 = _conv_out(pad(h, 3), 7, 2, 0), _conv_out(pad(w, 3), 7, 2, 0)
     x = add("conv1_conv", "Conv2D", (h1, w1, 64), 7 * 7 * 3 * 64 + bias * 64, 0, [x])

@@ -113,7 +113,8 @@ class Model:
         dense = [(d["name"], w[d["name"] + "/kernel"], w[d["name"] + "/bias"], architecture.ACTIVATIONS[d["activation"]])
                  for d in arch.get("head", [])]
         return _core.Engine(architecture.VARIANTS[arch["variant"]], architecture.POOLINGS[arch["pooling"]],
-                            float(arch["bn_epsilon"]), convs, dense)
+                            float(arch["bn_epsilon"]), convs, dense,
+                            input_norm_eps=architecture.input_norm_epsilon(arch))
 
     def get_weights(self):
         """All weights as a list of arrays, in Keras's order: per layer in model.layers order,

@@ -242,6 +242,32 @@ void maxpool2d(const float *x, int n, int h, int w, int c, int k, int stride, in
     pool_run(n * p.ho, maxpool_task, &p);
 }
 
+/* --- per-image standardisation ----------------------------------------------------------------- */
+
+typedef struct {
+    const float *x;
+    size_t per_image;
+    double eps;
+    float *out;
+} Standardize;
+
+static void standardize_task(void *arg, int img) {
+    const Standardize *s = arg;
+    const float *x = s->x + (size_t)img * s->per_image;
+    float *o = s->out + (size_t)img * s->per_image;
+    double sum = 0.0, sq = 0.0;
+    for (size_t i = 0; i < s->per_image; i++) sum += x[i];
+    double mean = sum / (double)s->per_image;
+    for (size_t i = 0; i < s->per_image; i++) sq += (x[i] - mean) * (x[i] - mean);
+    double inv = 1.0 / sqrt(sq / (double)s->per_image + s->eps);
+    for (size_t i = 0; i < s->per_image; i++) o[i] = (float)((x[i] - mean) * inv);
+}
+
+void standardize_images(const float *x, int n, int h, int w, int c, double eps, float *out) {
+    Standardize s = {x, (size_t)h * w * c, eps, out};
+    pool_run(n, standardize_task, &s);
+}
+
 void global_pool(const float *x, int n, int h, int w, int c, int use_max, float *out) {
     size_t hw = (size_t)h * w;
     for (int img = 0; img < n; img++) {

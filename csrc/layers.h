@@ -33,6 +33,11 @@ size_t conv_scratch_floats(const Conv *c, int n, int h, int w);
 /* x (n, h, w, c) -> out (n, ho, wo, c): max over k x k windows, padding ignored. */
 void maxpool2d(const float *x, int n, int h, int w, int c, int k, int stride, int pad, float *out);
 
+/* x (n, h, w, c) -> out (n, h, w, c): each image standardised over all its values,
+ * (x - mean) / sqrt(var + eps), mean and (biased) variance in double; Keras's
+ * LayerNormalization(axis=[1, 2, 3], center=False, scale=False). */
+void standardize_images(const float *x, int n, int h, int w, int c, double eps, float *out);
+
 /* x (n, h, w, c) -> out (n, c): mean (or max) over the spatial positions. */
 void global_pool(const float *x, int n, int h, int w, int c, int use_max, float *out);
 

@@ -85,3 +85,36 @@ def test_issue_example_runs_and_round_trips(tmp_path):
     np.testing.assert_array_equal(before, probs)
     assert probs.shape == (8, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (97, 131)])
+def test_input_standardisation_matches_torch(size):
+    """A network that standardises each image first (Keras's LayerNormalization over height, width
+    and channels): covidx against the float64 torch reference with the same layer, and the
+    outputs the same whatever brightness and contrast the image has."""
+    rng = np.random.default_rng(5)
+    x = xrays(*size) / 255.0 + 0.5  # a different range from the reference's calibration images
+    calib = np.ascontiguousarray(xrays(*size, flip=True) / 255.0 + 0.5)
+    ref = calibrated_model("v1", ARTICLES_HEAD, 11, torch.from_numpy(calib), input_norm_eps=1e-5)
+    model = ResNet50(weights=None, classes=2, head=(1024, 1024, 1024, 512), input_norm=1e-5)
+    weights = ref.keras_weights(["dense", "dense_1", "dense_2", "dense_3", "dense_4"])
+    model.set_weights([weights[k] for k in model._weight_keys()])
+    with torch.no_grad():
+        want = copy.deepcopy(ref).double()(torch.from_numpy(x).double()).numpy()
+    assert 0.02 < want.min() and want.max() < 0.98, want
+    assert want[:, 0].std() > 0.02, want
+    for batch in (1, 3, 8):
+        assert np.abs(model.predict(x[:batch]) - want[:batch]).max() <= 1e-5
+    np.testing.assert_allclose(model.predict_reference(x[:2]), want[:2], rtol=0, atol=1e-5)
+    # other brightness and contrast: still the reference's answer; a brightness change alone does
+    # not change it (a contrast change does slightly, through epsilon)
+    a, b = rng.uniform(0.3, 3.0, (len(x), 1, 1, 1)), rng.uniform(-2, 2, (len(x), 1, 1, 1))
+    for changed in ((x * a + b).astype(np.float32), (x + b).astype(np.float32)):
+        with torch.no_grad():
+            want_changed = copy.deepcopy(ref).double()(torch.from_numpy(changed).double()).numpy()
+        assert np.abs(model.predict(changed) - want_changed).max() <= 1e-5
+    assert np.abs(model.predict((x + b).astype(np.float32)) - want).max() <= 1e-5
+    # and the layer is there: without it the outputs differ
+    plain = ResNet50(weights=None, classes=2, head=(1024, 1024, 1024, 512))
+    plain.set_weights(model.get_weights())
+    assert np.abs(plain.predict(x) - want).max() > 1e-2

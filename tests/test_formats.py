@@ -680,3 +680,19 @@ def test_zip_of_unsupported_version_is_a_model_file_error():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "zip_unsupported_version.keras")
     with pytest.raises(ValueError, match="not a readable zip archive"):
         covidx.load_model(path)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_onnx_export_with_input_standardisation(tmp_path, opset):
+    """The input standardisation layer is exported as plain ONNX ops that ONNX Runtime runs to the
+    same outputs as covidx (opset 18 takes ReduceMean's axes as an input)."""
+    pytest.importorskip("onnx")
+    model = ResNet50(weights=None, classes=2, head=(16,), input_norm=1e-5, seed=4)
+    x = xrays(64)[:3] * np.float32(1 / 255)
+    path = tmp_path / "norm.onnx"
+    model.to_onnx(path, opset=opset)
+    got, want = run_onnx(path, x), model.predict(x, verbose=0)
+    assert np.abs(got - want).max() <= 1e-5
+    plain = ResNet50(weights=None, classes=2, head=(16,), seed=4)
+    plain.to_onnx(tmp_path / "plain.onnx", opset=opset)
+    assert np.abs(run_onnx(tmp_path / "plain.onnx", x) - want).max() > 1e-3  # the layer is really there

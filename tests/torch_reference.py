@@ -115,12 +115,12 @@ class TorchResNet50(nn.Module):
         return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def calibrated_model(variant, head, seed, calibration_images):
+def calibrated_model(variant, head, seed, calibration_images, input_norm_eps=None):
     """A TorchResNet50 with random weights and batchnorm statistics measured on calibration_images
     (NHWC float32 tensor), so activations stay in a normal range, and a last layer scaled so its
     outputs are not saturated."""
     torch.manual_seed(seed)
-    model = TorchResNet50(variant, head)
+    model = TorchResNet50(variant, head, input_norm_eps=input_norm_eps)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -34,7 +34,7 @@ def _initial_weights(arch, seed):
 
 
 def resnet50_architecture(include_top=True, pooling=None, classes=1000, classifier_activation="softmax",
-                          head=None, variant="v1"):
+                          head=None, variant="v1", input_norm=None):
     if variant not in architecture.VARIANTS:
         raise ValueError("variant: expected 'v1' (Keras) or 'v1.5' (torchvision), got %r" % (variant,))
     if include_top:
@@ -62,13 +62,19 @@ def resnet50_architecture(include_top=True, pooling=None, classes=1000, classifi
         if pooling not in ("avg", "max", None):
             raise ValueError("pooling: expected None, 'avg' or 'max', got %r" % (pooling,))
         pool_name, layers = {"avg": "avg_pool", "max": "max_pool", None: None}[pooling], []
-    return {"family": "resnet50", "variant": variant, "bn_epsilon": 1.001e-5 if variant == "v1" else 1e-5,
+    arch = {"family": "resnet50", "variant": variant, "bn_epsilon": 1.001e-5 if variant == "v1" else 1e-5,
             "pooling": pooling, "pooling_name": pool_name, "head": layers}
+    if input_norm is not None:
+        if isinstance(input_norm, bool) or not isinstance(input_norm, (int, float)) or not 0 < input_norm < 1:
+            raise ValueError("input_norm: expected None or the standardisation's epsilon (a small positive number), "
+                             "got %r" % (input_norm,))
+        arch["input_norm"] = {"name": "input_norm", "epsilon": float(input_norm)}
+    return architecture.validate(arch)
 
 
 def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None,
              classes=1000, classifier_activation="softmax", name="resnet50", *, head=None, variant="v1",
-             class_names=None, preprocessing="caffe", seed=None):
+             class_names=None, preprocessing="caffe", seed=None, input_norm=None):
     """Keras's ResNet50. covidx additions (keyword-only):
 
     head: sizes of hidden Dense(relu) layers between global average pooling and the output layer,
@@ -78,6 +84,9 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
     preprocessing: what the model expects of its inputs, recorded in saved files and applied only
         where covidx reads image files itself: 'caffe', 'tf', 'torch', or {'rescale': 1/255}.
     seed: seed for the random initial weights (weights=None).
+    input_norm: None, or epsilon: each image is first standardised over its pixels and channels,
+        (x - mean) / sqrt(var + epsilon), as Keras's LayerNormalization(axis=[1, 2, 3],
+        center=False, scale=False, epsilon=epsilon) placed after the input. No weights.
 
     weights: None (random), 'imagenet' (Keras's official file, from Keras's cache or downloaded;
     see covidx.applications.imagenet), or the path of a weights file loaded into this
@@ -93,7 +102,7 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
             raise ValueError("input_shape: expected (height >= 32, width >= 32, 3), got %r" % (input_shape,))
     if isinstance(weights, str) and weights == "imagenet":
         _check_imagenet_arguments(include_top, classes, classifier_activation, head, variant)
-    arch = resnet50_architecture(include_top, pooling, classes, classifier_activation, head, variant)
+    arch = resnet50_architecture(include_top, pooling, classes, classifier_activation, head, variant, input_norm)
     if weights is None:
         return Model(arch, _initial_weights(arch, seed), class_names=class_names, preprocessing=preprocessing,
                      name=name)

@@ -30,8 +30,8 @@ def _onnx():
 class _Graph:
     """Collects nodes and initializers; names each output after the node that makes it."""
 
-    def __init__(self, onnx, epsilon):
-        self.onnx, self.epsilon, self.nodes, self.initializers = onnx, epsilon, [], []
+    def __init__(self, onnx, epsilon, opset):
+        self.onnx, self.epsilon, self.opset, self.nodes, self.initializers = onnx, epsilon, opset, [], []
 
     def constant(self, name, array):
         self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
@@ -54,6 +54,27 @@ def _conv_bn(g, w, name, x, k, stride, relu):
                                                                                   "moving_variance")]
     y = g.node("BatchNormalization", [y] + params, bn, epsilon=float(g.epsilon))
     return g.node("Relu", [y], name + "_relu") if relu else y
+
+
+def _standardize(g, x, norm):
+    """Each image (x - mean) / sqrt(var + epsilon) over height, width and channels, from basic ops
+    (opset 11 has no LayerNormalization)."""
+    name = norm["name"]
+
+    def mean_over_image(v, out):
+        if g.opset >= 18:  # axes became an input in opset 18
+            axes = name + "/axes"
+            if not any(i.name == axes for i in g.initializers):
+                g.initializers.append(g.onnx.numpy_helper.from_array(np.array([1, 2, 3], np.int64), axes))
+            return g.node("ReduceMean", [v, axes], out, keepdims=1)
+        return g.node("ReduceMean", [v], out, axes=[1, 2, 3], keepdims=1)
+
+    mean = mean_over_image(x, name + "_mean")
+    centred = g.node("Sub", [x, mean], name + "_centred")
+    var = mean_over_image(g.node("Mul", [centred, centred], name + "_square"), name + "_var")
+    eps = g.constant(name + "/epsilon", np.array(norm["epsilon"], np.float32))
+    std = g.node("Sqrt", [g.node("Add", [var, eps], name + "_var_eps")], name + "_std")
+    return g.node("Div", [centred, std], name)
 
 
 def _backbone(g, w, variant, x):
@@ -95,8 +116,11 @@ def build(model, opset=17):
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= latest:
         raise ValueError("opset: expected an integer from %d to %d, got %r" % (MIN_OPSET, latest, opset))
     arch, w = model.architecture, model.named_weights
-    g = _Graph(onnx, arch["bn_epsilon"])
-    x = g.node("Transpose", ["input"], "to_nchw", perm=[0, 3, 1, 2])
+    g = _Graph(onnx, arch["bn_epsilon"], opset)
+    x = "input"
+    if arch.get("input_norm"):
+        x = _standardize(g, x, arch["input_norm"])
+    x = g.node("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])
     x = _backbone(g, w, arch["variant"], x)
     if arch["pooling"] is None:
         x = g.node("Transpose", [x], "to_nhwc", perm=[0, 2, 3, 1])
