@@ -18,7 +18,7 @@ from setuptools.command.build_py import build_py
 WEIGHTS = ["covid_resnet50.safetensors", "MODEL_CARD.md"]  # the shipped model, from weights/
 
 SOURCES = ["csrc/module.c", "csrc/resnet50.c", "csrc/layers.c", "csrc/layers_ref.c", "csrc/winograd.c", "csrc/gemm.c",
-           "csrc/threadpool.c", "csrc/cpu.c"]
+           "csrc/threadpool.c", "csrc/cpu.c", "csrc/unfamiliar.c"]
 CFLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing", "-fvisibility=hidden"]
 LDFLAGS = ["-pthread"]
 

@@ -1,10 +1,14 @@
 /* module.c: covidx._core, the CPython face of the engine.
  *
- *   Engine(variant, pooling, bn_epsilon, convs, dense)
+ *   Engine(variant, pooling, bn_epsilon, convs, dense, input_norm_eps=0.0)
  *       convs: 53 tuples (name, kernel HWIO, bias or None, gamma, beta, moving_mean,
  *              moving_variance) in canonical order (conv1, then per block _1, _2, _3, [_0])
  *       dense: tuples (name, kernel (in, out), bias (out,), activation code)
- *   Engine.forward(x, output=0, reference=False) -> ndarray
+ *       input_norm_eps > 0: each image is standardised before the first convolution
+ *   Engine.set_unfamiliar(basis (2048, r), variances (r,), residual_variance, means (k, 2048),
+ *                         threshold), or set_unfamiliar(None) to drop the statistics
+ *   Engine.forward(x, output=0, reference=False, unfamiliar=False) -> ndarray, or
+ *       (ndarray, scores (n,)) with unfamiliar=True
  *
  * The Python layer converts user input; this layer checks again and never trusts it. All compute
  * runs without the GIL, under one process-wide lock (the thread pool serves one forward at a time). */
@@ -139,11 +143,12 @@ done:
 }
 
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"variant", "pooling", "bn_epsilon", "convs", "dense", NULL};
+    static char *kwlist[] = {"variant", "pooling", "bn_epsilon", "convs", "dense", "input_norm_eps", NULL};
     int variant, pooling;
-    double eps;
+    double eps, input_norm_eps = 0.0;
     PyObject *convs, *dense_list;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iidOO", kwlist, &variant, &pooling, &eps, &convs, &dense_list))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iidOO|d", kwlist, &variant, &pooling, &eps, &convs, &dense_list,
+                                     &input_norm_eps))
         return -1;
     if (self->built) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is already built");
@@ -161,6 +166,11 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError, "bn_epsilon: expected a small positive number, got %g", eps);
         return -1;
     }
+    if (!(input_norm_eps == 0.0 || (input_norm_eps > 0.0 && input_norm_eps < 1.0))) {
+        PyErr_Format(PyExc_ValueError, "input_norm_eps: expected 0 (no input standardisation) or a small "
+                     "positive number, got %g", input_norm_eps);
+        return -1;
+    }
     if (!PyList_Check(convs) || PyList_GET_SIZE(convs) != RESNET50_NCONV) {
         PyErr_Format(PyExc_ValueError, "convs: expected a list of %d convolutions", RESNET50_NCONV);
         return -1;
@@ -174,6 +184,7 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
     self->built = 1; /* from here on, dealloc frees whatever was allocated */
     Net *net = &self->net;
     net->variant = variant;
+    net->input_norm_eps = input_norm_eps;
     const char *sub = getenv("COVIDX_SUB_BATCH"); /* a tuning knob for benchmarks */
     net->sub_batch = sub && atoi(sub) > 0 ? atoi(sub) : 0;
     net->pooling = pooling;
@@ -198,16 +209,23 @@ static void Engine_dealloc(EngineObject *self) {
 }
 
 static PyObject *Engine_forward(EngineObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "output", "reference", NULL};
+    static char *kwlist[] = {"x", "output", "reference", "unfamiliar", NULL};
     PyObject *xo;
-    int output = OUT_HEAD, reference = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ip", kwlist, &xo, &output, &reference)) return NULL;
+    int output = OUT_HEAD, reference = 0, want_scores = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ipp", kwlist, &xo, &output, &reference, &want_scores))
+        return NULL;
     if (!self->built) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
         return NULL;
     }
     if (output < OUT_HEAD || output > OUT_FEATURE_MAP) {
         PyErr_Format(PyExc_ValueError, "output: expected 0, 1 or 2, got %d", output);
+        return NULL;
+    }
+    if (want_scores && (self->net.unfamiliar.d == 0 || output == OUT_FEATURE_MAP || self->net.pooling == POOL_NONE)) {
+        PyErr_SetString(PyExc_ValueError, self->net.unfamiliar.d == 0
+                                              ? "unfamiliar: this engine has no out-of-distribution statistics"
+                                              : "unfamiliar: needs a pooled output (not the feature map)");
         return NULL;
     }
     PyArrayObject *x = as_f32(xo, 4, "input");
@@ -231,22 +249,92 @@ static PyObject *Engine_forward(EngineObject *self, PyObject *args, PyObject *kw
     int ndim = 1 + resnet50_output_shape(net, (int)h, (int)w, output, per_image);
     npy_intp dims[4] = {n, per_image[0], per_image[1], per_image[2]};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(ndim, dims, NPY_FLOAT32);
-    if (!out) {
+    PyArrayObject *scores = want_scores ? (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT32) : NULL;
+    if (!out || (want_scores && !scores)) {
         Py_DECREF(x);
+        Py_XDECREF(out);
+        Py_XDECREF(scores);
         return NULL;
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&g_compute);
-    rc = resnet50_forward(net, PyArray_DATA(x), (int)n, (int)h, (int)w, output, reference, PyArray_DATA(out));
+    rc = resnet50_forward(net, PyArray_DATA(x), (int)n, (int)h, (int)w, output, reference, PyArray_DATA(out),
+                          scores ? PyArray_DATA(scores) : NULL);
     pthread_mutex_unlock(&g_compute);
     Py_END_ALLOW_THREADS
     Py_DECREF(x);
     if (rc != 0) {
         Py_DECREF(out);
+        Py_XDECREF(scores);
         return PyErr_NoMemory();
     }
-    return (PyObject *)out;
+    if (!scores) return (PyObject *)out;
+    PyObject *pair = PyTuple_Pack(2, (PyObject *)out, (PyObject *)scores);
+    Py_DECREF(out);
+    Py_DECREF(scores);
+    return pair;
+}
+
+static PyObject *Engine_set_unfamiliar(EngineObject *self, PyObject *args) {
+    PyObject *ob, *ov = NULL, *om = NULL;
+    double resid = 0.0, threshold = 0.0;
+    if (!PyArg_ParseTuple(args, "O|OdOd", &ob, &ov, &resid, &om, &threshold)) return NULL;
+    if (!self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
+        return NULL;
+    }
+    if (ob == Py_None) {
+        pthread_mutex_lock(&g_compute);
+        unfamiliar_free(&self->net.unfamiliar);
+        pthread_mutex_unlock(&g_compute);
+        Py_RETURN_NONE;
+    }
+    if (!ov || !om) {
+        PyErr_SetString(PyExc_TypeError, "set_unfamiliar: expected (basis, variances, residual_variance, means, "
+                        "threshold) or None");
+        return NULL;
+    }
+    PyArrayObject *basis = as_f32(ob, 2, "unfamiliar basis"), *var = NULL, *means = NULL;
+    PyObject *result = NULL;
+    if (!basis) return NULL;
+    if (!PyArray_Check(ov)) {
+        PyErr_SetString(PyExc_TypeError, "unfamiliar variances: expected a numeric numpy array");
+        goto done;
+    }
+    var = (PyArrayObject *)PyArray_FROM_OTF(ov, NPY_FLOAT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (!var || !(means = as_f32(om, 2, "unfamiliar means"))) goto done;
+    npy_intp d = PyArray_DIM(basis, 0), r = PyArray_DIM(basis, 1), k = PyArray_DIM(means, 0);
+    if (d != 2048 || PyArray_NDIM(var) != 1 || PyArray_DIM(var, 0) != r || PyArray_DIM(means, 1) != d || k < 1 ||
+        k > (1 << 20) || r > d) {
+        PyErr_Format(PyExc_ValueError, "unfamiliar statistics: expected basis (2048, r <= 2048), variances (r,) and "
+                     "means (classes, 2048), got basis (%zd, %zd) and means (%zd, %zd)", (Py_ssize_t)d,
+                     (Py_ssize_t)r, (Py_ssize_t)k, (Py_ssize_t)PyArray_DIM(means, 1));
+        goto done;
+    }
+    Unfamiliar u;
+    int rc = unfamiliar_init(&u, (int)d, (int)r, (int)k, PyArray_DATA(basis), PyArray_DATA(var), resid,
+                             PyArray_DATA(means), threshold);
+    if (rc == -1) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (rc != 0) {
+        PyErr_SetString(PyExc_ValueError, "unfamiliar statistics: values must be finite, variances and the "
+                        "threshold positive");
+        goto done;
+    }
+    pthread_mutex_lock(&g_compute); /* never swapped under a running forward pass */
+    unfamiliar_free(&self->net.unfamiliar);
+    self->net.unfamiliar = u;
+    pthread_mutex_unlock(&g_compute);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_DECREF(basis);
+    Py_XDECREF(var);
+    Py_XDECREF(means);
+    return result;
 }
 
 static PyObject *Engine_workspace_bytes(EngineObject *self, PyObject *Py_UNUSED(ignored)) {
@@ -257,8 +345,11 @@ static PyObject *Engine_workspace_bytes(EngineObject *self, PyObject *Py_UNUSED(
 
 static PyMethodDef Engine_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Engine_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(x, output=0, reference=False): x float32 (n, h, w, 3) -> outputs.\n"
-     "output: 0 head, 1 pooled features, 2 last feature map. reference: run the plain layers."},
+     "forward(x, output=0, reference=False, unfamiliar=False): x float32 (n, h, w, 3) -> outputs.\n"
+     "output: 0 head, 1 pooled features, 2 last feature map. reference: run the plain layers.\n"
+     "unfamiliar: also return each image's out-of-distribution score, (outputs, scores)."},
+    {"set_unfamiliar", (PyCFunction)Engine_set_unfamiliar, METH_VARARGS,
+     "set_unfamiliar(basis, variances, residual_variance, means, threshold), or set_unfamiliar(None)."},
     {"workspace_bytes", (PyCFunction)Engine_workspace_bytes, METH_NOARGS,
      "Bytes held by the activation buffers of the current plan."},
     {NULL, NULL, 0, NULL}};

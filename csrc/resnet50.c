@@ -88,6 +88,7 @@ int dense_init(DenseLayer *d, int cin, int cout, int act, const float *w, const 
 
 static void plan_free(Plan *p) {
     for (int i = 0; i < 4; i++) free(p->act[i]);
+    free(p->normalized);
     free(p->scratch);
     free(p->pooled);
     free(p->hidden[0]);
@@ -110,6 +111,7 @@ void net_free(Net *net) {
         free(net->head[i].bias);
         gemm_pack_free(&net->head[i].packed);
     }
+    unfamiliar_free(&net->unfamiliar);
     plan_free(&net->plan);
 }
 
@@ -165,10 +167,11 @@ static int plan_ensure(Net *net, int n, int h, int w) {
     for (int i = 0; i < net->nhead; i++) units = net->head[i].cout > units ? net->head[i].cout : units;
     for (int i = 0; i < 4; i++) p->act[i] = malloc(sizeof(float) * act);
     p->scratch = malloc(sizeof(float) * (scratch ? scratch : 1));
+    p->normalized = net->input_norm_eps > 0.0 ? malloc(sizeof(float) * (size_t)n * h * w * 3) : NULL;
     p->pooled = malloc(sizeof(float) * (size_t)n * 2048);
     p->hidden[0] = malloc(sizeof(float) * (size_t)n * units);
     p->hidden[1] = malloc(sizeof(float) * (size_t)n * units);
-    int ok = p->scratch && p->pooled && p->hidden[0] && p->hidden[1];
+    int ok = p->scratch && p->pooled && p->hidden[0] && p->hidden[1] && (p->normalized || net->input_norm_eps <= 0.0);
     for (int i = 0; i < 4; i++) ok = ok && p->act[i];
     if (!ok) {
         plan_free(p);
@@ -193,10 +196,16 @@ static void run_conv(const Conv *c, const float *x, int n, int h, int w, float *
 }
 
 static int forward_batch(Net *net, const float *x, int n, int h, int w, int output, int reference,
-                         float *out) {
+                         float *out, float *scores) {
     if (plan_ensure(net, n, h, w) != 0) return -1;
     Plan *p = &net->plan;
     float **buf = p->act;
+
+    /* input standardisation (n, h, w, 3), where the network begins with it */
+    if (net->input_norm_eps > 0.0) {
+        standardize_images(x, n, h, w, 3, net->input_norm_eps, p->normalized);
+        x = p->normalized;
+    }
 
     /* stem: 7x7/2 conv + BN + ReLU (n, h/2, w/2, 64), then 3x3/2 max pool (n, h/4, w/4, 64) */
     run_conv(&net->conv1, x, n, h, w, buf[0], NULL, 1, p->scratch, reference);
@@ -228,6 +237,8 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
 
     /* global pooling (n, 2048), then the Dense head */
     global_pool(buf[cur], n, h, w, c, net->pooling == POOL_MAX, p->pooled);
+    if (scores) /* the out-of-distribution score, from the same pooled features */
+        (reference ? unfamiliar_score_ref : unfamiliar_score)(&net->unfamiliar, p->pooled, n, scores);
     if (output == OUT_FEATURES || net->nhead == 0) {
         memcpy(out, p->pooled, sizeof(float) * (size_t)n * c);
         return 0;
@@ -258,14 +269,16 @@ int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3])
 /* Large batches go through in slices of at most sub_batch images: every image is computed
  * independently, and the buffers stay bounded whatever the batch. */
 int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
-                     float *out) {
+                     float *out, float *scores) {
     int dims[3];
     size_t in_per = (size_t)h * w * 3, out_per = 1;
     for (int i = 0, nd = resnet50_output_shape(net, h, w, output, dims); i < nd; i++) out_per *= (size_t)dims[i];
     int sub = net->sub_batch > 0 ? net->sub_batch : SUB_BATCH;
     for (int i0 = 0; i0 < n; i0 += sub) {
         int m = n - i0 < sub ? n - i0 : sub;
-        if (forward_batch(net, x + i0 * in_per, m, h, w, output, reference, out + i0 * out_per) != 0) return -1;
+        if (forward_batch(net, x + i0 * in_per, m, h, w, output, reference, out + i0 * out_per,
+                          scores ? scores + i0 : NULL) != 0)
+            return -1;
     }
     return 0;
 }

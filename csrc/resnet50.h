@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "layers.h"
+#include "unfamiliar.h"
 
 #define RESNET50_NCONV 53
 #define RESNET50_NBLOCKS 16
@@ -36,6 +37,7 @@ typedef struct {
     int n, h, w;
     float *act[4];   /* rotating block buffers, each act_floats */
     size_t act_floats;
+    float *normalized; /* (n, h, w, 3) standardised input, where the network has that layer */
     float *scratch;  /* im2col panel */
     float *pooled;   /* (n, 2048) */
     float *hidden[2];
@@ -43,10 +45,12 @@ typedef struct {
 
 typedef struct {
     int variant, pooling;
+    double input_norm_eps; /* > 0: each image is standardised first (standardize_images) */
     Conv conv1;
     Block blocks[RESNET50_NBLOCKS];
     DenseLayer head[MAX_DENSE];
     int nhead;
+    Unfamiliar unfamiliar; /* out-of-distribution statistics of the pooled features (d == 0: none) */
     Plan plan;
     int sub_batch; /* images per pass through the network (0: SUB_BATCH) */
 } Net;
@@ -78,8 +82,10 @@ int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3])
 
 /* x (n, h, w, 3) -> out: OUT_HEAD (n, units of the last Dense layer, or 2048 without a head),
  * OUT_FEATURES (n, 2048) pooled, OUT_FEATURE_MAP (n, ho, wo, 2048). reference != 0 runs the
- * plain layers. Returns 0, or -1 when the buffers cannot be allocated. */
+ * plain layers. scores (n) or NULL: the out-of-distribution score of each image, from the same
+ * pass (needs net->unfamiliar and a pooled output). Returns 0, or -1 when the buffers cannot be
+ * allocated. */
 int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
-                     float *out);
+                     float *out, float *scores);
 
 #endif

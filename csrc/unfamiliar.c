@@ -1,0 +1,117 @@
+/* unfamiliar.c: the out-of-distribution score (see unfamiliar.h for the formula). */
+#include "unfamiliar.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "threadpool.h"
+
+#define MAX_RANK 2048
+
+void unfamiliar_free(Unfamiliar *u) {
+    free(u->basis);
+    free(u->inv_var);
+    free(u->means);
+    free(u->means_proj);
+    memset(u, 0, sizeof(*u));
+}
+
+int unfamiliar_init(Unfamiliar *u, int d, int r, int k, const float *basis, const double *variances,
+                    double resid_var, const float *means, double threshold) {
+    memset(u, 0, sizeof(*u));
+    if (d < 1 || k < 1 || r < 0 || r > d || r > MAX_RANK) return -2;
+    if (!(resid_var > 0.0) || !isfinite(resid_var) || !(threshold > 0.0) || !isfinite(threshold)) return -2;
+    for (size_t i = 0; i < (size_t)d * r; i++)
+        if (!isfinite(basis[i])) return -2;
+    for (size_t i = 0; i < (size_t)k * d; i++)
+        if (!isfinite(means[i])) return -2;
+    for (int j = 0; j < r; j++)
+        if (!(variances[j] > 0.0) || !isfinite(variances[j])) return -2;
+    u->basis = malloc(sizeof(float) * (size_t)d * (r ? r : 1));
+    u->inv_var = malloc(sizeof(double) * (r ? r : 1));
+    u->means = malloc(sizeof(float) * (size_t)k * d);
+    u->means_proj = malloc(sizeof(double) * (size_t)k * (r ? r : 1));
+    if (!u->basis || !u->inv_var || !u->means || !u->means_proj) {
+        unfamiliar_free(u);
+        return -1;
+    }
+    memcpy(u->basis, basis, sizeof(float) * (size_t)d * r);
+    memcpy(u->means, means, sizeof(float) * (size_t)k * d);
+    for (int j = 0; j < r; j++) u->inv_var[j] = 1.0 / variances[j];
+    for (int c = 0; c < k; c++) {
+        double *p = u->means_proj + (size_t)c * r;
+        for (int j = 0; j < r; j++) p[j] = 0.0;
+        for (int i = 0; i < d; i++) {
+            double m = means[(size_t)c * d + i];
+            for (int j = 0; j < r; j++) p[j] += m * basis[(size_t)i * r + j];
+        }
+    }
+    u->d = d, u->r = r, u->k = k;
+    u->inv_resid = 1.0 / resid_var;
+    u->threshold = threshold;
+    return 0;
+}
+
+typedef struct {
+    const Unfamiliar *u;
+    const float *features;
+    float *scores;
+} ScoreJob;
+
+/* One image: q_f = V^T f once, then per class q = q_f - V^T mu_c. */
+static void score_task(void *arg, int img) {
+    const ScoreJob *job = arg;
+    const Unfamiliar *u = job->u;
+    const float *f = job->features + (size_t)img * u->d;
+    double qf[MAX_RANK];
+    for (int j = 0; j < u->r; j++) qf[j] = 0.0;
+    for (int i = 0; i < u->d; i++) {
+        double fi = f[i];
+        const float *v = u->basis + (size_t)i * u->r;
+        for (int j = 0; j < u->r; j++) qf[j] += fi * v[j];
+    }
+    double best = INFINITY;
+    for (int c = 0; c < u->k; c++) {
+        const float *mu = u->means + (size_t)c * u->d;
+        const double *mp = u->means_proj + (size_t)c * u->r;
+        double g2 = 0.0, q2 = 0.0, pc = 0.0;
+        for (int i = 0; i < u->d; i++) g2 += ((double)f[i] - mu[i]) * ((double)f[i] - mu[i]);
+        for (int j = 0; j < u->r; j++) {
+            double q = qf[j] - mp[j];
+            q2 += q * q;
+            pc += q * q * u->inv_var[j];
+        }
+        double resid = g2 - q2 > 0.0 ? g2 - q2 : 0.0;
+        double d2 = pc + resid * u->inv_resid;
+        best = d2 < best ? d2 : best;
+    }
+    job->scores[img] = (float)(sqrt(best) / u->threshold);
+}
+
+void unfamiliar_score(const Unfamiliar *u, const float *features, int n, float *scores) {
+    ScoreJob job = {u, features, scores};
+    pool_run(n, score_task, &job);
+}
+
+void unfamiliar_score_ref(const Unfamiliar *u, const float *features, int n, float *scores) {
+    for (int img = 0; img < n; img++) {
+        const float *f = features + (size_t)img * u->d;
+        double best = INFINITY;
+        for (int c = 0; c < u->k; c++) {
+            const float *mu = u->means + (size_t)c * u->d;
+            double g2 = 0.0, q2 = 0.0, pc = 0.0;
+            for (int i = 0; i < u->d; i++) g2 += ((double)f[i] - mu[i]) * ((double)f[i] - mu[i]);
+            for (int j = 0; j < u->r; j++) {
+                double q = 0.0;
+                for (int i = 0; i < u->d; i++) q += ((double)f[i] - mu[i]) * u->basis[(size_t)i * u->r + j];
+                q2 += q * q;
+                pc += q * q * u->inv_var[j];
+            }
+            double resid = g2 - q2 > 0.0 ? g2 - q2 : 0.0;
+            double d2 = pc + resid * u->inv_resid;
+            best = d2 < best ? d2 : best;
+        }
+        scores[img] = (float)(sqrt(best) / u->threshold);
+    }
+}
