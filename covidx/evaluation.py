@@ -311,22 +311,26 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
     return values[0] if len(values) == 1 else values
 
 
-def predict(model, x, batch_size, verbose, steps, output="head"):
+def predict(model, x, batch_size, verbose, steps, output="head", unfamiliar=False):
     source, total_steps, iterator = batch_source(x, None, batch_size, steps)
     verbose = (1 if iterator is not None else 0) if verbose == "auto" else verbose
     bar = Progbar(total_steps, verbose=verbose) if verbose else None
-    parts, step = [], 0
+    parts, scores, step = [], [], 0
     for bx, _, _, ok in source:
         step += 1
         if isinstance(bx, list):
             raise ValueError("predict: models with several inputs are not supported")
         if ok is not None and not ok.all():
             out = np.full((len(bx),) + model._output_tail(output, bx.shape), np.nan, np.float32)
+            score = np.full(len(bx), np.nan, np.float32)
             if ok.any():
-                out[ok] = model._forward(bx[ok], output)
+                got = model._forward(bx[ok], output, unfamiliar)
+                out[ok], score[ok] = got if unfamiliar else (got, np.nan)
         else:
-            out = model._forward(bx, output)
+            got = model._forward(bx, output, unfamiliar)
+            out, score = got if unfamiliar else (got, None)
         parts.append(out)
+        scores.append(score)
         if bar:
             bar.update(step, [], finalize=False)
     if iterator is not None and hasattr(iterator, "on_epoch_end"):
@@ -335,4 +339,6 @@ def predict(model, x, batch_size, verbose, steps, output="head"):
         bar.update(total_steps if total_steps is not None else step, [], finalize=True)
     if not parts:
         raise ValueError("predict: the data produced no batches")
+    if unfamiliar:
+        return np.concatenate(parts), np.concatenate(scores)
     return np.concatenate(parts)

@@ -64,6 +64,7 @@ class Model:
         self._input_shape = (224, 224, 3) if self.architecture["pooling"] is not None else (None, None, 3)
         self._weights = {}
         self._engine = None
+        self._unfamiliar = None
         self._set_named_weights(weights)
 
     # --- weights ---------------------------------------------------------------------------------
@@ -100,7 +101,18 @@ class Model:
             if a.shape != tuple(shape):
                 raise ValueError("weights[%r]: expected shape %s, got %s" % (key, tuple(shape), a.shape))
             weights[key] = np.array(a, dtype=np.float32, order="C")
-        self._engine = self._build_engine(weights)
+        engine = self._build_engine(weights)
+        if self._unfamiliar is not None:
+            head = {"%s/%s" % (d["name"], w) for d in self.architecture.get("head", []) for w in ("kernel", "bias")}
+            if all(np.array_equal(weights[k], self._weights[k]) for k in weights if k not in head):
+                engine.set_unfamiliar(*self._unfamiliar_args())
+            else:  # statistics of the old backbone's features would be wrong for the new one
+                import warnings
+
+                warnings.warn("model %r: the backbone's weights changed, so its out-of-distribution statistics "
+                              "were dropped; refit them with covidx.fit_unfamiliar" % self.name, stacklevel=3)
+                self._unfamiliar = None
+        self._engine = engine
         self._weights = weights
 
     def _build_engine(self, w):
@@ -141,9 +153,37 @@ class Model:
             out[k] = v
         return out
 
+    # --- out-of-distribution statistics ----------------------------------------------------------
+
+    @property
+    def unfamiliar(self):
+        """The out-of-distribution statistics (covidx.unfamiliar.UnfamiliarStats), or None."""
+        return self._unfamiliar
+
+    def set_unfamiliar(self, stats):
+        """Attaches out-of-distribution statistics (from covidx.fit_unfamiliar), or None to drop them."""
+        from .unfamiliar import UnfamiliarStats
+
+        if stats is not None and not isinstance(stats, UnfamiliarStats):
+            raise TypeError("set_unfamiliar: expected covidx.unfamiliar.UnfamiliarStats or None, got %s"
+                            % type(stats).__name__)
+        if stats is not None and self.architecture.get("pooling") is None:
+            raise ValueError("set_unfamiliar: the model has no global pooling")
+        self._unfamiliar = stats
+        self._engine.set_unfamiliar(*self._unfamiliar_args()) if stats is not None else self._engine.set_unfamiliar(None)
+
+    def _unfamiliar_args(self):
+        u = self._unfamiliar
+        return u.basis, u.variances, u.residual_variance, u.means, u.threshold
+
+    def _check_unfamiliar(self):
+        if self._unfamiliar is None:
+            raise ValueError("model %r has no out-of-distribution statistics: fit them with "
+                             "covidx.fit_unfamiliar(model, train_generator) (the shipped model has them)" % self.name)
+
     # --- inference -------------------------------------------------------------------------------
 
-    def _run(self, x, batch_size, output, verbose=0):
+    def _run(self, x, batch_size, output, verbose=0, unfamiliar=False):
         x = _as_images(x)
         if batch_size is None:
             batch_size = 32
@@ -153,13 +193,16 @@ class Model:
         bar = Progbar(steps, verbose=verbose) if verbose else None
         parts = []
         for i in range(steps):
-            parts.append(self._engine.forward(x[i * batch_size:(i + 1) * batch_size], output=OUTPUTS[output]))
+            parts.append(self._engine.forward(x[i * batch_size:(i + 1) * batch_size], output=OUTPUTS[output],
+                                              unfamiliar=unfamiliar))
             if bar:
                 bar.update(i + 1, [], finalize=i + 1 == steps)
+        if unfamiliar:
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _forward(self, x, output="head"):
-        return self._engine.forward(_as_images(x), output=OUTPUTS[output])
+    def _forward(self, x, output="head", unfamiliar=False):
+        return self._engine.forward(_as_images(x), output=OUTPUTS[output], unfamiliar=unfamiliar)
 
     def _output_tail(self, output, input_shape):
         """The per-sample output shape for images of input_shape (batch, h, w, 3)."""
@@ -178,20 +221,27 @@ class Model:
     def _is_array(self, x):
         return isinstance(x, (np.ndarray, list)) or (isinstance(x, tuple) and not evaluation.is_sequence(x))
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, **kwargs):
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *, return_unfamiliar=False,
+                **kwargs):
         """Outputs for images: an array (batch, height, width, 3), used exactly as given (no
         preprocessing, as in Keras), or an image iterator/generator, whose batches are loaded in
         the background while the engine computes. verbose: 'auto' (=1), 0, 1 or 2.
 
+        return_unfamiliar=True: returns (outputs, scores), scores (batch,) each image's
+        out-of-distribution score from the same forward pass (see covidx.unfamiliar): above 1,
+        the image is unlike the training images (about 1% of images like them score above 1).
+
         With an iterator made with on_error='skip', rows of unreadable files are NaN, so the rows
         stay aligned with the iterator's order."""
         _check_legacy_kwargs("predict", kwargs)
+        if return_unfamiliar:
+            self._check_unfamiliar()
         verbose = 1 if verbose == "auto" else verbose
         if self._is_array(x):
             if steps is not None:  # only the first `steps` batches are computed
                 x = x[:steps * (batch_size or 32)]
-            return self._run(x, batch_size, "head", verbose)
-        return evaluation.predict(self, x, batch_size, verbose, steps, "head")
+            return self._run(x, batch_size, "head", verbose, unfamiliar=bool(return_unfamiliar))
+        return evaluation.predict(self, x, batch_size, verbose, steps, "head", unfamiliar=bool(return_unfamiliar))
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False, **kwargs):
@@ -364,6 +414,9 @@ class Model:
         if self._compiled is not None and self._compiled["config"]["loss"] is not None:
             meta["training_config"] = json.dumps(self._compiled["config"])
         tensors = {k: v.astype(dtype) for k, v in self._weights.items()}
+        if self._unfamiliar is not None:  # always float32: the residual term is a small difference
+            stats_tensors, meta["unfamiliar"] = self._unfamiliar.to_file()
+            tensors.update(stats_tensors)
         safetensors_io.save(os.fspath(path), tensors, meta)
 
     def __repr__(self):
@@ -422,8 +475,13 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
     arch = field("architecture")
     try:
         architecture.validate(arch)
+        stats = {k: tensors.pop(k) for k in list(tensors) if k.startswith("unfamiliar/")}
         model = Model(arch, tensors, class_names=field("class_names"), preprocessing=field("preprocessing"),
                       name=meta.get("name", "resnet50"))
+        if "unfamiliar" in meta or stats:
+            from .unfamiliar import UnfamiliarStats
+
+            model.set_unfamiliar(UnfamiliarStats.from_file(stats, meta.get("unfamiliar", "null"), path))
         training = field("training_config")
         if isinstance(training, dict) and isinstance(training.get("loss"), str):
             model.compile(loss=training["loss"], metrics=list(training.get("metrics") or []))

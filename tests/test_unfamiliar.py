@@ -1,0 +1,180 @@
+"""The out-of-distribution score: the engine's value against an independent NumPy computation of
+the Mahalanobis distance from the same features, the threshold, files, and the API around it."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import covidx
+from covidx.applications.resnet50 import ResNet50
+from covidx.data import sample_files
+from covidx.preprocessing.image import img_to_array, load_img
+from covidx.unfamiliar import UnfamiliarStats
+
+SIZE = 64
+
+
+def images(n, seed):
+    """n variants of the bundled X-rays at SIZE x SIZE (brightness, contrast, noise, mirror), in
+    [0, 1], and their labels (the folder of the sample: 0 COVID-19, 1 Normal)."""
+    rng = np.random.default_rng(seed)
+    base = [(img_to_array(load_img(p, target_size=(SIZE, SIZE))) / 255.0, int(label != "COVID-19"))
+            for p, label in sample_files()]
+    xs, ys = [], []
+    for i in range(n):
+        x, y = base[i % len(base)]
+        x = x[:, ::-1] if rng.random() < 0.5 else x
+        x = (x - 0.5) * rng.uniform(0.7, 1.3) + 0.5 + rng.uniform(-0.1, 0.1) + rng.normal(0, 0.03, x.shape)
+        xs.append(np.clip(x, 0, 1))
+        ys.append(y)
+    return np.stack(xs).astype(np.float32), np.array(ys)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    model = ResNet50(weights=None, classes=2, head=(32,), input_norm=1e-5, seed=7)
+    x, y = images(96, seed=1)
+    hx, hy = images(40, seed=2)
+    stats = covidx.fit_unfamiliar(model, (x, y), holdout=(hx, hy))
+    return model, stats, (x, y), (hx, hy)
+
+
+def numpy_distances(stats, features):
+    """The textbook formula with the full covariance matrix: Sigma = V diag(lambda) V^T +
+    sigma2 (I - V V^T), d_c^2 = (f - mu_c)^T Sigma^-1 (f - mu_c), minimum over classes."""
+    v = stats.basis.astype(np.float64)
+    proj = v @ v.T
+    sigma = v @ np.diag(stats.variances) @ v.T + stats.residual_variance * (np.eye(len(v)) - proj)
+    best = np.full(len(features), np.inf)
+    for mu in stats.means.astype(np.float64):
+        g = features.astype(np.float64) - mu
+        best = np.minimum(best, np.einsum("ij,ij->i", g, np.linalg.solve(sigma, g.T).T))
+    return np.sqrt(best)
+
+
+def test_score_matches_numpy_mahalanobis(fitted):
+    model, stats, _, _ = fitted
+    x, _ = images(24, seed=3)
+    x[-4:] = np.random.default_rng(4).uniform(0, 1, x[-4:].shape)  # noise images: far away
+    probs, scores = model.predict(x, return_unfamiliar=True, verbose=0)
+    np.testing.assert_array_equal(probs, model.predict(x, verbose=0))  # the same forward pass, same outputs
+    want = numpy_distances(stats, model.features(x)) / stats.threshold
+    assert scores.shape == (24,) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, want, rtol=1e-4)
+    # the plain C reference agrees too
+    _, ref_scores = model._engine.forward(x, reference=True, unfamiliar=True)
+    np.testing.assert_allclose(ref_scores, want, rtol=1e-4)
+    # images unlike the fitted ones score far higher than the X-ray variants
+    assert scores[-4:].min() > 1 and scores[-4:].min() > 2 * np.median(scores[:-4])
+    # a smaller batch (another GEMM tiling, so features equal to float rounding) gives the same scores
+    np.testing.assert_allclose(model.predict(x[5:9], return_unfamiliar=True, verbose=0)[1], scores[5:9], rtol=1e-5)
+
+
+def test_threshold_is_the_held_out_quantile(fitted):
+    model, stats, (x, y), (hx, hy) = fitted
+    _, held = model.predict(hx, return_unfamiliar=True, verbose=0)
+    assert np.mean(held > 1) <= 0.01 + 1.0 / len(hx)
+    assert abs(np.quantile(held, 0.99) - 1.0) < 1e-4
+    assert stats.info["fitted_on"] == len(x) and stats.info["held_out"] == len(hx)
+    assert 1 <= stats.components <= 256 and stats.means.shape == (2, 2048)
+
+
+def test_statistics_travel_with_the_file(fitted, tmp_path):
+    model, stats, _, (hx, _) = fitted
+    path = tmp_path / "with_stats.safetensors"
+    model.save(path, dtype="float16")
+    back = covidx.load_model(path)
+    assert back.unfamiliar is not None and back.unfamiliar.threshold == stats.threshold
+    np.testing.assert_array_equal(back.unfamiliar.basis, stats.basis)  # float32 even in a float16 file
+    # the same statistics give the same scores for the (float16-rounded) model's own features
+    _, got = back.predict(hx[:6], return_unfamiliar=True, verbose=0)
+    np.testing.assert_allclose(got, numpy_distances(stats, back.features(hx[:6])) / stats.threshold, rtol=1e-4)
+
+
+def test_model_without_statistics_says_so(tmp_path):
+    model = ResNet50(weights=None, classes=2, head=(8,), seed=1)
+    assert model.unfamiliar is None
+    x, _ = images(2, seed=5)
+    with pytest.raises(ValueError, match="no out-of-distribution statistics.*fit_unfamiliar"):
+        model.predict(x, return_unfamiliar=True)
+    assert model.predict(x, verbose=0).shape == (2, 2)  # works as before
+    model.save(tmp_path / "plain.safetensors")
+    assert covidx.load_model(tmp_path / "plain.safetensors").unfamiliar is None
+
+
+def test_changed_backbone_drops_the_statistics_head_change_keeps_them(fitted):
+    model, stats, _, (hx, _) = fitted
+    weights = model.get_weights()
+    keys = model._weight_keys()
+    head = [i for i, k in enumerate(keys) if k.startswith("dense")]
+    changed_head = list(weights)
+    changed_head[head[0]] = weights[head[0]] * 1.5
+    model.set_weights(changed_head)
+    assert model.unfamiliar is stats
+    _, scores = model.predict(hx[:3], return_unfamiliar=True, verbose=0)
+    np.testing.assert_allclose(scores, numpy_distances(stats, model.features(hx[:3])) / stats.threshold, rtol=1e-4)
+    changed_backbone = list(weights)
+    changed_backbone[0] = weights[0] * 1.01
+    with pytest.warns(UserWarning, match="statistics were dropped"):
+        model.set_weights(changed_backbone)
+    assert model.unfamiliar is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.set_weights(weights)
+    model.set_unfamiliar(stats)  # restore for the other tests
+
+
+def test_iterator_with_a_bad_file_keeps_rows_aligned(fitted, tmp_path):
+    from covidx.preprocessing.image import ImageDataGenerator
+
+    model, stats, _, _ = fitted
+    for cls in ("COV19", "Normal"):
+        os.makedirs(tmp_path / cls)
+    files = sample_files()
+    for i, (p, label) in enumerate(files[:4]):
+        (tmp_path / ("COV19" if label == "COVID-19" else "Normal") / ("%d.png" % i)).write_bytes(open(p, "rb").read())
+    (tmp_path / "Normal" / "broken.png").write_bytes(b"not a png")
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(tmp_path, target_size=(SIZE, SIZE), batch_size=2,
+                                                                 shuffle=False, on_error="skip")
+    probs, scores = model.predict(it, return_unfamiliar=True, verbose=0)
+    bad = [i for i, f in enumerate(it.filenames) if f.endswith("broken.png")]
+    assert len(scores) == len(it.filenames) == 5 and np.isnan(scores[bad]).all() and np.isnan(probs[bad]).all()
+    good = [i for i in range(5) if i not in bad]
+    assert np.isfinite(scores[good]).all()
+
+
+def test_fit_on_a_labelled_iterator_matches_arrays(tmp_path):
+    """fit_unfamiliar on flow_from_directory gives the statistics of the same images as arrays."""
+    from covidx.preprocessing.image import ImageDataGenerator
+
+    x, y = images(30, seed=8)
+    for cls in ("a", "b"):
+        os.makedirs(tmp_path / cls)
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(x, y)):
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(tmp_path / "ab"[label] / ("%02d.png" % i))
+    model = ResNet50(weights=None, classes=2, head=(8,), seed=2)
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(tmp_path, target_size=(SIZE, SIZE), batch_size=7,
+                                                                 class_mode="categorical", shuffle=False)
+    xs = np.concatenate([it[i][0] for i in range(len(it))])
+    ys = np.concatenate([it[i][1] for i in range(len(it))]).argmax(1)
+    from_iterator = covidx.fit_unfamiliar(model, it, holdout=(xs[:10], ys[:10]))
+    from_arrays = covidx.fit_unfamiliar(model, (xs, ys), holdout=(xs[:10], ys[:10]))
+    # features equal to float rounding (the batches differ: 7 against 32 images)
+    scale = np.abs(from_arrays.means).max()
+    np.testing.assert_allclose(from_iterator.means, from_arrays.means, rtol=0, atol=1e-5 * scale)
+    assert from_iterator.threshold == pytest.approx(from_arrays.threshold, rel=1e-3)
+    with pytest.raises(ValueError, match="labels"):
+        covidx.fit_unfamiliar(model, ImageDataGenerator().flow_from_directory(tmp_path, target_size=(SIZE, SIZE),
+                                                                              class_mode=None))
+
+
+def test_bad_statistics_are_refused():
+    with pytest.raises(ValueError, match="expected basis"):
+        UnfamiliarStats(np.zeros((10, 2)), np.ones(2), 1.0, np.zeros((2, 10)), 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        UnfamiliarStats(np.zeros((2048, 2)), np.array([1.0, np.nan]), 1.0, np.zeros((2, 2048)), 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        UnfamiliarStats(np.zeros((2048, 2)), np.ones(2), 1.0, np.zeros((2, 2048)), 0.0)
