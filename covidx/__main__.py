@@ -88,7 +88,10 @@ def cmd_evaluate(args):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unreadable files are listed at the end instead
-        p = model.predict(it, verbose=1)
+        if model.unfamiliar is not None:
+            p, scores = model.predict(it, verbose=1, return_unfamiliar=True)
+        else:
+            p, scores = model.predict(it, verbose=1), None
     from covidx import losses, reports
     from covidx.evaluation import apply_alignment, class_alignment
 
@@ -106,8 +109,11 @@ def cmd_evaluate(args):
     print(reports.format_summary(result))
     if not trained:
         print("(random weights: these numbers only show the pipeline working)")
+    flagged = unfamiliar_files(it.filepaths, scores, ok)
+    print_unfamiliar(flagged, int(ok.sum()), scores is not None)
     if args.report:
-        write_html_report(args.report, model, it, labels[ok], p[ok], names, ok, directory)
+        write_html_report(args.report, model, it, labels[ok], p[ok], names, ok, directory,
+                          None if scores is None else scores[ok])
     if it.skipped:
         print("%d file(s) could not be read:" % len(it.skipped))
         for path, reason in it.skipped:
@@ -116,12 +122,31 @@ def cmd_evaluate(args):
     return 0
 
 
-def write_html_report(path, model, it, labels, probs, names, ok, directory):
+def unfamiliar_files(paths, scores, ok):
+    """[(path, score)] of the readable images scored above 1, highest first."""
+    if scores is None:
+        return []
+    flagged = [(path, float(s)) for path, s, good in zip(paths, scores, ok) if good and s > 1]
+    return sorted(flagged, key=lambda item: -item[1])
+
+
+def print_unfamiliar(flagged, scored, available):
+    if not available:
+        print("unfamiliar images: not checked (this model has no out-of-distribution statistics; "
+              "covidx.fit_unfamiliar fits them)")
+        return
+    print("unfamiliar images: %d of %d (unlike the training images; their predictions deserve less trust)"
+          % (len(flagged), scored))
+    for path, score in flagged:
+        print("  %s: score %.2f" % (path, score))
+
+
+def write_html_report(path, model, it, labels, probs, names, ok, directory, scores=None):
     from covidx import report_html
 
     files = [f for f, good in zip(it.filepaths, ok) if good]
     report_html.write_report(path, labels, probs, names, files=files, model=model, skipped=it.skipped,
-                             source=directory)
+                             source=directory, unfamiliar=scores)
     print("report written to %s" % path)
 
 
@@ -148,20 +173,33 @@ def cmd_predict(args):
             except (ImageFileError, OSError) as e:
                 errors[path] = str(e)
         arrays = [img_to_array(images[p]) for p in chunk if p in images]
-        probs = iter(model.predict(model.preprocess(np.stack(arrays)), verbose=0)) if arrays else iter(())
+        scores = iter(())
+        if not arrays:
+            probs = iter(())
+        elif model.unfamiliar is not None:
+            probs, scores = (iter(a) for a in model.predict(model.preprocess(np.stack(arrays)), verbose=0,
+                                                             return_unfamiliar=True))
+        else:
+            probs = iter(model.predict(model.preprocess(np.stack(arrays)), verbose=0))
         for path in chunk:
             if path in errors:
                 failed += 1
                 records.append({"path": path, "error": errors[path]})
                 continue
             p = next(probs)
+            score = next(scores, None)
             rec = {"path": path, "probabilities": {n: float(v) for n, v in zip(names, p)},
-                   "predicted": predicted_name(p, names)}
+                   "predicted": predicted_name(p, names),
+                   "unfamiliar": None if score is None else bool(score > 1),
+                   "unfamiliar_score": None if score is None else round(float(score), 4)}
             if heatmaps:
                 rec["gradcam"] = heatmaps.write(path, images[path], p)
             records.append(rec)
         if bar:
             bar.update(min(start + args.batch_size, len(paths)))
+    if model.unfamiliar is None:
+        print("note: this model has no out-of-distribution statistics, so no image is checked for being unlike "
+              "the training images", file=sys.stderr)
     write_records(records, names, args)
     if heatmaps and heatmaps.written:
         print("%d Grad-CAM overlay(s) written to %s" % (heatmaps.written, args.gradcam), file=sys.stderr)
@@ -207,20 +245,28 @@ def write_records(records, names, args):
     if args.csv:
         w = csv.writer(out)
         heatmaps = ["gradcam"] if args.gradcam else []
-        w.writerow(["path"] + names + ["predicted", "error"] + heatmaps)
+        w.writerow(["path"] + names + ["predicted", "unfamiliar", "unfamiliar_score", "error"] + heatmaps)
         for r in records:
             probs = r.get("probabilities", {})
+            flag, score = r.get("unfamiliar"), r.get("unfamiliar_score")
             w.writerow([r["path"]] + ["%.6f" % probs[n] if n in probs else "" for n in names]
-                       + [r.get("predicted", ""), r.get("error", "")] + [r.get("gradcam", "") for _ in heatmaps])
+                       + [r.get("predicted", ""), "" if flag is None else str(flag).lower(),
+                          "" if score is None else "%.4f" % score, r.get("error", "")]
+                       + [r.get("gradcam", "") for _ in heatmaps])
         return
     width = max([len("file")] + [len(r["path"]) for r in records])
-    out.write("%-*s  %s  predicted\n" % (width, "file", "  ".join("%8s" % n for n in names)))
+    checked = any(r.get("unfamiliar") is not None for r in records)
+    out.write("%-*s  %s  predicted%s\n" % (width, "file", "  ".join("%8s" % n for n in names),
+                                          "  unfamiliar (score)" if checked else ""))
     for r in records:
         if "error" in r:
             out.write("%-*s  ERROR: %s\n" % (width, r["path"], r["error"]))
-        else:
-            out.write("%-*s  %s  %s\n" % (width, r["path"], "  ".join("%8.4f" % r["probabilities"][n] for n in names),
-                                          r["predicted"]))
+            continue
+        flag = ""
+        if r.get("unfamiliar") is not None:
+            flag = "  %-10s (%.2f)" % ("YES" if r["unfamiliar"] else "no", r["unfamiliar_score"])
+        out.write("%-*s  %s  %-9s%s\n" % (width, r["path"], "  ".join("%8.4f" % r["probabilities"][n] for n in names),
+                                         r["predicted"], flag))
 
 
 def cmd_info(args):

@@ -58,8 +58,11 @@ def predict_files(paths, client=None, *, model_path=None, batch_size=16, chunk_s
                   target_size=(224, 224), progress=False):
     """Class probabilities for every file, computed on a Dask cluster; a pandas DataFrame with one
     row per file, in the order given: path, one probability column per class (named by class),
-    predicted (the class name) and error (why the file could not be read). For an unreadable file
-    the probabilities and predicted are missing (NaN); for the others error is.
+    predicted (the class name), unfamiliar (True where the image is unlike the training images)
+    and unfamiliar_score (its out-of-distribution score; above 1 is unfamiliar), and error (why
+    the file could not be read). For an unreadable file the probabilities, predicted and the
+    unfamiliar columns are missing (NaN/None); for the others error is. For a model without
+    out-of-distribution statistics the unfamiliar columns are missing too.
 
     paths: a list of files and folders, or one folder (searched recursively for images and .dcm).
     client: a dask.distributed Client; None uses the current default client, or starts a
@@ -178,7 +181,8 @@ def thread_share(workers_per_host):
 
 
 def score_chunk(paths, model_path=None, workers_per_host=None, batch_size=16, target_size=(224, 224)):
-    """Runs on a worker: {'class_names': [...], 'rows': [(path, probabilities or None, error or None)]}."""
+    """Runs on a worker: {'class_names': [...], 'rows': [(path, probabilities or None, error or None,
+    out-of-distribution score or None)]}."""
     from .preprocessing.image import ImageFileError, img_to_array, load_img
 
     model, lock = worker_model(model_path, workers_per_host)
@@ -191,15 +195,19 @@ def score_chunk(paths, model_path=None, workers_per_host=None, batch_size=16, ta
         except Exception as e:  # a damaged file must not cost the other files of its chunk
             errors[path] = "%s: %s" % (type(e).__name__, e)
     readable = [p for p in paths if p in arrays]
-    probs = {}
+    probs, scores = {}, {}
     for start in range(0, len(readable), batch_size):
         batch = readable[start:start + batch_size]
         x = model.preprocess(np.stack([arrays[p] for p in batch]))
         with lock:  # one engine call at a time per worker: each already uses the worker's share of cores
-            out = model.predict(x, verbose=0)
+            if model.unfamiliar is not None:
+                out, batch_scores = model.predict(x, verbose=0, return_unfamiliar=True)
+                scores.update(zip(batch, (float(v) for v in batch_scores)))
+            else:
+                out = model.predict(x, verbose=0)
         probs.update(zip(batch, (np.asarray(row, np.float64) for row in out)))
     return {"class_names": output_names(model),
-            "rows": [(p, probs.get(p), errors.get(p)) for p in paths]}
+            "rows": [(p, probs.get(p), errors.get(p), scores.get(p)) for p in paths]}
 
 
 # --- the table ---------------------------------------------------------------------------------------
@@ -213,20 +221,23 @@ def to_frame(results):
     columns = probability_columns(names)
     table = {"path": []}
     table.update({c: [] for c in columns})
-    table["predicted"], table["error"] = [], []
+    table["predicted"], table["unfamiliar"], table["unfamiliar_score"], table["error"] = [], [], [], []
     for result in results:
-        for path, probs, error in result["rows"]:
+        for path, probs, error, score in result["rows"]:
             table["path"].append(path)
             for i, c in enumerate(columns):
                 table[c].append(np.nan if probs is None else float(probs[i]))
             table["predicted"].append(None if probs is None else predicted_name(probs, names))
+            table["unfamiliar"].append(None if score is None else bool(score > 1))
+            table["unfamiliar_score"].append(np.nan if score is None else score)
             table["error"].append(error)
     return pd.DataFrame(table)
 
 
 def probability_columns(names):
     """A probability column per class, named by the class (prefixed 'p_' if a name is taken)."""
-    return ["p_" + n if n in ("path", "predicted", "error") else n for n in names]
+    taken = ("path", "predicted", "unfamiliar", "unfamiliar_score", "error")
+    return ["p_" + n if n in taken else n for n in names]
 
 
 def output_names(model):

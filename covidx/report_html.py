@@ -31,23 +31,47 @@ figcaption { font-size: 12px; color: #444; } .wrong { color: #b03a2e; font-weigh
 """
 
 
+def unfamiliar_section(scores, files, model):
+    """How many images were flagged as unlike the training images, and which."""
+    if scores is None:
+        checked = model is not None and getattr(model, "unfamiliar", None) is not None
+        return "" if checked else ("<h2>Unfamiliar images</h2><p class=note>Not checked: the model has no "
+                                   "out-of-distribution statistics (covidx.fit_unfamiliar fits them).</p>")
+    scores = np.asarray(scores, np.float64)
+    flagged = np.flatnonzero(scores > 1)
+    flagged = flagged[np.argsort(-scores[flagged])]
+    text = ("<h2>Unfamiliar images</h2><p>%d of %d images are flagged as unlike the training images "
+            "(out-of-distribution score above 1: farther from the training images' features than 99%% of "
+            "held-out training images). Their predictions deserve less trust; an unflagged image is no "
+            "guarantee.</p>" % (len(flagged), len(scores)))
+    if len(flagged):
+        rows = "".join("<tr><td>%s</td><td>%.2f</td></tr>" % (esc(files[i] if files is not None else "image %d" % i),
+                                                              scores[i]) for i in flagged)
+        text += "<table><tr><th>file</th><th>score</th></tr>%s</table>" % rows
+    return text
+
+
 def write_report(path, labels, probs, class_names, *, files=None, model=None, positive=None,
-                 title="covidx evaluation report", examples=4, skipped=(), source=None, target_size=(224, 224)):
+                 title="covidx evaluation report", examples=4, skipped=(), source=None, target_size=(224, 224),
+                 unfamiliar=None):
     """Writes the report to path and returns path.
 
     labels: true class indices (n,); probs: the model's outputs (n, classes) or (n, 1) for a
     sigmoid; class_names: in the model's output order. files (n paths) and model: to show
     `examples` images with Grad-CAM heatmaps (read at target_size). skipped: (path, reason) pairs
-    of files that could not be read. source: what was evaluated (e.g. the folder), for the header."""
+    of files that could not be read. source: what was evaluated (e.g. the folder), for the header.
+    unfamiliar: the images' out-of-distribution scores (n,) (model.predict(...,
+    return_unfamiliar=True)); the report counts and lists those above 1."""
     page = report_html(labels, probs, class_names, files=files, model=model, positive=positive, title=title,
-                       examples=examples, skipped=skipped, source=source, target_size=target_size)
+                       examples=examples, skipped=skipped, source=source, target_size=target_size,
+                       unfamiliar=unfamiliar)
     with open(os.fspath(path), "w", encoding="utf-8") as f:
         f.write(page)
     return path
 
 
 def report_html(labels, probs, class_names, *, files=None, model=None, positive=None, title="covidx evaluation report",
-                examples=4, skipped=(), source=None, target_size=(224, 224)):
+                examples=4, skipped=(), source=None, target_size=(224, 224), unfamiliar=None):
     """The report as an HTML string (see write_report)."""
     labels = np.asarray(labels, np.int64)
     probs = two_columns(probs)
@@ -64,6 +88,7 @@ def report_html(labels, probs, class_names, *, files=None, model=None, positive=
     if model is not None and files is not None and examples:
         parts += ["<h2>Examples with Grad-CAM heatmaps</h2>",
                   examples_section(model, files, labels, probs, names, pos, examples, target_size)]
+    parts.append(unfamiliar_section(unfamiliar, files, model))
     if skipped:
         items = "".join("<li>%s: %s</li>" % (esc(p), esc(r)) for p, r in skipped)
         parts.append("<h2>Files that could not be read (%d)</h2><ul class=note>%s</ul>" % (len(skipped), items))

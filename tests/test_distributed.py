@@ -21,7 +21,13 @@ SIZE = (64, 64)  # small images keep the cluster test fast; the code path is the
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
+    """A model with out-of-distribution statistics, fitted on noisy variants of the samples."""
     model = ResNet50(weights=None, classes=2, class_names=["COV19", "Normal"], seed=3, preprocessing="caffe")
+    rng = np.random.default_rng(0)
+    x = np.stack([img_to_array(load_img(p, target_size=SIZE)) for p, _ in sample_files()] * 8)
+    y = np.array([label == "Normal" for _, label in sample_files()] * 8, np.int64)
+    x = model.preprocess(np.clip(x * rng.uniform(0.8, 1.2, (len(x), 1, 1, 1)) + rng.normal(0, 8, x.shape), 0, 255))
+    covidx.fit_unfamiliar(model, (x, y))
     path = tmp_path_factory.mktemp("model") / "m.safetensors"
     model.save(path)
     return str(path)
@@ -50,9 +56,10 @@ def files(tmp_path_factory):
 
 
 def local_predictions(model_path, paths):
+    """(probabilities, out-of-distribution scores)."""
     model = covidx.load_model(model_path)
     x = model.preprocess(np.stack([img_to_array(load_img(p, target_size=SIZE)) for p in paths]))
-    return model.predict(x, verbose=0)
+    return model.predict(x, verbose=0, return_unfamiliar=True)
 
 
 def test_matches_local_predict_with_bad_files_reported(client, model_file, files):
@@ -60,17 +67,22 @@ def test_matches_local_predict_with_bad_files_reported(client, model_file, files
     paths = good[:3] + [bad] + good[3:] + [missing]
     table = cdist.predict_files(paths, client, model_path=model_file, chunk_size=3, batch_size=2, target_size=SIZE)
     assert isinstance(table, pd.DataFrame)
-    assert list(table.columns) == ["path", "COV19", "Normal", "predicted", "error"]
+    assert list(table.columns) == ["path", "COV19", "Normal", "predicted", "unfamiliar", "unfamiliar_score", "error"]
     assert list(table["path"]) == paths
     ok = table["error"].isna()
     assert list(ok) == [p not in (bad, missing) for p in paths]
     # one image at a time: at this size the workers' batches of 1-2 images take the same
     # convolution algorithms (Winograd or im2col is chosen by the number of tiles in a batch)
-    want = np.concatenate([local_predictions(model_file, [p]) for p in good])
+    local = [local_predictions(model_file, [p]) for p in good]
+    want = np.concatenate([probs for probs, _ in local])
     np.testing.assert_allclose(table.loc[ok, ["COV19", "Normal"]].to_numpy(), want, rtol=0, atol=1e-6)
     assert list(table.loc[ok, "predicted"]) == [["COV19", "Normal"][i] for i in np.argmax(want, axis=1)]
+    scores = np.concatenate([s for _, s in local])
+    np.testing.assert_allclose(table.loc[ok, "unfamiliar_score"].to_numpy(np.float64), scores, rtol=1e-5)
+    assert list(table.loc[ok, "unfamiliar"]) == list(scores > 1)
     broken = table.set_index("path").loc[bad]
     assert np.isnan(broken["COV19"]) and pd.isna(broken["predicted"]) and "broken.png" in broken["error"]
+    assert pd.isna(broken["unfamiliar"]) and np.isnan(broken["unfamiliar_score"])
     assert "no such image file" in table.set_index("path").loc[missing, "error"]
 
 

@@ -178,3 +178,90 @@ def test_bad_statistics_are_refused():
         UnfamiliarStats(np.zeros((2048, 2)), np.array([1.0, np.nan]), 1.0, np.zeros((2, 2048)), 1.0)
     with pytest.raises(ValueError, match="positive"):
         UnfamiliarStats(np.zeros((2048, 2)), np.ones(2), 1.0, np.zeros((2, 2048)), 0.0)
+
+
+# --- where users see it: covidx predict / evaluate and the HTML report --------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    """A 224x224 model file with statistics fitted on variants of the samples, and a folder of the
+    samples (in class folders) plus a noise image (which must be flagged)."""
+    from PIL import Image
+
+    model = ResNet50(weights=None, classes=2, head=(16,), class_names=["COV19", "Normal"], input_norm=1e-5,
+                     preprocessing={"rescale": 1 / 255}, seed=9)
+    rng = np.random.default_rng(3)
+    base = np.stack([img_to_array(load_img(p, target_size=(224, 224))) for p, _ in sample_files()]) / 255.0
+    labels = np.array([label == "Normal" for _, label in sample_files()], np.int64)
+    x = np.concatenate([np.clip(base * rng.uniform(0.8, 1.2, (8, 1, 1, 1)) + rng.normal(0, 0.03, base.shape), 0, 1)
+                        for _ in range(4)]).astype(np.float32)
+    covidx.fit_unfamiliar(model, (x, np.tile(labels, 4)), holdout=(base.astype(np.float32), labels))
+    root = tmp_path_factory.mktemp("cli")
+    path = root / "model.safetensors"
+    model.save(path)
+    data = root / "data"
+    for p, label in sample_files():
+        os.makedirs(data / label, exist_ok=True)
+        (data / label / os.path.basename(p)).write_bytes(open(p, "rb").read())
+    noise = data / "Normal" / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(noise)
+    return str(path), data, str(noise)
+
+
+def test_cli_predict_records_and_table(cli_model, capsys):
+    import json
+
+    from covidx import __main__ as cli
+
+    path, data, noise = cli_model
+    files = sorted(str(p) for p in data.rglob("*.png"))
+    assert cli.main(["predict", *files, "--json", "--model", path]) == 0
+    records = json.loads(capsys.readouterr().out)
+    model = covidx.load_model(path)
+    x = model.preprocess(np.stack([img_to_array(load_img(f, target_size=(224, 224))) for f in files]))
+    _, want = model.predict(x, return_unfamiliar=True, verbose=0)
+    assert [r["path"] for r in records] == files
+    np.testing.assert_allclose([r["unfamiliar_score"] for r in records], want, rtol=0, atol=1e-4)
+    assert [r["unfamiliar"] for r in records] == list(want > 1)
+    assert records[files.index(noise)]["unfamiliar"] is True
+    assert cli.main(["predict", *files, "--csv", "--model", path]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split(",")[3:6] == ["predicted", "unfamiliar", "unfamiliar_score"]
+    assert rows[1 + files.index(noise)].split(",")[4] == "true"
+    assert cli.main(["predict", *files, "--model", path]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "unfamiliar (score)" in table[0]
+    assert "YES" in table[1 + files.index(noise)] and sum("YES" in line for line in table) == int((want > 1).sum())
+
+
+def test_cli_evaluate_and_report_list_the_flagged_images(cli_model, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from covidx import __main__ as cli
+
+    path, data, noise = cli_model
+    report = tmp_path / "report.html"
+    assert cli.main(["evaluate", str(data), "--model", path, "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("unfamiliar images:"))
+    flagged = int(line.split()[2])
+    assert line.startswith("unfamiliar images: %d of 9" % flagged) and flagged >= 1 and noise in out
+    page = report.read_text(encoding="utf-8")
+    assert "<h2>Unfamiliar images</h2>" in page and "%d of 9 images are flagged" % flagged in page
+    assert noise in page
+
+
+def test_cli_without_statistics_says_so(tmp_path, capsys):
+    import json
+
+    from covidx import __main__ as cli
+
+    path = tmp_path / "plain.safetensors"
+    ResNet50(weights=None, classes=2, head=(8,), class_names=["COV19", "Normal"], seed=1,
+             preprocessing={"rescale": 1 / 255}).save(path)
+    sample = sample_files()[0][0]
+    assert cli.main(["predict", sample, "--json", "--model", str(path)]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)[0]
+    assert record["unfamiliar"] is None and record["unfamiliar_score"] is None
+    assert "no out-of-distribution statistics" in captured.err
