@@ -65,6 +65,7 @@ class Model:
         self._weights = {}
         self._engine = None
         self._unfamiliar = None
+        self.calibration = None  # how the outputs were calibrated (a dict, kept in covidx files), if they were
         self._set_named_weights(weights)
 
     # --- weights ---------------------------------------------------------------------------------
@@ -411,6 +412,8 @@ class Model:
         }
         if self.class_names is not None:
             meta["class_names"] = json.dumps(self.class_names)
+        if self.calibration is not None:
+            meta["calibration"] = json.dumps(self.calibration)
         if self._compiled is not None and self._compiled["config"]["loss"] is not None:
             meta["training_config"] = json.dumps(self._compiled["config"])
         tensors = {k: v.astype(dtype) for k, v in self._weights.items()}
@@ -478,6 +481,8 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
         stats = {k: tensors.pop(k) for k in list(tensors) if k.startswith("unfamiliar/")}
         model = Model(arch, tensors, class_names=field("class_names"), preprocessing=field("preprocessing"),
                       name=meta.get("name", "resnet50"))
+        calibration = field("calibration")
+        model.calibration = calibration if isinstance(calibration, dict) else None
         if "unfamiliar" in meta or stats:
             from .unfamiliar import UnfamiliarStats
 

@@ -140,6 +140,25 @@ def score_histogram_figure(scores, truth, positive_name="positive", threshold=0.
     return fig
 
 
+def reliability_figure(curves, title="Reliability diagram"):
+    """curves: {label: reports.reliability_bins(...) rows}. Accuracy against mean confidence per
+    bin (marker area by count) with the diagonal of perfect calibration."""
+    fig = _figure(4.6, 4.2)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color=COLOURS["chance"], linestyle="--", linewidth=1, label="perfect calibration")
+    for (label, rows), colour in zip(curves.items(), [COLOURS["point"], COLOURS["curve"], COLOURS["negative"]]):
+        conf = [r[3] for r in rows]
+        acc = [r[4] for r in rows]
+        ax.plot(conf, acc, color=colour, linewidth=1.2, marker="o", markersize=3, label=label)
+        ax.scatter(conf, acc, s=[max(8.0, 2.0 * r[2] ** 0.75) for r in rows], color=colour, alpha=0.35)
+    _unit_axes(ax, "mean confidence (top class)", "accuracy")
+    ax.set_xlim(0.45, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def _unit_axes(ax, xlabel, ylabel):
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)

@@ -82,6 +82,41 @@ def classification_summary(labels, probs, names, positive=None):
     }
 
 
+def reliability_bins(probs, labels, bins=15):
+    """Top-class confidence against accuracy in `bins` equal-width bins of (0, 1]: a list of
+    (low, high, count, mean confidence, accuracy) for the bins that hold images."""
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim == 2 and probs.shape[1] == 1:
+        probs = np.concatenate([1 - probs, probs], axis=1)
+    conf, right = probs.max(1), probs.argmax(1) == np.asarray(labels)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # (low, high] per bin
+    out = []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            out.append((float(edges[b]), float(edges[b + 1]), int(inside.sum()), float(conf[inside].mean()),
+                        float(right[inside].mean())))
+    return out
+
+
+def expected_calibration_error(probs, labels, bins=15):
+    """ECE (Guo et al. 2017): the image-weighted mean |accuracy - confidence| over the
+    reliability bins."""
+    rows = reliability_bins(probs, labels, bins)
+    n = sum(r[2] for r in rows)
+    return float(sum(r[2] * abs(r[4] - r[3]) for r in rows) / n) if n else float("nan")
+
+
+def bootstrap_interval(statistic, *arrays, rounds=1000, seed=0):
+    """(estimate, low, high): the statistic and its 95% percentile-bootstrap interval, resampling
+    the images (rows of every array together)."""
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    values = [statistic(*(a[idx] for a in arrays)) for idx in (rng.integers(0, n, n) for _ in range(rounds))]
+    return float(statistic(*arrays)), float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
 def _fmt(triple):
     v, lo, hi = triple
     if math.isnan(v):

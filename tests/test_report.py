@@ -216,3 +216,34 @@ def test_cli_info_lists_the_optional_packages(capsys):
     assert "OpenBLAS" in out and "optional packages:" in out
     for name in ("pydicom", "matplotlib", "dask", "pandas"):
         assert name in out
+
+
+def test_expected_calibration_error_by_hand():
+    # 15 bins of width 1/15: 0.55 and 0.58 fall in (0.533, 0.6], 0.95 and 0.97 in (0.933, 1]
+    probs = np.array([[0.55, 0.45], [0.05, 0.95], [0.97, 0.03], [0.42, 0.58]])
+    labels = np.array([0, 0, 0, 1])
+    rows = reports.reliability_bins(probs, labels)
+    assert [(r[2], round(r[3], 6), r[4]) for r in rows] == [(2, 0.565, 1.0), (2, 0.96, 0.5)]
+    assert reports.expected_calibration_error(probs, labels) == pytest.approx((2 * 0.435 + 2 * 0.46) / 4)
+    # a sigmoid column is read as P(class 1)
+    assert reports.expected_calibration_error(probs[:, 1:], labels) == pytest.approx((2 * 0.435 + 2 * 0.46) / 4)
+    # perfectly calibrated bins give 0
+    assert reports.expected_calibration_error(np.array([[0.75, 0.25]] * 4), np.array([0, 0, 0, 1])) == 0
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    x = np.random.default_rng(1).normal(3.0, 1.0, 400)
+    est, lo, hi = reports.bootstrap_interval(np.mean, x)
+    assert est == pytest.approx(x.mean()) and lo < est < hi
+    half = 1.96 * x.std() / np.sqrt(len(x))  # the normal-theory interval, for comparison
+    assert hi - lo == pytest.approx(2 * half, rel=0.2)
+
+
+def test_reliability_figure_plots_the_bins():
+    probs = np.array([[0.55, 0.45], [0.05, 0.95], [0.97, 0.03], [0.42, 0.58]])
+    rows = reports.reliability_bins(probs, np.array([0, 0, 0, 1]))
+    fig = plots.reliability_figure({"model": rows})
+    line = [l for l in fig.axes[0].lines if l.get_label() == "model"][0]
+    np.testing.assert_allclose(line.get_xdata(), [r[3] for r in rows])
+    np.testing.assert_allclose(line.get_ydata(), [r[4] for r in rows])
+    assert plots.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
