@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# How weights/covid_resnet50.safetensors was made, stage by stage (CPU only; see MODEL_CARD.md for
-# the time each took). Development-only dependency: torch==2.13.0.
+# How weights/covid_resnet50.safetensors was made, stage by stage, on a CPU (MODEL_CARD.md gives
+# the time each took on 2 cores). Development-only dependencies: torch==2.13.0 (training) and
+# matplotlib, scikit-image (the model card's diagram and photographs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=../shared/data/cxr/covid19-radiography/train
-# 1. the whole network from scratch at 112x112: AdamW, one-cycle, 7 epochs; batchnorm re-estimated at 224x224
-python weights/train.py --data "$data" --out weights/backbone_112.safetensors
-# 2. five more epochs at 112x112 from stage 1: a second, shorter one-cycle at half the learning rate
-python weights/train.py --data "$data" --init weights/backbone_112.safetensors --epochs 5 --lr 5e-4 \
-    --warmup 0.05 --out weights/backbone_stage2.safetensors
-# 3. the head refitted by covidx on 224x224 features of the same training images (backbone frozen)
-python weights/refit_head.py --data "$data" --backbone weights/backbone_stage2.safetensors \
-    --out weights/covid_resnet50.safetensors --out32 weights/backbone_float32_check.safetensors
-# 4. the model card's figures, computed by covidx (and the same with float32 weights: float16
-#    storage must change no test metric)
+data=../shared/data/cxr/covid19-radiography
+work=${COVIDX_TRAIN_DIR:-/tmp/covidx-train}
+# 1. the whole network from scratch in PyTorch on train + train-extra (4,590 images; a tenth held
+#    out): progressive resizing 96 -> 128 -> 224, batchnorm re-estimated at 224x224; a checkpoint
+#    per epoch (rerun with --resume to continue an interrupted run)
+python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$work" "$@"
+# 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
+#    out-of-distribution statistics of the training features
+python weights/package_model.py --work "$work" --data "$data/train" --data "$data/train-extra" \
+    --out weights/covid_resnet50.safetensors
+# 3. the model card's figures, computed by covidx from the stored file
 python weights/measure.py
-python weights/measure.py --model weights/backbone_float32_check.safetensors --json /tmp/metrics_float32.json
