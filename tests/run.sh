@@ -11,6 +11,6 @@ trap 'rm -rf "$work"' EXIT
 python3 -m venv --clear "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check wheel
 "$venv/bin/pip" wheel -q --no-deps -w "$work/dist" "$root"
-"$venv/bin/pip" install -q --disable-pip-version-check "$work"/dist/covidx-*.whl 'torch==2.13.0' 'keras==3.15.1' scipy pytest h5py onnx onnxruntime pydicom 'dask[distributed]' pandas matplotlib nbclient nbformat ipykernel
+"$venv/bin/pip" install -q --disable-pip-version-check "$work"/dist/covidx-*.whl 'torch==2.13.0' 'keras==3.15.1' scipy pytest h5py onnx onnxruntime pydicom 'dask[distributed]' pandas matplotlib nbclient nbformat ipykernel scikit-image
 cd "$work"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests" "$@"

@@ -265,3 +265,52 @@ def test_cli_without_statistics_says_so(tmp_path, capsys):
     record = json.loads(captured.out)[0]
     assert record["unfamiliar"] is None and record["unfamiliar_score"] is None
     assert "no out-of-distribution statistics" in captured.err
+
+
+# --- the shipped model on real images ------------------------------------------------------------
+
+SHARED_CXR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "cxr")
+
+
+def shipped_scores(folder, classes=None):
+    from covidx.preprocessing.image import ImageDataGenerator
+
+    model = covidx.load_model()
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(folder, target_size=(224, 224), batch_size=32,
+                                                                 class_mode=None, shuffle=False, classes=classes)
+    return model.predict(it, return_unfamiliar=True, verbose=0)[1]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_CXR, "unfamiliar")),
+                    reason="../shared/data/cxr is not beside the checkout")
+def test_shipped_model_flags_unfamiliar_images():
+    """The shipped statistics (fitted on training images only) on the measuring sets: few of the
+    test split flagged, most CT slices, lateral views and children's X-rays flagged."""
+    model = covidx.load_model()
+    assert model.unfamiliar is not None, "the shipped model must carry its out-of-distribution statistics"
+    test = shipped_scores(os.path.join(SHARED_CXR, "covid19-radiography", "test"))
+    assert len(test) == 894 and np.mean(test > 1) <= 0.03
+    unfamiliar = os.path.join(SHARED_CXR, "unfamiliar")
+    for kind, at_least in (("ct", 0.95), ("lateral", 0.80), ("pediatric", 0.60)):
+        scores = shipped_scores(unfamiliar, classes=[kind])
+        assert np.mean(scores > 1) >= at_least, (kind, np.mean(scores > 1))
+
+
+PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "text", "clock", "horse",
+               "immunohistochemistry", "brick", "grass", "gravel", "cell", "colorwheel", "logo")
+
+
+def test_shipped_model_flags_photographs():
+    """scikit-image's sample images (photographs, micrographs, textures, text; none a radiograph),
+    read as covidx reads a file: RGB, nearest resize to 224x224, rescaled by 1/255."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    model = covidx.load_model()
+    x = []
+    for name in PHOTOGRAPHS:
+        a = np.asarray(getattr(skimage_data, name)())
+        a = a.astype(np.uint8) * 255 if a.dtype == bool else a
+        x.append(np.asarray(Image.fromarray(a).convert("RGB").resize((224, 224), Image.NEAREST), np.float32))
+    _, scores = model.predict(np.stack(x) / np.float32(255), return_unfamiliar=True, verbose=0)
+    assert np.mean(scores > 1) >= 0.95, dict(zip(PHOTOGRAPHS, scores.round(2)))
