@@ -19,4 +19,4 @@ cd "$work"
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 PYTHONPATH="$work" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests/test_engine.py" "$root/tests/test_model_files.py" \
-    "$root/tests/test_modes.py" -k "not benchmark"
+    "$root/tests/test_modes.py" "$root/tests/test_unfamiliar.py" -k "not benchmark and not shipped"
