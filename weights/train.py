@@ -307,6 +307,7 @@ def main():
     ap.add_argument("--seed", type=int, default=20210101)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    ap.add_argument("--init", help="start from these weights (an earlier stage's final.pt) instead of from scratch")
     ap.add_argument("--time-steps", type=int, default=0, help="only time this many steps at each size")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -325,6 +326,8 @@ def main():
     total_steps = steps_per_epoch * len(sizes)
     model = build_model(args.seed).to(memory_format=torch.channels_last)
     ema = build_model(args.seed).to(memory_format=torch.channels_last)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, weights_only=True)["state"])
     ema.load_state_dict(model.state_dict())
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
