@@ -100,6 +100,10 @@ def cmd_evaluate(args):
         print(message)
     labels = apply_alignment(it.classes.astype(np.float32), mapping, "sparse", p.shape[1]).astype(int)
     ok = ~np.isnan(p).any(axis=1)
+    if not ok.any():
+        print("covidx evaluate: none of the %d images under %s could be read:" % (len(ok), directory))
+        print_skipped(it.skipped)
+        return 1
     names = model.class_names or [str(i) for i in range(max(p.shape[1], 2))]
     loss = (losses.sparse_categorical_crossentropy(labels[ok], p[ok]) if p.shape[1] > 1
             else losses.binary_crossentropy(labels[ok], p[ok]))
@@ -116,10 +120,14 @@ def cmd_evaluate(args):
                           None if scores is None else scores[ok])
     if it.skipped:
         print("%d file(s) could not be read:" % len(it.skipped))
-        for path, reason in it.skipped:
-            print("  %s: %s" % (path, reason))
+        print_skipped(it.skipped)
         return 1
     return 0
+
+
+def print_skipped(skipped):
+    for path, reason in skipped:
+        print("  %s: %s" % (path, reason))
 
 
 def unfamiliar_files(paths, scores, ok):
@@ -161,7 +169,10 @@ def cmd_predict(args):
     from covidx.distributed import output_names, predicted_name
 
     names = output_names(model)
-    heatmaps = HeatmapWriter(model, args.gradcam) if args.gradcam else None
+    try:
+        heatmaps = HeatmapWriter(model, args.gradcam) if args.gradcam else None
+    except OSError as e:
+        raise UsageError("--gradcam: cannot create the folder %s (%s)" % (args.gradcam, e.strerror or e)) from None
     records, failed = [], 0
     long_run = len(paths) > args.batch_size or (heatmaps and len(paths) > 1)
     bar = covidx.progbar.Progbar(len(paths), verbose=1, stream=sys.stderr) if long_run else None
@@ -172,15 +183,18 @@ def cmd_predict(args):
                 images[path] = load_img(path, target_size=(224, 224))
             except (ImageFileError, OSError) as e:
                 errors[path] = str(e)
-        arrays = [img_to_array(images[p]) for p in chunk if p in images]
+        inputs = {p: model.preprocess(img_to_array(images[p])[None])[0] for p in chunk if p in images}
+        for path, x in inputs.items():
+            if not np.isfinite(x).all():
+                errors[path] = "%s: NaN or infinite values after the model's preprocessing" % path
+        arrays = [inputs[p] for p in chunk if p in inputs and p not in errors]
         scores = iter(())
         if not arrays:
             probs = iter(())
         elif model.unfamiliar is not None:
-            probs, scores = (iter(a) for a in model.predict(model.preprocess(np.stack(arrays)), verbose=0,
-                                                             return_unfamiliar=True))
+            probs, scores = (iter(a) for a in model.predict(np.stack(arrays), verbose=0, return_unfamiliar=True))
         else:
-            probs = iter(model.predict(model.preprocess(np.stack(arrays)), verbose=0))
+            probs = iter(model.predict(np.stack(arrays), verbose=0))
         for path in chunk:
             if path in errors:
                 failed += 1
@@ -300,10 +314,38 @@ def optional_versions():
     return out
 
 
+class UsageError(Exception):
+    """A command line that cannot be carried out: exit status 2 and a one-line message."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (and the exit status 2, as argparse's)."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a positive integer, got %r" % text)
+    return value
+
+
+def thread_count(text):
+    value = positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError("expected 1 to 64 threads, got %r" % text)
+    return value
+
+
 def parser():
-    ap = argparse.ArgumentParser(prog="covidx", description="ResNet50 chest X-ray diagnosis (COVID-19 vs Normal). "
-                                 "Research use only; not for clinical decisions.")
-    ap.add_argument("--threads", type=int, help="engine threads (default: the CPUs available)")
+    ap = ArgumentParser(prog="covidx", description="ResNet50 chest X-ray diagnosis (COVID-19 vs Normal). "
+                        "Research use only; not for clinical decisions.")
+    ap.add_argument("--threads", type=thread_count, help="engine threads, 1 to 64 (default: the CPUs available)")
     sub = ap.add_subparsers(dest="command")
     ev = sub.add_parser("evaluate", help="evaluate on a folder with one sub-folder per class")
     ev.add_argument("dir", nargs="?", help="default: the bundled sample X-rays")
@@ -316,7 +358,7 @@ def parser():
     pr.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay of the predicted class per file")
     for p in (ev, pr):
         p.add_argument("--model", help="a model file (default: the shipped model)")
-        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--batch-size", type=positive_int, default=16)
     sub.add_parser("info", help="versions, OpenBLAS kernel, threads, model card")
     sub.add_parser("samples", help="the same as `covidx evaluate` on the bundled samples")
     return ap
@@ -335,8 +377,8 @@ def main(argv=None):
         if command == "predict":
             return cmd_predict(args)
         return cmd_info(args)
-    except (ValueError, FileNotFoundError, PermissionError, ImportError) as e:
-        print("covidx %s: %s" % (command, e), file=sys.stderr)
+    except (ValueError, FileNotFoundError, PermissionError, ImportError, UsageError) as e:
+        print("covidx %s: %s" % (command, " ".join(str(e).split())), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("covidx: interrupted", file=sys.stderr)

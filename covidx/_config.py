@@ -11,15 +11,18 @@ GENERIC_KERNELS = {"prescott", "nehalem", "sandybridge", "core2", "katmai", "ato
 
 
 def _default_threads():
+    """COVIDX_NUM_THREADS, else the CPUs this process may use. A bad COVIDX_NUM_THREADS must not
+    stop `import covidx`: it is said in a warning and the CPU count used instead."""
     env = os.environ.get("COVIDX_NUM_THREADS")
     if env:
         try:
             n = int(env)
         except ValueError:
-            raise ValueError("COVIDX_NUM_THREADS: expected a positive integer, got %r" % env) from None
-        if n < 1:
-            raise ValueError("COVIDX_NUM_THREADS: expected a positive integer, got %r" % env)
-        return n
+            n = 0
+        if 1 <= n <= 64:
+            return n
+        warnings.warn("COVIDX_NUM_THREADS: expected an integer from 1 to 64, got %r; using the CPU count" % env,
+                      RuntimeWarning, stacklevel=2)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:

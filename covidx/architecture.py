@@ -21,6 +21,11 @@ ACTIVATIONS = {"linear": 0, None: 0, "relu": 1, "softmax": 2, "sigmoid": 3}
 VARIANTS = {"v1": 1, "v1.5": 2}
 POOLINGS = {None: 0, "avg": 1, "max": 2}
 STAGES = [(2, 64, 3, 1), (3, 128, 4, 2), (4, 256, 6, 2), (5, 512, 3, 2)]  # stage, filters, blocks, stride
+# What any architecture covidx runs can need, so that readers can refuse a file's declared sizes before
+# allocating: ResNet50's largest tensor has 2.4M elements and the backbone 23.6M in all; a Dense layer
+# may have up to 2**25 weights (2048 x 16384) and a model 2**26 weights in all (2.3x the backbone).
+MAX_TENSOR_ELEMENTS = 1 << 25
+MAX_WEIGHT_ELEMENTS = 1 << 26
 
 
 def conv_layers(variant):
@@ -124,4 +129,22 @@ def validate(arch):
         if not isinstance(layer.get("name"), str) or layer["name"] in names:
             raise ValueError("architecture.head[%d].name: expected a unique string" % i)
         names.add(layer["name"])
+    cin, total = 2048, BACKBONE_ELEMENTS
+    for i, layer in enumerate(head):
+        if cin * layer["units"] > MAX_TENSOR_ELEMENTS:
+            raise ValueError("architecture.head[%d]: a Dense layer of %d x %d weights is more than covidx runs "
+                             "(at most %d per layer)" % (i, cin, layer["units"], MAX_TENSOR_ELEMENTS))
+        total += (cin + 1) * layer["units"]
+        cin = layer["units"]
+    if total > MAX_WEIGHT_ELEMENTS:
+        raise ValueError("architecture.head: %d weights in all is more than covidx runs (at most %d)"
+                         % (total, MAX_WEIGHT_ELEMENTS))
     return arch
+
+
+def weight_elements(arch):
+    """The number of weights (floats) of arch, in all."""
+    return sum(math.prod(shape) for _, ws in weight_spec(arch) for _, shape in ws)
+
+
+BACKBONE_ELEMENTS = weight_elements({"variant": "v1", "head": []})

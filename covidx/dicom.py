@@ -12,12 +12,26 @@ A radiograph's stored values become display greys the way a DICOM viewer makes t
 Colour files (RGB, or YBR that pydicom converts to RGB) with 8 bits per sample give an 'RGB' image.
 Compressed transfer syntaxes work where pydicom has a decoder for them (RLE always; JPEG and
 JPEG 2000 with Pillow or pylibjpeg). Multi-frame files are refused: which frame is the radiograph
-is not something covidx can guess."""
+is not something covidx can guess.
+
+Sizes are checked before decoding: Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+applies to DICOM as to PNG, a deflated file is inflated with a running limit set by the image
+size its header declares, and grey levels are computed a block of rows at a time, so a large
+radiograph never needs float64 copies of itself. Whatever else goes wrong reading a file is an
+ImageFileError naming it."""
 from __future__ import annotations
 
+import io
+import warnings
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
+
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+PIXEL_DATA = 0x7FE00010
+HEADER_BYTES = 1 << 20  # inflated first, to read the image size before the rest
+BLOCK_PIXELS = 1 << 20  # grey levels are computed this many pixels at a time
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 DECODER_HINT = ("another decoder may read it: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
@@ -34,9 +48,13 @@ def _pydicom():
 
 
 def _error(name, reason):
+    return _image_file_error()(name, reason)
+
+
+def _image_file_error():
     from .preprocessing.image import ImageFileError
 
-    return ImageFileError(name, reason)
+    return ImageFileError
 
 
 def dicom_to_pil(data, name):
@@ -46,11 +64,82 @@ def dicom_to_pil(data, name):
     cannot be shown as one image, and ImportError when pydicom is not installed."""
     from PIL import Image
 
-    ds = read_dataset(data, name)
-    pixels = stored_pixels(ds, name)
-    if ds.PhotometricInterpretation in MONOCHROME:
-        return Image.fromarray(to_uint8(display_values(pixels, ds, name)), "L")
-    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+    from .preprocessing.image import ImageFileError
+
+    try:
+        ds = read_dataset(data, name)
+        pixels = stored_pixels(ds, name)
+        colour = ds.PhotometricInterpretation not in MONOCHROME
+        if pixels.shape[:2] != (ds.Rows, ds.Columns) or pixels.ndim != (3 if colour else 2):
+            raise _error(name, "the pixel data holds an array of shape %s for one %dx%d image (more frames than "
+                               "Number of Frames says?); covidx reads single radiographs"
+                         % (pixels.shape, ds.Rows, ds.Columns))
+        if not colour:
+            return Image.fromarray(display_uint8(pixels, ds, name), "L")
+        return Image.fromarray(np.asarray(pixels, np.uint8), "RGB")
+    except (ImageFileError, ImportError, MemoryError):
+        raise
+    except Exception as e:  # pydicom and Pillow raise many types on odd files: the file's fault, said so
+        raise _error(name, "cannot read this DICOM file: %s: %s" % (type(e).__name__, e)) from None
+
+
+def _integer(ds, keyword, default, name):
+    value = ds.get(keyword, default)
+    try:
+        return int(value or default)
+    except (TypeError, ValueError):
+        raise _error(name, "bad %s %r (expected an integer)" % (keyword, value)) from None
+
+
+def check_pixel_count(ds, name):
+    """Pillow's decompression-bomb rule, from the header: a warning past Image.MAX_IMAGE_PIXELS,
+    an ImageFileError past twice that, before anything is decoded."""
+    from PIL import Image
+
+    pixels = _integer(ds, "Rows", 0, name) * _integer(ds, "Columns", 0, name) * \
+        _integer(ds, "NumberOfFrames", 1, name)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and pixels > 2 * limit:
+        raise _error(name, "decompression bomb refused: the DICOM image has %d pixels, more than twice Pillow's "
+                           "limit of %d (Image.MAX_IMAGE_PIXELS)" % (pixels, limit))
+    if limit and pixels > limit:
+        warnings.warn("%s: the DICOM image has %d pixels, more than Pillow's limit of %d: it could be a "
+                      "decompression bomb" % (name, pixels, limit), Image.DecompressionBombWarning)
+    return pixels
+
+
+def _inflated(pydicom, raw, name):
+    """(preamble, file meta, data set) of a Deflated Explicit VR Little Endian file, inflating its
+    data set with a running limit: the first HEADER_BYTES give the image size, and the rest may
+    be no larger than that image needs (pydicom would inflate everything first, whatever the size).
+    None for other transfer syntaxes."""
+    from pydicom import filereader
+    from pydicom.filebase import DicomBytesIO
+
+    if not hasattr(filereader, "_read_file_meta_info"):
+        return None
+    fp = io.BytesIO(raw)
+    preamble = filereader.read_preamble(fp, False)
+    meta = filereader._read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DEFLATED:
+        return None
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        head = inflater.decompress(memoryview(raw)[fp.tell():], HEADER_BYTES)
+        first = filereader.read_dataset(DicomBytesIO(head), False, True, stop_when=lambda tag, vr, n: tag == PIXEL_DATA)
+        pixels = check_pixel_count(first, name)
+        samples = _integer(first, "SamplesPerPixel", 1, name)
+        bits = _integer(first, "BitsAllocated", 16, name)
+        budget = pixels * samples * max(1, -(-bits // 8)) + len(head) + HEADER_BYTES
+        rest = inflater.decompress(inflater.unconsumed_tail, budget + 1 - len(head)) if not inflater.eof else b""
+    except zlib.error as e:
+        raise _error(name, "damaged deflated data set: %s" % e) from None
+    if len(head) + len(rest) > budget:
+        raise _error(name, "the deflated data set inflates to more than its %dx%d image needs (%d bytes): a "
+                           "decompression bomb" % (first.get("Rows", 0), first.get("Columns", 0), budget))
+    stream = DicomBytesIO(head + rest)
+    del head, rest
+    return preamble, meta, filereader.read_dataset(stream, False, True)
 
 
 def read_dataset(data, name):
@@ -58,22 +147,32 @@ def read_dataset(data, name):
     pydicom = _pydicom()
     data.seek(0)
     try:
-        ds = pydicom.dcmread(data)
+        parts = _inflated(pydicom, data.getbuffer(), name)
+        if parts is None:
+            data.seek(0)
+            ds = pydicom.dcmread(data)
+        else:
+            from pydicom.dataset import FileDataset
+
+            ds = FileDataset(name, parts[2], parts[0], parts[1], False, True)
     except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct errors...
+        if isinstance(e, _image_file_error()):
+            raise
         raise _error(name, "not a readable DICOM file: %s: %s" % (type(e).__name__, e)) from None
     if "PixelData" not in ds:
         raise _error(name, "the DICOM file holds no image (no Pixel Data; SOP class %s)"
                      % ds.get("SOPClassUID", "unknown"))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _integer(ds, "NumberOfFrames", 1, name)
     if frames > 1:
         raise _error(name, "a multi-frame DICOM file (%d frames); covidx reads single radiographs" % frames)
+    check_pixel_count(ds, name)
     photometric = ds.get("PhotometricInterpretation", "")
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = _integer(ds, "SamplesPerPixel", 1, name)
     colour = samples == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
     if photometric not in MONOCHROME and not colour:
         raise _error(name, "photometric interpretation %r (%d samples per pixel) is not supported; "
                      "expected MONOCHROME1, MONOCHROME2 or RGB" % (photometric, samples))
-    if colour and int(ds.get("BitsAllocated", 8)) != 8:
+    if colour and _integer(ds, "BitsAllocated", 8, name) != 8:
         raise _error(name, "colour DICOM with %s bits per sample; only 8-bit colour is supported"
                      % ds.get("BitsAllocated"))
     return ds
@@ -103,8 +202,30 @@ def _lut_functions():
     return apply_modality_lut, apply_voi
 
 
-def display_values(pixels, ds, name):
-    """Stored values -> display values in [0, 1] (Modality LUT, VOI, MONOCHROME1 inversion)."""
+def display_uint8(pixels, ds, name):
+    """Stored values (rows, columns) -> 8-bit display greys, BLOCK_PIXELS at a time: each block
+    goes through display_values in float64, and the image's own range (used without a window) is
+    taken over all blocks first."""
+    out = np.empty(pixels.shape, np.uint8)
+    step = max(1, BLOCK_PIXELS // max(1, pixels.shape[1]))
+    blocks = [slice(r, r + step) for r in range(0, pixels.shape[0], step)]
+    value_range = None
+    if not ds.get("VOILUTSequence") and not ("WindowCenter" in ds and "WindowWidth" in ds):
+        apply_modality_lut, _ = _lut_functions()
+        try:
+            ranges = [(float(np.min(v)), float(np.max(v))) for v in (apply_modality_lut(pixels[b], ds) for b in blocks)]
+        except (ValueError, TypeError, NotImplementedError, IndexError, KeyError) as e:
+            raise _error(name, "bad grey-level tags (Modality LUT): %s" % e) from None
+        value_range = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
+    for b in blocks:
+        out[b] = to_uint8(display_values(pixels[b], ds, name, value_range))
+    return out
+
+
+def display_values(pixels, ds, name, value_range=None):
+    """Stored values -> display values in [0, 1] (Modality LUT, VOI, MONOCHROME1 inversion).
+    value_range: the (min, max) modality values of the whole image, for images without a window
+    (default: those of `pixels`)."""
     apply_modality_lut, _ = _lut_functions()
     try:
         values = apply_modality_lut(pixels, ds)
@@ -114,7 +235,7 @@ def display_values(pixels, ds, name):
             shown = window(values, first_value(ds.WindowCenter), first_value(ds.WindowWidth),
                            str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper())
         else:
-            shown = full_range(values)
+            shown = full_range(values, value_range)
     except (ValueError, TypeError, NotImplementedError, IndexError, KeyError) as e:
         raise _error(name, "bad grey-level tags (Modality LUT / VOI LUT / window): %s" % e) from None
     if ds.PhotometricInterpretation == "MONOCHROME1":
@@ -166,10 +287,10 @@ def voi_lut(values, ds):
     return out / float((1 << min(declared, used)) - 1)
 
 
-def full_range(values):
-    """Without a window: the image's own min..max becomes black..white."""
+def full_range(values, value_range=None):
+    """Without a window: the image's own min..max (value_range, or that of values) becomes black..white."""
     x = np.asarray(values, np.float64)
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = value_range if value_range is not None else (float(x.min()), float(x.max()))
     return np.zeros(x.shape) if hi <= lo else (x - lo) / (hi - lo)
 
 

@@ -248,10 +248,36 @@ def _resolve_loss(compiled, y, y_pred):
     return compiled.per_sample
 
 
+EMPTY_GENERATOR = ("When passing a Python generator to a Keras model, the generator must yield at least one batch. "
+                   "Received an empty generator.")
+
+
+def require_data(x, caller):
+    """Data that has nothing in it is said so up front (Keras fails later with unrelated errors)."""
+    if is_sequence(x) and len(x) == 0:
+        directory = getattr(x, "directory", None)
+        if directory is not None and getattr(x, "samples", None) == 0:
+            raise ValueError("%s: found no images in %s: flow_from_directory expects one sub-folder per class "
+                             "holding that class's images (e.g. %s)"
+                             % (caller, directory, "/".join([str(directory).rstrip("/"), "COVID-19", "x.png"])))
+        raise ValueError("%s: the data is empty (a %s of length 0)" % (caller, type(x).__name__))
+    if isinstance(x, (np.ndarray, list)) and len(x) == 0:
+        raise ValueError("%s: the data is empty (no images in x)" % caller)
+
+
+def nothing_scored(caller, skipped):
+    if skipped:
+        return ValueError("%s: nothing to score: none of the %d images could be read (%s)"
+                          % (caller, len(skipped), "; ".join("%s (%s)" % s for s in skipped[:3])
+                             + (" ..." if len(skipped) > 3 else "")))
+    return ValueError("%s: nothing to score: the data produced no samples" % caller)
+
+
 def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict):
     if model._compiled is None:
         raise ValueError("You must call `compile()` before using the model (e.g. model.compile("
                          "loss='categorical_crossentropy', metrics=['accuracy'])).")
+    require_data(x, "evaluate")
     loss_obj, metric_objs = model._compiled["loss"], model._compiled["metrics"]
     for m in metric_objs:
         m.reset_state()
@@ -262,7 +288,7 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
     n_model = model_class_count(model)
     verbose = 1 if verbose == "auto" else verbose
     bar = Progbar(total_steps, verbose=verbose) if verbose else None
-    step, skipped = 0, []
+    step, skipped, scored = 0, [], 0
     names = ["loss"] + [m.name for m in metric_objs]
 
     def logs():
@@ -287,6 +313,7 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
             if not len(bx):
                 continue
         pred = model.predict_on_batch(bx)
+        scored += len(bx)
         per_sample = _resolve_loss(loss_obj, by, pred)(by, pred)
         if bw is not None:
             per_sample = per_sample * bw
@@ -299,6 +326,10 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
         if hasattr(iterator, "on_epoch_end"):
             iterator.on_epoch_end()
         skipped = list(getattr(iterator, "skipped", []))
+    if step == 0 and iterator is None:
+        raise ValueError(EMPTY_GENERATOR)
+    if scored == 0:
+        raise nothing_scored("evaluate", skipped)
     result = logs()
     if bar:
         bar.update(total_steps if total_steps is not None else step, shown(result), finalize=True)
@@ -312,6 +343,7 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
 
 
 def predict(model, x, batch_size, verbose, steps, output="head", unfamiliar=False):
+    require_data(x, "predict")
     source, total_steps, iterator = batch_source(x, None, batch_size, steps)
     verbose = (1 if iterator is not None else 0) if verbose == "auto" else verbose
     bar = Progbar(total_steps, verbose=verbose) if verbose else None

@@ -127,6 +127,9 @@ def model_input(model, image, target_size=DEFAULT_SIZE):
     if x.ndim != 3 or x.shape[2] != 3:
         raise ValueError("image: expected a file path, a PIL image or an array (h, w, 3) or (1, h, w, 3), got "
                          "shape %s" % (x.shape,))
+    if not np.isfinite(x).all():
+        raise ValueError("image: NaN or infinite pixel values (%d of %d); covidx explains no diagnosis for them"
+                         % (x.size - np.isfinite(x).sum(), x.size))
     return x[None], array_to_img(x, scale=True).convert("RGB")
 
 

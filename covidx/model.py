@@ -35,7 +35,22 @@ def _as_images(x, name="x"):
         raise ValueError("%s: expected 3 channels (RGB) in the last axis, got shape %s" % (name, x.shape))
     if x.shape[1] < 32 or x.shape[2] < 32:
         raise ValueError("%s: images must be at least 32x32, got shape %s" % (name, x.shape))
-    return np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x).all(axis=(1, 2, 3))
+    if not finite.all():  # the engine's ReLU and max pool would drop NaN and give a confident answer
+        bad = np.flatnonzero(~finite)
+        raise ValueError("%s: NaN or infinite pixel values in %d of %d images (first: image %d); covidx gives no "
+                         "diagnosis for them" % (name, len(bad), len(x), bad[0]))
+    return x
+
+
+def _positive_int(value, name, allow_none=True):
+    """value as an int (NumPy integers too), or a ValueError naming the argument."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError("%s: expected a positive integer%s, got %r" % (name, " or None" if allow_none else "", value))
+    return int(value)
 
 
 def _check_legacy_kwargs(method, kwargs):
@@ -186,10 +201,7 @@ class Model:
 
     def _run(self, x, batch_size, output, verbose=0, unfamiliar=False):
         x = _as_images(x)
-        if batch_size is None:
-            batch_size = 32
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
+        batch_size = _positive_int(batch_size, "batch_size") or 32
         steps = (x.shape[0] + batch_size - 1) // batch_size
         bar = Progbar(steps, verbose=verbose) if verbose else None
         parts = []
@@ -238,6 +250,7 @@ class Model:
         if return_unfamiliar:
             self._check_unfamiliar()
         verbose = 1 if verbose == "auto" else verbose
+        batch_size, steps = _positive_int(batch_size, "batch_size"), _positive_int(steps, "steps")
         if self._is_array(x):
             if steps is not None:  # only the first `steps` batches are computed
                 x = x[:steps * (batch_size or 32)]
@@ -253,6 +266,7 @@ class Model:
         _check_legacy_kwargs("evaluate", kwargs)
         if x is None:
             raise ValueError("evaluate: no data given (x)")
+        batch_size, steps = _positive_int(batch_size, "batch_size"), _positive_int(steps, "steps")
         return evaluation.evaluate(self, x, y, batch_size, verbose, sample_weight, steps, return_dict)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
@@ -450,8 +464,13 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
         if path is None:
             raise FileNotFoundError("load_model(): no model file given, and this installation has no shipped "
                                     "model (%s); pass the path of a model file" % DEFAULT_MODEL)
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))  # a bytes path is a path, never the file's content
     if not os.path.isfile(path):
+        if os.path.exists(path):
+            from .formats import ModelFileError
+
+            raise ModelFileError("%s: not a regular file (a directory, device or pipe); covidx reads model files"
+                                 % path)
         raise FileNotFoundError("load_model: no such file: %s" % path)
     if not safetensors_io.looks_like_safetensors(path):
         from . import formats
@@ -472,8 +491,8 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
     def field(key, default=None):
         try:
             return json.loads(meta[key]) if key in meta else default
-        except ValueError:
-            raise ValueError("%s: metadata %r is not valid JSON" % (path, key)) from None
+        except (ValueError, RecursionError):
+            raise ValueError("%s: metadata %r is not valid JSON (or nested too deeply)" % (path, key)) from None
 
     arch = field("architecture")
     try:

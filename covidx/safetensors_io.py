@@ -78,6 +78,8 @@ def load(path):
             header = json.loads(f.read(n).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             fail("header is not JSON (%s)" % e)
+        except RecursionError:
+            fail("header is nested too deeply")
         data = f.read()
     if not isinstance(header, dict):
         fail("header is not a JSON object")
@@ -88,7 +90,7 @@ def load(path):
     for name, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             fail("tensor %r: expected dtype, shape and data_offsets" % name)
-        dtype = DTYPES.get(info["dtype"])
+        dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
         if dtype is None:
             fail("tensor %r: unsupported dtype %r" % (name, info["dtype"]))
         shape, offsets = info["shape"], info["data_offsets"]

@@ -19,6 +19,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,6 +40,41 @@ typedef struct {
     Net net;
     int built;
 } EngineObject;
+
+/* Ctrl-C. Python's SIGINT handler only sets a flag that the main thread acts on between bytecodes,
+ * after a whole forward pass. While the main thread computes, on_sigint stands in front of it:
+ * it stops the engine at its next layer and calls Python's handler, whose exception (or none, and
+ * the pass runs again) the main thread then takes up. */
+static unsigned long g_main_thread;
+static PyOS_sighandler_t g_python_sigint;
+
+static void on_sigint(int sig) {
+    resnet50_interrupt = 1;
+    g_python_sigint(sig);
+}
+
+/* Called holding g_compute, without the GIL: 1 when on_sigint was put in front of Python's handler. */
+static int sigint_catch(void) {
+    resnet50_interrupt = 0;
+    if (PyThread_get_thread_ident() != g_main_thread) return 0;
+    PyOS_sighandler_t current = PyOS_getsig(SIGINT);
+    if (current == SIG_IGN || current == SIG_DFL || current == SIG_ERR || current == on_sigint) return 0;
+    g_python_sigint = current;
+    PyOS_setsig(SIGINT, on_sigint);
+    return 1;
+}
+
+static int find_main_thread(void) {
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
+    PyObject *ident = main ? PyObject_GetAttrString(main, "ident") : NULL;
+    Py_XDECREF(threading);
+    Py_XDECREF(main);
+    if (!ident) return -1;
+    g_main_thread = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    return PyErr_Occurred() ? -1 : 0;
+}
 
 /* A float32, C-contiguous array of exactly `ndim` dims from obj, or NULL with an exception
  * naming `what`. */
@@ -72,7 +108,7 @@ static int fold_error(int rc, const char *name) {
     if (rc == -1)
         PyErr_NoMemory();
     else
-        PyErr_Format(PyExc_ValueError, "%s: weights contain NaN or infinity (after folding batchnorm)", name);
+        PyErr_Format(PyExc_ValueError, "%s: weights contain NaN or infinity (after folding batchnorm, in float32)", name);
     return -1;
 }
 
@@ -142,6 +178,14 @@ done:
     return rc;
 }
 
+/* A failed __init__ leaves no half-built engine: forward then says it is not built. */
+static int engine_unbuild(EngineObject *self) {
+    net_free(&self->net);
+    memset(&self->net, 0, sizeof(self->net));
+    self->built = 0;
+    return -1;
+}
+
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"variant", "pooling", "bn_epsilon", "convs", "dense", "input_norm_eps", NULL};
     int variant, pooling;
@@ -193,10 +237,10 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
     resnet50_conv_shapes(variant, shapes);
     resnet50_conv_slots(net, slots);
     for (int i = 0; i < RESNET50_NCONV; i++)
-        if (load_conv(slots[i], &shapes[i], PyList_GET_ITEM(convs, i), eps) != 0) return -1;
+        if (load_conv(slots[i], &shapes[i], PyList_GET_ITEM(convs, i), eps) != 0) return engine_unbuild(self);
     int cin = 2048;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dense_list); i++) {
-        if (load_dense(&net->head[i], PyList_GET_ITEM(dense_list, i), cin) != 0) return -1;
+        if (load_dense(&net->head[i], PyList_GET_ITEM(dense_list, i), cin) != 0) return engine_unbuild(self);
         net->nhead = (int)i + 1;
         cin = net->head[i].cout;
     }
@@ -257,17 +301,21 @@ static PyObject *Engine_forward(EngineObject *self, PyObject *args, PyObject *kw
         return NULL;
     }
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&g_compute);
-    rc = resnet50_forward(net, PyArray_DATA(x), (int)n, (int)h, (int)w, output, reference, PyArray_DATA(out),
-                          scores ? PyArray_DATA(scores) : NULL);
-    pthread_mutex_unlock(&g_compute);
-    Py_END_ALLOW_THREADS
+    do {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&g_compute);
+        int caught = sigint_catch();
+        rc = resnet50_forward(net, PyArray_DATA(x), (int)n, (int)h, (int)w, output, reference, PyArray_DATA(out),
+                              scores ? PyArray_DATA(scores) : NULL);
+        if (caught) PyOS_setsig(SIGINT, g_python_sigint);
+        pthread_mutex_unlock(&g_compute);
+        Py_END_ALLOW_THREADS
+    } while (rc == -2 && PyErr_CheckSignals() == 0); /* Python's handler raised nothing: compute again */
     Py_DECREF(x);
     if (rc != 0) {
         Py_DECREF(out);
         Py_XDECREF(scores);
-        return PyErr_NoMemory();
+        return rc == -2 ? NULL : PyErr_NoMemory();
     }
     if (!scores) return (PyObject *)out;
     PyObject *pair = PyTuple_Pack(2, (PyObject *)out, (PyObject *)scores);
@@ -422,7 +470,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
-    if (PyType_Ready(&EngineType) < 0) return NULL;
+    if (PyType_Ready(&EngineType) < 0 || find_main_thread() < 0) return NULL;
     if (pthread_atfork(fork_prepare, fork_release, fork_release) != 0) {
         PyErr_SetString(PyExc_OSError, "covidx: pthread_atfork failed");
         return NULL;

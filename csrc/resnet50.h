@@ -3,6 +3,7 @@
 #ifndef COVIDX_RESNET50_H
 #define COVIDX_RESNET50_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #include "layers.h"
@@ -80,11 +81,15 @@ void resnet50_feature_map_size(int variant, int h, int w, int *ho, int *wo);
  * dimensions (3 or 1) filled in dims. */
 int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3]);
 
+/* Set from a signal handler to stop a running forward pass at its next convolution; the pass
+ * then returns -2 (its output is not valid). Cleared by the caller before each pass. */
+extern volatile sig_atomic_t resnet50_interrupt;
+
 /* x (n, h, w, 3) -> out: OUT_HEAD (n, units of the last Dense layer, or 2048 without a head),
  * OUT_FEATURES (n, 2048) pooled, OUT_FEATURE_MAP (n, ho, wo, 2048). reference != 0 runs the
  * plain layers. scores (n) or NULL: the out-of-distribution score of each image, from the same
- * pass (needs net->unfamiliar and a pooled output). Returns 0, or -1 when the buffers cannot be
- * allocated. */
+ * pass (needs net->unfamiliar and a pooled output). Returns 0, -1 when the buffers cannot be
+ * allocated, -2 when interrupted. */
 int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
                      float *out, float *scores);
 

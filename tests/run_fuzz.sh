@@ -1,15 +1,36 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of covidx.load_model (atheris) in the test venv made by tests/run.sh.
-# Usage: bash tests/run_fuzz.sh [RUNS] [-- extra libFuzzer flags]; CI runs a short session.
+# Coverage-guided fuzzing (atheris) of covidx's loaders, in the test venv made by tests/run.sh:
+# model files through load_model, PyTorch files, Keras HDF5, and image and DICOM files through
+# load_img. Every input has a time limit (-timeout) and a memory limit (-rss_limit_mb), so that slow
+# paths and unbounded allocations are findings, as crashes and unexpected exceptions are.
+# Usage: bash tests/run_fuzz.sh [SECONDS per target] [extra libFuzzer flags]; CI runs a short session.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${COVIDX_TEST_VENV:-$root/.venv-test}
-runs=${1:-5000}
+python=${COVIDX_FUZZ_PYTHON:-$venv/bin/python}
+seconds=${1:-60}
+shift || true
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$venv/bin/pip" install -q --disable-pip-version-check atheris
-"$venv/bin/python" "$root/tests/fuzz/make_seeds.py" "$work/corpus" > /dev/null
+[ -n "${COVIDX_FUZZ_PYTHON:-}" ] || "$venv/bin/pip" install -q --disable-pip-version-check atheris
 cd "$work"
-"$venv/bin/python" "$root/tests/fuzz/fuzz_model_files.py" "$work/corpus" -atheris_runs="$runs" -max_len=65536 \
-    -timeout=20 -rss_limit_mb=4096 2>&1 | tail -4
-echo "fuzz: $runs runs, no crash"
+
+fuzz() {  # fuzz TARGET CORPUS [libFuzzer flags]
+    local target=$1 corpus=$2
+    shift 2
+    "$python" "$root/tests/fuzz/make_seeds.py" "$corpus" "$work/$corpus" > /dev/null
+    if ! "$python" "$root/tests/fuzz/$target" "$work/$corpus" -max_total_time="$seconds" -max_len=65536 \
+            -timeout=10 -rss_limit_mb=1536 "$@" > "$work/$corpus.log" 2>&1; then
+        tail -60 "$work/$corpus.log"
+        echo "fuzz: $target on the $corpus corpus: FINDING (above)"
+        return 1
+    fi
+    echo "fuzz: $target on the $corpus corpus: $(grep -Eo 'Done [0-9]+ runs' "$work/$corpus.log" | tail -1)" \
+         "in $seconds s, no finding"
+}
+
+fuzz fuzz_model_files.py model_files "$@"
+fuzz fuzz_torch_files.py torch "$@"
+fuzz fuzz_hdf5.py hdf5 "$@"
+fuzz fuzz_images.py images "$@"
+fuzz fuzz_images.py dicom "$@"

@@ -172,3 +172,103 @@ def test_ctrl_c_during_evaluate_stops_quickly_and_model_still_works(tmp_path):
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
     assert len(model.evaluate(it, steps=3, verbose=0)) == 2
     assert not [t for t in threading.enumerate() if t.name == "covidx-prefetch"]
+
+
+# --- files that are not files, and every other per-file failure --------------------------------------
+
+
+def special_files(d):
+    """{name: words of its reason}: a FIFO, a link to /dev/zero, a link to nothing, a directory
+    named like an image."""
+    d.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(d / "fifo.png")
+    os.symlink("/dev/zero", d / "zero_device.png")
+    os.symlink(str(d / "gone.png"), d / "dangling.png")
+    (d / "folder.png").mkdir()
+    return {"fifo.png": "named pipe", "zero_device.png": "character device", "dangling.png": "no such image file",
+            "folder.png": "directory"}
+
+
+def test_fifos_devices_and_dangling_links_are_named_at_once(tmp_path):
+    import bounded
+
+    for name, words in special_files(tmp_path).items():
+        path = str(tmp_path / name)
+        outcome = bounded.run(lambda: load_img(path))
+        assert isinstance(outcome.error, ImageFileError), (name, outcome)
+        assert path in str(outcome.error) and words in str(outcome.error)
+    with pytest.raises(FileNotFoundError):  # still what Keras raises for a missing file
+        load_img(str(tmp_path / "dangling.png"))
+
+
+def test_folder_with_special_files_keeps_every_good_result(tmp_path):
+    """A FIFO among the images used to block flow_from_directory and evaluate for ever."""
+    import bounded
+
+    d = tmp_path / "data" / "COVID-19"
+    reasons = special_files(d)
+    del reasons["folder.png"]  # a folder is not listed as a file
+    xray().resize((64, 64)).save(d / "good.png")
+
+    def run():
+        model = ResNet50(weights=None, classes=2, head=(8,), seed=0, class_names=["COV19", "Normal"])
+        it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(tmp_path / "data"), target_size=(64, 64),
+                                                                     batch_size=4, shuffle=False, on_error="skip")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = model.predict(it, verbose=0)
+        return it.filenames, p, it.skipped
+
+    outcome = bounded.run(run)
+    assert outcome.error is None, outcome
+    filenames, p, skipped = outcome.value
+    rows = {os.path.basename(f): r for f, r in zip(filenames, p)}
+    assert sorted(rows) == sorted(list(reasons) + ["good.png"])
+    assert np.isfinite(rows["good.png"]).all()
+    for name in reasons:
+        assert np.isnan(rows[name]).all()
+    assert sorted(os.path.basename(f) for f, _ in skipped) == sorted(reasons)
+    for f, why in skipped:
+        assert reasons[os.path.basename(f)] in why, (f, why)
+
+
+def test_unreadable_file_in_a_folder_is_skipped(tmp_path, monkeypatch):
+    d = tmp_path / "data" / "Normal"
+    d.mkdir(parents=True)
+    for name in ("a.png", "locked.png", "b.png"):
+        xray().resize((64, 64)).save(d / name)
+    real_open = open
+
+    def deny(path, *a, **k):
+        if os.fspath(path).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)
+    it = ImageDataGenerator().flow_from_directory(str(tmp_path / "data"), target_size=(64, 64), shuffle=False,
+                                                  on_error="skip")
+    with pytest.warns(UserWarning, match="locked.png"):
+        batch, _ = next(it)
+    assert len(batch) == 2 and [os.path.basename(p) for p, _ in it.skipped] == ["locked.png"]
+    it = ImageDataGenerator().flow_from_directory(str(tmp_path / "data"), target_size=(64, 64), shuffle=False)
+    with pytest.raises(ImageFileError, match="locked.png.*permission denied"):
+        next(it)
+
+
+def test_non_finite_values_after_preprocessing_are_not_scored(tmp_path):
+    """A preprocessing_function dividing by an image's spread gives NaN for a blank image: the file
+    is named (raise) or left out with NaN rows (skip), never given a diagnosis."""
+    d = tmp_path / "data" / "COVID-19"
+    d.mkdir(parents=True)
+    xray().resize((64, 64)).save(d / "a.png")
+    Image.new("L", (64, 64), 128).save(d / "blank.png")
+    model = ResNet50(weights=None, classes=2, head=(8,), seed=0, class_names=["COV19", "Normal"])
+    gen = ImageDataGenerator(preprocessing_function=lambda x: (x - x.mean()) / (x.max() - x.min()))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        it = gen.flow_from_directory(str(tmp_path / "data"), target_size=(64, 64), shuffle=False)
+        with pytest.raises(ImageFileError, match="blank.png.*NaN or infinite"):
+            model.predict(it, verbose=0)
+        it = gen.flow_from_directory(str(tmp_path / "data"), target_size=(64, 64), shuffle=False, on_error="skip")
+        with pytest.warns(UserWarning, match="blank.png"):
+            p = model.predict(it, verbose=0)
+    assert np.isfinite(p[0]).all() and np.isnan(p[1]).all()

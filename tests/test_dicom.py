@@ -3,6 +3,7 @@ flow_from_directory, and compared with grey levels computed here in NumPy from t
 (the DICOM standard's formulas, PS3.3 C.11), not with covidx's code."""
 import io
 import os
+import re
 import sys
 
 import numpy as np
@@ -339,3 +340,141 @@ def test_cli_predict_reads_dicom_like_the_same_png(tmp_path, capsys):
     finally:
         del sys.modules["pydicom"]
     assert code == 2 and "pip install pydicom" in capsys.readouterr().err
+
+
+# --- broken and hostile DICOM files --------------------------------------------------------------------
+
+
+def with_text_tag(path, tag, value):
+    """The file with one numeric tag replaced by free text (a writer that ignored the tag's VR)."""
+    ds = pydicom.dcmread(path)
+    if tag in ds:
+        del ds[tag]
+    ds.add_new(tag, "LO", value)
+    ds.save_as(path)
+    return path
+
+
+def broken_dicoms(d):
+    """{name: words of the reason}: tags that are not numbers, and 4 frames of pixel data without
+    Number of Frames."""
+    os.makedirs(d, exist_ok=True)
+    with_text_tag(write_dicom(d / "frames_abc.dcm", XRAYS[0][:64, :64]), 0x00280008, "abc")
+    with_text_tag(write_dicom(d / "samples_x.dcm", XRAYS[0][:64, :64]), 0x00280002, "x")
+    path = write_dicom(d / "four_frames.dcm", XRAYS[0][:64, :64])
+    ds = pydicom.dcmread(path)
+    ds.PixelData = np.stack([XRAYS[0][:64, :64]] * 4).tobytes()
+    ds.save_as(path)
+    return {"frames_abc.dcm": "NumberOfFrames 'abc'", "samples_x.dcm": "SamplesPerPixel 'x'",
+            "four_frames.dcm": "shape (4, 64, 64)"}
+
+
+def test_broken_tags_and_uncounted_frames_name_the_file(tmp_path):
+    import warnings
+
+    for name, words in broken_dicoms(tmp_path).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about the extra frames
+            with pytest.raises(covidx.ImageFileError, match=re.escape(words)) as e:
+                load_img(tmp_path / name)
+        assert e.value.path == str(tmp_path / name)
+
+
+def test_folder_with_broken_dicoms_keeps_the_good_results(tmp_path, capsys):
+    import json
+    import warnings
+
+    from covidx import __main__ as cli
+    from covidx.applications.resnet50 import ResNet50
+
+    reasons = broken_dicoms(tmp_path / "data" / "COV19")
+    write_dicom(tmp_path / "data" / "COV19" / "good.dcm", XRAYS[0][:64, :64])
+    it = ImageDataGenerator().flow_from_directory(tmp_path / "data", target_size=(64, 64), shuffle=False,
+                                                  on_error="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, _ = next(it)
+    assert len(x) == 1 and sorted(os.path.basename(p) for p, _ in it.skipped) == sorted(reasons)
+
+    model_path = tmp_path / "m.safetensors"
+    ResNet50(weights=None, classes=2, class_names=["COV19", "Normal"], seed=2).save(model_path, dtype="float16")
+    files = [str(tmp_path / "data" / "COV19" / n) for n in ["good.dcm"] + sorted(reasons)]
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = cli.main(["predict"] + files + ["--json", "--model", str(model_path)])
+    records = {os.path.basename(r["path"]): r for r in json.loads(capsys.readouterr().out)}
+    assert code == 1 and "probabilities" in records["good.dcm"]
+    for name, words in reasons.items():
+        assert words in records[name]["error"]
+
+
+def write_deflated(path, rows, cols):
+    """A Deflated Explicit VR Little Endian file of rows x cols zeros (16-bit): a few hundred KB."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    write_dicom(path, np.zeros((2, 2), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.Rows, ds.Columns = rows, cols
+    ds.PixelData = bytes(rows * cols * 2)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_deflated_dicom_reads_like_the_uncompressed_file(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    src = twelve_bit(XRAYS[0])
+    plain = write_dicom(tmp_path / "plain.dcm", src, bits_stored=12,
+                        extra={"WindowCenter": 2048, "WindowWidth": 3000, "RescaleSlope": 1, "RescaleIntercept": 0})
+    ds = pydicom.dcmread(plain)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    assert os.path.getsize(tmp_path / "deflated.dcm") < os.path.getsize(plain)
+    np.testing.assert_array_equal(np.asarray(grey(tmp_path / "deflated.dcm")), np.asarray(grey(plain)))
+
+
+def test_deflated_8000_square_is_read_in_bounded_memory(tmp_path):
+    """125 KB that inflate to a 64-megapixel image: read (as Pillow reads a PNG of that size) in
+    under 1 GB extra; float64 copies of the image peaked at 1.4 GB."""
+    import bounded
+
+    path = str(write_deflated(tmp_path / "big.dcm", 8000, 8000))
+    assert os.path.getsize(path) < 200_000
+    outcome = bounded.run(lambda: np.asarray(load_img(path, target_size=(224, 224))))
+    assert outcome.error is None, outcome
+    np.testing.assert_array_equal(outcome.value, np.zeros((224, 224, 3), np.uint8))  # one grey: black
+
+
+def test_deflated_dicom_bomb_is_refused_before_inflating(tmp_path):
+    """20000 x 20000 (400 megapixels) in 778 KB: refused from the header, as the same PNG is."""
+    import bounded
+
+    path = str(write_deflated(tmp_path / "bomb.dcm", 20000, 20000))
+    outcome = bounded.run(lambda: load_img(path), extra_mb=200)
+    assert isinstance(outcome.error, covidx.ImageFileError), outcome
+    assert "decompression bomb" in str(outcome.error) and path in str(outcome.error)
+
+
+def test_rle_dicom_bomb_is_refused_before_decoding(tmp_path):
+    path = write_dicom(tmp_path / "rle.dcm", np.zeros((64, 64), np.uint16), transfer_syntax=RLELossless)
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 20000  # the header now declares 400 megapixels
+    ds.save_as(path)
+    with pytest.raises(covidx.ImageFileError, match="decompression bomb"):
+        load_img(path)
+
+
+def test_grey_levels_computed_in_blocks_match_the_whole_image(tmp_path, monkeypatch):
+    """The conversion runs a block of rows at a time; with blocks of a few rows the result is that
+    of the formulas on the whole image (the full range is the whole image's)."""
+    from covidx import dicom
+
+    monkeypatch.setattr(dicom, "BLOCK_PIXELS", 1000)
+    src = twelve_bit(XRAYS[0])
+    path = write_dicom(tmp_path / "a.dcm", src, bits_stored=12, photometric="MONOCHROME1",
+                       extra={"RescaleSlope": 2, "RescaleIntercept": -100})
+    values = src.astype(np.float64) * 2 - 100
+    lo, hi = values.min(), values.max()
+    assert_grey_equal(grey(path), to_uint8(1.0 - (values - lo) / (hi - lo)))

@@ -218,3 +218,120 @@ def test_model_works_after_fork(model):
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     np.testing.assert_array_equal(np.load(io.BytesIO(data)), want)
+
+
+# --- hostile inputs: non-finite images and weights, a broken engine, Ctrl-C --------------------------
+
+
+@pytest.mark.parametrize("where", ["all", "one pixel", "infinity"])
+def test_non_finite_images_get_no_diagnosis(model, where):
+    """The C ReLU and max pool drop NaN (max(NaN, 0) is 0), so an all-NaN image would get a confident
+    answer: covidx refuses it, naming the argument and the image."""
+    x = noise(3, 64, 64)
+    if where == "all":
+        x[2] = np.nan
+    elif where == "one pixel":
+        x[2, 10, 20, 1] = np.nan
+    else:
+        x[2, 0, 0, 0] = -np.inf
+    for call in (model.predict, model.predict_on_batch, model.features, model.feature_map):
+        with pytest.raises(ValueError, match=r"x: NaN or infinite .* 1 of 3 images \(first: image 2\)"):
+            call(x)
+    np.testing.assert_array_equal(model.predict(x[:2]), model.predict(noise(3, 64, 64)[:2]))
+
+
+def test_batchnorm_folding_beyond_float32_is_refused(model):
+    """gamma = 3e38 with variance 0 folds to a scale of ~1e41: finite in double precision, infinite
+    as the float32 weights the engine runs."""
+    before = model.get_weights()
+    weights = model.get_weights()
+    gamma, var = weights[2], weights[5]  # conv1_bn/gamma, conv1_bn/moving_variance
+    gamma[:] = 3e38
+    var[:] = 0.0
+    eps = model.architecture["bn_epsilon"]
+    assert np.isfinite(3e38 / np.sqrt(0.0 + eps)) and 3e38 / np.sqrt(eps) > np.finfo(np.float32).max
+    with pytest.raises(ValueError, match="conv1_conv: weights contain NaN or infinity"):
+        model.set_weights(weights)
+    for kept, was in zip(model.get_weights(), before):  # the model is unchanged
+        np.testing.assert_array_equal(kept, was)
+    assert np.isfinite(model.predict(noise(1, 32, 32))).all()
+
+
+def test_forward_after_a_failed_init_is_an_error():
+    """Engine.__init__ failing half-way used to leave a half-built engine whose forward divided by
+    zero (SIGFPE, the process killed): run in a child, so that a crash fails the test."""
+    import bounded
+
+    def call():
+        engine = covidx._core.Engine.__new__(covidx._core.Engine)
+        try:
+            engine.__init__(1, 1, 1e-5, [("x",)] * 53, [])
+        except TypeError:
+            pass
+        engine.forward(np.zeros((1, 32, 32, 3), np.float32))
+
+    outcome = bounded.run(call)
+    assert isinstance(outcome.error, RuntimeError) and "not built" in str(outcome.error)
+
+
+def test_numpy_integers_and_bad_steps():
+    model = ResNet50(weights=None, classes=2, head=(4,), seed=1)
+    x = noise(3, 32, 32)
+    np.testing.assert_array_equal(model.predict(x, batch_size=np.int64(1)), model.predict(x, batch_size=1))
+    assert model.predict(x, batch_size=np.int32(2), steps=np.int64(1)).shape == (2, 2)
+    for steps in (-1, 0, 1.5):
+        with pytest.raises(ValueError, match="steps: expected a positive integer"):
+            model.predict(x, steps=steps)
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+        model.predict(x, batch_size=0)
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    y = np.eye(2, dtype=np.float32)[[0, 1, 0]]
+    with pytest.raises(ValueError, match="steps: expected a positive integer"):
+        model.evaluate(x, y, steps=-1, verbose=0)
+    assert model.evaluate(x, y, batch_size=np.int64(2), verbose=0) == model.evaluate(x, y, batch_size=2, verbose=0)
+
+
+def _interrupt_main_thread_after(seconds, sent):
+    import signal
+    import time
+
+    main = threading.main_thread().ident
+
+    def send():
+        time.sleep(seconds)
+        sent.append(time.perf_counter())
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=send).start()
+
+
+def test_ctrl_c_stops_a_forward_pass_between_layers():
+    """Ctrl-C during one long engine call (a batch of 16 at 224x224, seconds of work) raises
+    KeyboardInterrupt within about a layer's time, and the model computes as before afterwards;
+    a SIGINT handler that raises nothing lets the pass finish."""
+    import signal
+    import time
+
+    model = ResNet50(weights=None, classes=2, head=(8,), seed=0)
+    x = noise(16, 224, 224)
+    start = time.perf_counter()
+    want = model.predict(x, verbose=0)
+    whole = time.perf_counter() - start
+    assert whole > 1.0  # long enough to be interrupted mid-way
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal or Jupyter
+    try:
+        sent = []
+        _interrupt_main_thread_after(0.2, sent)
+        with pytest.raises(KeyboardInterrupt):
+            model.predict(x, verbose=0)
+        latency = time.perf_counter() - sent[0]
+        assert latency < min(1.0, whole / 3), (latency, whole)
+        np.testing.assert_array_equal(model.predict(x, verbose=0), want)
+
+        seen = []
+        signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+        _interrupt_main_thread_after(0.2, [])
+        np.testing.assert_array_equal(model.predict(x, verbose=0), want)
+        assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -331,3 +331,54 @@ def test_keras_import_paths():
     for name in ("tensorflow",):
         spec = importlib.util.find_spec(name)
         assert spec is None or "covidx" not in (spec.origin or "")
+
+
+# --- nothing to score ------------------------------------------------------------------------------
+
+
+def compiled(seed=0):
+    model = ResNet50(weights=None, classes=2, head=(4,), seed=seed, class_names=["COV19", "Normal"])
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_folder_without_class_folders_says_so(tmp_path, verbose):
+    """Images straight in the folder (no class sub-folders): Keras finds 0 images, and then fails
+    with errors about None inputs; covidx says what flow_from_directory expects, never [0.0, 0.0]."""
+    for p, _ in sample_files()[:2]:
+        shutil.copy(p, tmp_path)
+    it = flow(str(tmp_path), "categorical")
+    assert it.samples == 0
+    model = compiled()
+    for call in (lambda: model.evaluate(it, verbose=verbose), lambda: model.predict(it, verbose=verbose)):
+        with pytest.raises(ValueError, match="found no images in .*: flow_from_directory expects one sub-folder "
+                                             "per class"):
+            call()
+
+
+def test_empty_generator_and_arrays_are_refused():
+    model = compiled()
+
+    def empty():
+        return
+        yield
+
+    with pytest.raises(ValueError, match="generator must yield at least one batch"):  # Keras's words
+        model.evaluate(empty(), verbose=0)
+    with pytest.raises(ValueError, match="no images in x"):
+        model.evaluate(np.zeros((0, 32, 32, 3), np.float32), np.zeros((0, 2), np.float32), verbose=0)
+
+
+def test_all_unreadable_folder_has_nothing_to_score(tmp_path):
+    for cls in ("COVID-19", "Normal"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    model = compiled()
+    it = flow(str(tmp_path), "categorical", on_error="skip")
+    with pytest.warns(UserWarning):
+        with pytest.raises(ValueError, match="nothing to score: none of the 2 images could be read.*broken.png"):
+            model.evaluate(it, verbose=0)
+    with pytest.warns(UserWarning):
+        p = model.predict(flow(str(tmp_path), "categorical", on_error="skip"), verbose=0)
+    assert p.shape == (2, 2) and np.isnan(p).all()  # rows stay aligned with the files, as documented

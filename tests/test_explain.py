@@ -222,6 +222,11 @@ def test_clear_errors(articles_pair):
     backbone = ResNet50(include_top=False, weights=None, pooling="avg")
     with pytest.raises(ValueError, match="no Dense head"):
         explain.gradcam(backbone, X[0])
+    for value in (np.nan, np.inf):  # a heatmap of an image the model cannot diagnose
+        bad = X[0].copy()
+        bad[5, 7, 1] = value
+        with pytest.raises(ValueError, match=r"image: NaN or infinite pixel values \(1 of"):
+            explain.gradcam(model, bad)
 
 
 # --- covidx predict --gradcam --------------------------------------------------------------------------

@@ -549,6 +549,31 @@ def test_corrupted_keras_archive(articles, tmp_path):
         covidx.load_model(tmp_path / "config.keras")
 
 
+def test_keras_archive_bomb_is_refused(articles, tmp_path):
+    """The articles' .keras file with its weights member replaced by 1 GiB of zeros deflated to
+    1 MB: refused before it is inflated (it was read whole into memory), within 10 s and 1 GB."""
+    import bounded
+    import hostile_files
+
+    with zipfile.ZipFile(articles["paths"][".keras"]) as z:
+        members = [(i.filename, z.read(i)) for i in z.infolist() if i.filename != "model.weights.h5"]
+    size = 1 << 30
+    stream, crc = hostile_files.deflated_zeros(size)
+    path = hostile_files.write(tmp_path / "bomb.keras", members + [("model.weights.h5", (stream, crc, size))])
+    assert os.path.getsize(path) < 2 << 20
+    outcome = bounded.run(lambda: covidx.load_model(path))
+    assert isinstance(outcome.error, ModelFileError), outcome
+    assert "bomb.keras: model.weights.h5" in str(outcome.error)
+    assert "more than a model file needs" in str(outcome.error) or "compression bomb" in str(outcome.error)
+
+
+@pytest.mark.parametrize("kind", [".keras", ".weights.h5"])
+def test_bytes_paths_are_paths(articles, kind):
+    """load_model(b'x.keras') raised AttributeError; b'x.weights.h5' was parsed as the file's content."""
+    path = os.fsencode(str(articles["paths"][kind]))
+    assert_matches(covidx.load_model(path).predict(articles["x"], verbose=0), articles["want"])
+
+
 def test_wrong_shapes(articles, torchvision_files, tmp_path):
     path = tmp_path / "shape.h5"
     shutil.copy(articles["paths"]["legacy_weights.h5"], path)

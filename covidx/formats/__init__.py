@@ -91,7 +91,7 @@ def load(path, class_names=None):
     from ..model import Model
     from . import torchvision
 
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     if sniff(path) == "safetensors":
         from ..model import load_model
 
@@ -120,7 +120,7 @@ def load_weights(path, arch):
     HDF5 in layer order, Keras 3 files by structure, torchvision state_dicts by their keys."""
     from . import torchvision
 
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     if sniff(path) == "safetensors":
         from ..model import load_model
 

@@ -15,12 +15,17 @@ import time
 
 import numpy as np
 
+from .. import architecture
 from .errors import ModelFileError, fail
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_ATTRIBUTE_BYTES = 64 << 20  # a model_config is a few hundred KB
 MAX_NAMES = 1 << 16
-MAX_TENSOR_ELEMENTS = 1 << 30
+MAX_TENSOR_ELEMENTS = architecture.MAX_TENSOR_ELEMENTS
+# Keras's object paths have a handful of parts ('layers/functional/layers/conv2d/vars/0'); a path of
+# thousands of parts through a group linked to itself takes libhdf5 time quadratic in its length
+MAX_PATH_BYTES = 512
+MAX_PATH_PARTS = 16
 # deflate, shuffle, fletcher32, and h5py's own lzf: the filters h5py always has
 STANDARD_FILTERS = {1, 2, 3, 32000}
 H5PY_HINT = "pip install h5py (or pip install 'covidx[keras]')"
@@ -160,8 +165,12 @@ class H5File:
 
     def get(self, group, path):
         """The object at path (relative to group), following hard links only; None if absent."""
+        parts = path.split("/")
+        if len(path) > MAX_PATH_BYTES or len(parts) > MAX_PATH_PARTS:
+            fail(self.where, "an object path of %d bytes in %d parts (%r...), longer than any Keras name"
+                 % (len(path), len(parts), path[:40]))
         node = group
-        for part in path.split("/"):
+        for part in parts:
             if part in ("", "."):
                 continue
             if not isinstance(node, self.h5py.Group):
@@ -270,8 +279,28 @@ class H5File:
         elif layout == h5py.h5d.COMPACT:
             if dataset.id.get_storage_size() != nbytes:
                 fail(self.where, "%s: inconsistent compact storage" % label)
-        elif layout != h5py.h5d.CHUNKED:
+        elif layout == h5py.h5d.CHUNKED:
+            self._check_chunks(dataset, plist, count, nbytes, label)
+        else:
             fail(self.where, "%s: unsupported storage layout %d" % (label, layout))
+
+    def _check_chunks(self, dataset, plist, count, nbytes, label):
+        """Chunked data must be there: every chunk written (libhdf5 returns fill values for the
+        others, so a small file could declare gigabytes), and without filters, all its bytes."""
+        if not count:
+            return
+        chunks = dataset.chunks
+        if not chunks or len(chunks) != len(dataset.shape) or min(chunks) < 1:
+            fail(self.where, "%s: malformed chunk layout %s" % (label, chunks))
+        expected = 1
+        for n, c in zip(dataset.shape, chunks):
+            expected *= -(-n // c)
+        stored = dataset.id.get_storage_size()
+        written = dataset.id.get_num_chunks() if hasattr(dataset.id, "get_num_chunks") else None
+        if (written is not None and written != expected) or stored == 0 or \
+                (plist.get_nfilters() == 0 and stored < nbytes):
+            fail(self.where, "%s: %s of its %d data chunks are stored (truncated or never written)"
+                 % (label, "none" if not written else "only %d" % written, expected))
 
     def read(self, dataset, label):
         out = np.empty(dataset.shape, dtype=dataset.dtype)

@@ -18,7 +18,7 @@ from .errors import ModelFileError, fail
 from .hdf5 import H5File, guard
 
 MAX_CONFIG_BYTES = 64 << 20
-MAX_WEIGHTS_BYTES = 8 << 30
+HDF5_OVERHEAD = 64 << 20  # metadata of a weights file: a few MB for ResNet50
 RESNET_LAYER = re.compile(r"conv\d(_block\d+_\d)?_(conv|bn)")
 KIND_ORDER = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 WEIGHT_KINDS = set(KIND_ORDER)
@@ -391,6 +391,12 @@ def read_h5(source, where, arch=None):
 # --- .keras archives -------------------------------------------------------------------------
 
 
+def weights_file_limit(arch):
+    """The most bytes a Keras weights file for arch can need: its weights in float64, three times
+    over (the optimizer's slots may be saved beside them), and the HDF5 metadata."""
+    return 3 * 8 * architecture.weight_elements(arch) + HDF5_OVERHEAD
+
+
 def read_archive(path, arch=None):
     """Parts of a Keras 3 .keras archive (config.json + model.weights.h5)."""
     with open_zip(path) as archive:
@@ -403,16 +409,16 @@ def read_archive(path, arch=None):
                     if "model.weights.npz" in names else ""
                 fail(path, "a .keras archive without model.weights.h5%s" % extra)
             config_bytes = member(archive, "config.json", MAX_CONFIG_BYTES, path)
-            weights = member(archive, "model.weights.h5", MAX_WEIGHTS_BYTES, path)
+            try:
+                config = _json(config_bytes.decode("utf-8"), path, "config.json")
+            except UnicodeDecodeError:
+                fail(path, "config.json is not UTF-8 text")
+            parsed_arch, slots = keras_graph.parse(config, path)
+            weights = member(archive, "model.weights.h5", weights_file_limit(parsed_arch), path)
         except ModelFileError:
             raise
         except ZIP_ERRORS as e:
             fail(path, "damaged zip archive (%s: %s)" % (type(e).__name__, e))
-    try:
-        config = _json(config_bytes.decode("utf-8"), path, "config.json")
-    except UnicodeDecodeError:
-        fail(path, "config.json is not UTF-8 text")
-    parsed_arch, slots = keras_graph.parse(config, path)
     where = "%s (model.weights.h5)" % path
     with H5File(weights, where) as h5:
         def read():

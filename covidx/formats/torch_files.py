@@ -6,23 +6,37 @@ by an Unpickler that resolves only an allow-list of names to covidx's own harmle
 OrderedDict, the tensor-rebuilding functions (which here only record offset, sizes and strides)
 and the storage types (which only name a dtype). Anything else, such as os.system, is refused
 before it is looked up. Tensor data is read from the raw storages into NumPy arrays, after
-checking that every tensor's extent lies inside its storage and every storage has its stated size."""
+checking that every tensor's extent lies inside its storage and every storage has its stated size.
+
+Every size the file declares is bounded before anything is allocated: the pickle's opcodes are
+scanned first (memo indices, declared lengths against the bytes present), storages are limited to
+what ResNet50 + a Dense head can need (architecture.MAX_TENSOR_ELEMENTS each), tensors must lay
+their elements out densely (no stride 0, no overlap), and the unpickled containers are walked once
+each (shared references are not walked again), with a cap on their number."""
 from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
+import pickletools
 import re
 import struct
 
 import numpy as np
 
+from .. import architecture
 from .archive import ZIP_ERRORS, member, open_zip
 from .errors import ModelFileError, fail
 
 MAX_PICKLE_BYTES = 64 << 20
-MAX_STORAGE_BYTES = 4 << 30
 MAX_DEPTH = 64
+MAX_NODES = 1 << 18  # containers and values in the unpickled object (a state_dict has a few hundred)
+MAX_MEMO = 1 << 20  # the unpickler's memo table grows to the largest index a PUT names
+# a checkpoint may hold optimizer state beside the weights: up to 4x what the architecture can need
+MAX_STORAGE_ELEMENTS = architecture.MAX_TENSOR_ELEMENTS
+MAX_FILE_ELEMENTS = 4 * architecture.MAX_WEIGHT_ELEMENTS
+PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 STORAGE_DTYPES = {
@@ -149,16 +163,39 @@ class _Unpickler(pickle.Unpickler):
                 and re.fullmatch(r"[0-9A-Za-z_.-]{1,64}", key)
                 and isinstance(numel, int) and not isinstance(numel, bool) and 0 <= numel < 1 << 40):
             raise pickle.UnpicklingError("malformed storage record")
+        if numel > MAX_STORAGE_ELEMENTS:
+            raise ModelFileError("%s: storage %s declares %d elements, more than any tensor of ResNet50 + a Dense "
+                                 "head can have (%d)" % (self.where, key, numel, MAX_STORAGE_ELEMENTS))
         storage = self.storages.get(key)
         if storage is None:
+            if sum(s.numel for s in self.storages.values()) + numel > MAX_FILE_ELEMENTS:
+                raise ModelFileError("%s: the storages declare more than %d elements in all, more than a ResNet50 "
+                                     "checkpoint can hold" % (self.where, MAX_FILE_ELEMENTS))
             storage = self.storages[key] = Storage(key, storage_type.dtype, numel)
         elif storage.dtype != storage_type.dtype or storage.numel != numel:
             raise pickle.UnpicklingError("storage %s described twice differently" % key)
         return storage
 
 
+def _scan(stream, where):
+    """Reads one pickle's opcodes without running them: declared lengths must fit the bytes present
+    (pickletools raises otherwise) and memo indices stay small, since the unpickler sizes its memo
+    table by the largest index a PUT names (a 12-byte pickle can ask for gigabytes)."""
+    start = stream.tell()
+    try:
+        for opcode, arg, _ in pickletools.genops(stream):
+            if opcode.name in PUT_OPCODES and not (isinstance(arg, int) and 0 <= arg < MAX_MEMO):
+                fail(where, "damaged or hostile pickle data (memo index %r)" % (arg,))
+    except ModelFileError:
+        raise
+    except (ValueError, EOFError, struct.error, UnicodeDecodeError, OverflowError) as e:
+        fail(where, "damaged or unsupported pickle data (%s: %s)" % (type(e).__name__, e))
+    stream.seek(start)
+
+
 def _unpickle(data_or_file, where, storages, allow_globals=True):
-    stream = io.BytesIO(data_or_file) if isinstance(data_or_file, bytes) else data_or_file
+    stream = io.BytesIO(data_or_file) if isinstance(data_or_file, (bytes, bytearray)) else data_or_file
+    _scan(stream, where)
     try:
         return _Unpickler(stream, where, storages, allow_globals).load()
     except ModelFileError:
@@ -186,6 +223,18 @@ def _storage_array(raw, storage, big_endian, where):
     return np.frombuffer(raw, dtype=dtype)
 
 
+def _dense_layout(size, stride):
+    """True when strides lay the elements out densely: a permutation of the C-contiguous strides,
+    so that every element has its own place (stride 0 over a one-element storage would make a
+    16384 x 16384 tensor of one float)."""
+    expected = 1
+    for n, s in sorted(((n, s) for n, s in zip(size, stride) if n != 1), key=lambda t: t[1]):
+        if s != expected:
+            return False
+        expected *= n
+    return True
+
+
 def _materialise(tensor, where):
     storage = tensor.storage
     if storage.array is None:
@@ -195,6 +244,9 @@ def _materialise(tensor, where):
         fail(where, "malformed tensor description")
     if 0 in size:
         return np.zeros(size, np.float32)
+    if not _dense_layout(size, stride):
+        fail(where, "a tensor of shape %s has strides %s that do not lay out its elements one by one in storage %s"
+             % (tuple(size), tuple(stride), storage.key))
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if offset < 0 or last >= storage.numel:
         fail(where, "a tensor reaches past the end of its storage %s (elements %d..%d of %d)"
@@ -205,21 +257,47 @@ def _materialise(tensor, where):
     return np.array(view)
 
 
-def _replace_tensors(obj, where, depth=0):
+class _Walk:
+    """Replaces every Tensor of an unpickled object with a NumPy array. Each container is walked
+    once: a pickle can share one list between many places (L = [L, L], forty times over, is a few
+    hundred bytes), and walking it again at each place would never end."""
+
+    def __init__(self, where):
+        self.where, self.done, self.active, self.nodes = where, {}, set(), 0
+
+    def __call__(self, obj, depth=0):
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            fail(self.where, "the pickle holds more than %d objects, more than a state_dict has" % MAX_NODES)
+        if depth > MAX_DEPTH:
+            fail(self.where, "containers nested too deeply")
+        key = id(obj)
+        if key in self.done:
+            return self.done[key][1]
+        if key in self.active:
+            fail(self.where, "a container that holds itself")
+        self.active.add(key)
+        out = self._replace(obj, depth)
+        self.active.discard(key)
+        self.done[key] = (obj, out)  # obj kept alive, so that its id is not reused
+        return out
+
+    def _replace(self, obj, depth):
+        if isinstance(obj, Tensor):
+            return _materialise(obj, self.where)
+        if isinstance(obj, dict):
+            return type(obj)((k, self(v, depth + 1)) for k, v in obj.items()) \
+                if isinstance(obj, collections.OrderedDict) else {k: self(v, depth + 1) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self(v, depth + 1) for v in obj)
+        if isinstance(obj, (Storage, StorageType)):
+            fail(self.where, "a bare storage object; %s" % REFUSAL)
+        return obj
+
+
+def _replace_tensors(obj, where):
     """The unpickled object with every Tensor replaced by a NumPy array."""
-    if depth > MAX_DEPTH:
-        fail(where, "containers nested too deeply")
-    if isinstance(obj, Tensor):
-        return _materialise(obj, where)
-    if isinstance(obj, dict):
-        return type(obj)((k, _replace_tensors(v, where, depth + 1)) for k, v in obj.items()) \
-            if isinstance(obj, collections.OrderedDict) else {k: _replace_tensors(v, where, depth + 1)
-                                                                for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_replace_tensors(v, where, depth + 1) for v in obj)
-    if isinstance(obj, (Storage, StorageType)):
-        fail(where, "a bare storage object; %s" % REFUSAL)
-    return obj
+    return _Walk(where)(obj)
 
 
 # --- the two file layouts ----------------------------------------------------------------------
@@ -249,7 +327,7 @@ def read_zip(path):
                 entry = prefix + "data/" + key
                 if entry not in names:
                     fail(path, "storage %s is missing from the archive (truncated?)" % key)
-                raw = member(archive, entry, min(MAX_STORAGE_BYTES, storage.numel * storage.itemsize), path)
+                raw = member(archive, entry, storage.numel * storage.itemsize, path)
                 storage.array = _storage_array(raw, storage, byteorder == b"big", path)
         except ModelFileError:
             raise
@@ -261,31 +339,41 @@ def read_zip(path):
 def read_legacy(path):
     """The object saved by torch.save(..., _use_new_zipfile_serialization=False): a magic number,
     a protocol number and system info (plain pickles), the object's pickle, the list of storage
-    keys, then each storage as an 8-byte element count and its raw bytes."""
+    keys, then each storage as an 8-byte element count and its raw bytes. The file is read into
+    memory first (it is bounded by what its storages can hold), so that no declared length can
+    make a read allocate more than the file has."""
     storages = {}
+    limit = MAX_PICKLE_BYTES + MAX_FILE_ELEMENTS * 8
+    if os.path.getsize(path) > limit:
+        fail(path, "%d bytes, more than a ResNet50 checkpoint can need" % os.path.getsize(path))
     with open(path, "rb") as f:
-        magic = _unpickle(f, path, storages, allow_globals=False)
-        if magic != LEGACY_MAGIC:
-            fail(path, "a pickle, but not a torch.save file (no PyTorch magic number)")
-        if _unpickle(f, path, storages, allow_globals=False) != LEGACY_PROTOCOL:
-            fail(path, "unsupported torch.save protocol version")
-        info = _unpickle(f, path, storages, allow_globals=False)
-        if not isinstance(info, dict):
-            fail(path, "malformed torch.save system info")
-        big_endian = info.get("little_endian", True) is False
-        obj = _unpickle(f, path, storages)
-        keys = _unpickle(f, path, storages, allow_globals=False)
-        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)) or set(keys) != set(storages):
-            fail(path, "the storage list does not match the tensors (damaged file)")
-        for key in keys:
-            storage = storages[key]
-            head = f.read(8)
-            if len(head) != 8:
-                fail(path, "truncated: storage %s is missing" % key)
-            count = struct.unpack(">q" if big_endian else "<q", head)[0]
-            if count != storage.numel:
-                fail(path, "storage %s records %d elements, its tensors say %d" % (key, count, storage.numel))
-            storage.array = _storage_array(f.read(storage.numel * storage.itemsize), storage, big_endian, path)
+        data = f.read(limit + 1)
+    f = io.BytesIO(data)
+    magic = _unpickle(f, path, storages, allow_globals=False)
+    if magic != LEGACY_MAGIC:
+        fail(path, "a pickle, but not a torch.save file (no PyTorch magic number)")
+    if _unpickle(f, path, storages, allow_globals=False) != LEGACY_PROTOCOL:
+        fail(path, "unsupported torch.save protocol version")
+    info = _unpickle(f, path, storages, allow_globals=False)
+    if not isinstance(info, dict):
+        fail(path, "malformed torch.save system info")
+    big_endian = info.get("little_endian", True) is False
+    obj = _unpickle(f, path, storages)
+    keys = _unpickle(f, path, storages, allow_globals=False)
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)) or set(keys) != set(storages):
+        fail(path, "the storage list does not match the tensors (damaged file)")
+    view, at = memoryview(data), f.tell()
+    for key in keys:
+        storage = storages[key]
+        head = bytes(view[at:at + 8])
+        if len(head) != 8:
+            fail(path, "truncated: storage %s is missing" % key)
+        count = struct.unpack(">q" if big_endian else "<q", head)[0]
+        if count != storage.numel:
+            fail(path, "storage %s records %d elements, its tensors say %d" % (key, count, storage.numel))
+        nbytes = storage.numel * storage.itemsize
+        storage.array = _storage_array(view[at + 8:at + 8 + nbytes], storage, big_endian, path)
+        at += 8 + nbytes
     return _replace_tensors(obj, path)
 
 

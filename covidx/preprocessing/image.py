@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import stat
 import warnings
 
 import numpy as np
@@ -15,14 +16,69 @@ import numpy as np
 # Pillow's filter constants by Keras's names (Pillow < 9.1 has them on Image itself).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
 COLOR_MODES = ("grayscale", "rgb", "rgba")
+# The most bytes read for one image file: an uncompressed 16-bit radiograph of Pillow's largest
+# allowed size is about 360 MB.
+MAX_FILE_BYTES = 512 << 20
 
 
 class ImageFileError(ValueError):
-    """An image file that cannot be decoded. `.path` names the file and `.reason` says why."""
+    """An image file that cannot be read or decoded. `.path` names the file and `.reason` says why.
+    Every per-file failure is one (a missing file is also a FileNotFoundError, a file that may
+    not be read also a PermissionError), so that on_error='skip' can leave the file out."""
 
     def __init__(self, path, reason):
         self.path, self.reason = path, reason
         super().__init__("%s: cannot read image (%s)" % (path, reason))
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
+class ImageFileNotFoundError(ImageFileError, FileNotFoundError):
+    """No file at the path (or a symbolic link to nothing)."""
+
+
+class ImageFilePermissionError(ImageFileError, PermissionError):
+    """The file may not be read."""
+
+
+def _nonblocking(path, flags):
+    # a FIFO opened for reading would wait for a writer; opened non-blocking it is seen and refused
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _read_file(path, name):
+    """The bytes of a regular file (after following links), at most MAX_FILE_BYTES."""
+    try:
+        with open(path, "rb", opener=_nonblocking) as f:
+            mode, size = os.fstat(f.fileno())[stat.ST_MODE], os.fstat(f.fileno()).st_size
+            if stat.S_ISDIR(mode):
+                raise ImageFileError(name, "it is a directory")
+            if not stat.S_ISREG(mode):
+                raise ImageFileError(name, "%s, not a regular file; covidx reads only files" % _file_kind(mode))
+            if size > MAX_FILE_BYTES:
+                raise ImageFileError(name, "%d bytes, more than covidx reads for one image (%d)" % (size, MAX_FILE_BYTES))
+            data = f.read(MAX_FILE_BYTES + 1)
+    except IsADirectoryError:
+        raise ImageFileError(name, "it is a directory") from None
+    except FileNotFoundError:
+        reason = "no such image file" + (" (a symbolic link to nothing)" if os.path.islink(path) else "")
+        raise ImageFileNotFoundError(name, reason) from None
+    except PermissionError:
+        raise ImageFilePermissionError(name, "permission denied") from None
+    except OSError as e:
+        raise ImageFileError(name, e.strerror or str(e)) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageFileError(name, "more than %d bytes, more than covidx reads for one image" % MAX_FILE_BYTES)
+    return data
 
 
 def _resample(interpolation):
@@ -44,17 +100,7 @@ def _open(path):
         if isinstance(path, pathlib.Path):
             path = str(path.resolve())
         name = os.fsdecode(path)
-        try:
-            with open(path, "rb") as f:
-                data = io.BytesIO(f.read())
-        except IsADirectoryError:
-            raise ImageFileError(name, "it is a directory") from None
-        except FileNotFoundError:
-            raise FileNotFoundError("no such image file: %s" % name) from None
-        except PermissionError:
-            raise PermissionError("permission denied reading image file: %s" % name) from None
-        except OSError as e:
-            raise ImageFileError(name, e.strerror or str(e)) from None
+        data = io.BytesIO(_read_file(path, name))
     else:
         raise TypeError("path should be path-like or io.BytesIO, not %s" % type(path))
     if is_dicom(data):
@@ -90,6 +136,40 @@ def _sixteen_bit_to_8(img):
     return Image.fromarray(np.asarray(scaled, dtype=np.uint8), "L")
 
 
+class _as_image_file_error:
+    """Turns what a decoder raises after load() (on conversion or resizing) into an ImageFileError
+    naming the file."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if kind is None or not issubclass(kind, Exception) or issubclass(kind, (ImageFileError, MemoryError)):
+            return False
+        raise ImageFileError(self.name, "%s: %s" % (kind.__name__, e)) from None
+
+
+def _converted(img, color_mode, xray):
+    if xray:
+        from PIL import ImageOps
+
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I") and color_mode != "grayscale":
+            img = _sixteen_bit_to_8(img)
+    if color_mode == "grayscale":
+        if img.mode not in ("L", "I;16", "I"):
+            img = img.convert("L")
+    elif color_mode == "rgba":
+        if img.mode != "RGBA":
+            img = img.convert("RGBA")
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
 def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", keep_aspect_ratio=False, *,
              grayscale=False, xray=False):
     """Loads an image file (path or io.BytesIO) into a PIL image, as keras.utils.load_img.
@@ -106,25 +186,13 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", 
     if color_mode not in COLOR_MODES:
         raise ValueError('color_mode must be "grayscale", "rgb", or "rgba"')
     img, name = _open(path)
-    try:
-        if xray:
-            from PIL import ImageOps
-
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I") and color_mode != "grayscale":
-                img = _sixteen_bit_to_8(img)
-        if color_mode == "grayscale":
-            if img.mode not in ("L", "I;16", "I"):
-                img = img.convert("L")
-        elif color_mode == "rgba":
-            if img.mode != "RGBA":
-                img = img.convert("RGBA")
-        elif img.mode != "RGB":
-            img = img.convert("RGB")
-        if target_size is not None:
-            size = (int(target_size[1]), int(target_size[0]))  # PIL wants (width, height)
-            if img.size != size:
-                resample = _resample(interpolation)
+    with _as_image_file_error(name):
+        img = _converted(img, color_mode, xray)
+    if target_size is not None:
+        size = (int(target_size[1]), int(target_size[0]))  # PIL wants (width, height)
+        if img.size != size:
+            resample = _resample(interpolation)  # a bad name is the caller's error (as in Keras), not the file's
+            with _as_image_file_error(name):
                 if keep_aspect_ratio:
                     w, h = img.size
                     crop_h = min(h, (w * size[1]) // size[0])
@@ -133,12 +201,6 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", 
                     img = img.resize(size, resample, box=[left, top, left + crop_w, top + crop_h])
                 else:
                     img = img.resize(size, resample)
-    except (ValueError, TypeError):
-        raise
-    except Exception as e:  # a decoder that succeeded in load() but fails on conversion
-        if isinstance(e, MemoryError):
-            raise
-        raise ImageFileError(name, "%s: %s" % (type(e).__name__, e)) from None
     return img
 
 

@@ -216,14 +216,21 @@ class BatchFromFiles:
         ok = np.ones(len(index_array), bool)
         gen = self.image_data_generator
         for i, (j, x) in enumerate(zip(index_array, arrays)):
+            if not isinstance(x, ImageFileError) and gen:
+                params = gen.get_random_transform(x.shape)
+                x = gen.apply_transform(x, params)
+                x = gen.standardize(x)
+            if not isinstance(x, ImageFileError) and not np.isfinite(x).all():
+                # a model would still give a confident answer: said instead, naming the file
+                x = ImageFileError(self.filepaths[j], "NaN or infinite values after preprocessing (%d of %d); "
+                                   "check preprocessing_function and rescale" % (np.size(x) - np.isfinite(x).sum(),
+                                                                                 np.size(x)))
+                if self.on_error == "raise":
+                    raise x
             if isinstance(x, ImageFileError):
                 ok[i] = False
                 self._record_skip(self.filepaths[j], x.reason)
                 continue
-            if gen:
-                params = gen.get_random_transform(x.shape)
-                x = gen.apply_transform(x, params)
-                x = gen.standardize(x)
             batch_x[i] = x
         if self.save_to_dir:
             for i, j in enumerate(index_array):

@@ -1,0 +1,222 @@
+"""Small hostile model files that once made covidx run for ever or allocate gigabytes: each must be
+refused with a ModelFileError naming the file, within 10 s and under 1 GB of extra peak memory
+(bounded.run checks both in a child process). The files are made here, byte by byte."""
+import json
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+import bounded
+import covidx
+import hostile_files
+from covidx.formats import ModelFileError
+
+
+def refused(path, *words):
+    """load_model(path) in a bounded child: a ModelFileError (a ValueError) naming path and words."""
+    outcome = bounded.run(lambda: covidx.load_model(path))
+    assert isinstance(outcome.error, ValueError), outcome
+    message = str(outcome.error)
+    assert str(path) in message, message
+    for w in words:
+        assert w in message, message
+    return outcome
+
+
+def shared_lists(depth):
+    """L = [L, L], depth times: a few hundred bytes of pickle, 2**depth paths through it."""
+    obj = []
+    for _ in range(depth):
+        obj = [obj, obj]
+    return obj
+
+
+# --- PyTorch pickles -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_shared_references_are_walked_once(tmp_path, layout):
+    data = pickle.dumps(shared_lists(40), protocol=2)
+    assert len(data) < 600
+    path = tmp_path / "shared.pth"
+    (hostile_files.torch_zip if layout == "zip" else hostile_files.torch_legacy)(path, data)
+    refused(path, "no state_dict")
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_huge_memo_index_is_refused(tmp_path, layout):
+    # NONE, LONG_BINPUT 2**27: the unpickler would size its memo table for 2**27 entries
+    data = b"\x80\x02N" + b"r" + struct.pack("<I", 1 << 27) + b"."
+    path = tmp_path / "memo.pth"
+    if layout == "zip":
+        hostile_files.torch_zip(path, data)
+    else:
+        path.write_bytes(data)
+    refused(path, "memo index")
+
+
+def test_declared_length_beyond_the_data_is_refused(tmp_path):
+    data = b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc."  # BINBYTES8 of 1 TB, 3 bytes present
+    path = tmp_path / "long.pth"
+    hostile_files.torch_legacy(path, data)
+    refused(path, "pickle data")
+
+
+def test_stride_zero_tensor_is_refused(tmp_path):
+    pytest.importorskip("torch")
+    storage = hostile_files.Storage("0", 1)
+    data = hostile_files.torch_pickle({"conv1.weight": hostile_files.Tensor(storage, (16384, 16384), (0, 0))})
+    path = tmp_path / "stride0.pth"
+    hostile_files.torch_zip(path, data, [("0", np.zeros(1, np.float32).tobytes())])
+    assert os.path.getsize(path) < 1000
+    refused(path, "strides (0, 0)")
+
+
+def test_overlapping_strides_are_refused(tmp_path):
+    pytest.importorskip("torch")
+    storage = hostile_files.Storage("0", 64)
+    data = hostile_files.torch_pickle({"fc.bias": hostile_files.Tensor(storage, (8, 8), (1, 1))})
+    path = tmp_path / "overlap.pth"
+    hostile_files.torch_zip(path, data, [("0", np.zeros(64, np.float32).tobytes())])
+    refused(path, "strides (1, 1)")
+
+
+def test_transposed_tensor_is_read_as_torch_reads_it(tmp_path):
+    """A dense layout other than C order (a transposed tensor) is a real torch file, not hostile."""
+    torch = pytest.importorskip("torch")
+    from covidx.formats import torch_files
+
+    weight = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    torch.save({"w": weight.t()}, tmp_path / "t.pt")
+    np.testing.assert_array_equal(torch_files.read(str(tmp_path / "t.pt"), "zip")["w"], weight.t().numpy())
+
+
+def test_deflated_gigabyte_storage_is_refused(tmp_path):
+    pytest.importorskip("torch")
+    size = 1 << 30
+    storage = hostile_files.Storage("0", size // 4)
+    data = hostile_files.torch_pickle({"conv1.weight": hostile_files.Tensor(storage, (size // 4,), (1,))})
+    stream, crc = hostile_files.deflated_zeros(size)
+    path = hostile_files.torch_zip(tmp_path / "bomb.pth", data, [("0", (stream, crc, size))])
+    assert os.path.getsize(path) < 2 << 20
+    refused(path, "storage 0 declares 268435456 elements")
+
+
+def test_deflated_storage_within_the_limits_is_refused_by_its_ratio(tmp_path):
+    """A storage of a size ResNet50 can have (64 MiB) deflated 1000-fold: a zip bomb, refused
+    before it is inflated (torch.save stores its members uncompressed)."""
+    pytest.importorskip("torch")
+    size = 64 << 20
+    storage = hostile_files.Storage("0", size // 4)
+    data = hostile_files.torch_pickle({"fc.weight": hostile_files.Tensor(storage, (size // 4,), (1,))})
+    stream, crc = hostile_files.deflated_zeros(size)
+    path = hostile_files.torch_zip(tmp_path / "ratio.pth", data, [("0", (stream, crc, size))])
+    outcome = refused(path, "compression bomb")
+    assert outcome.extra_mb < 32
+
+
+# --- safetensors --------------------------------------------------------------------------------------
+
+
+def write_safetensors(path, header_bytes, payload=b""):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes + payload)
+    return path
+
+
+def test_deeply_nested_safetensors_header(tmp_path):
+    header = b'{"a":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    refused(write_safetensors(tmp_path / "deep.safetensors", header), "nested too deeply")
+
+
+def test_deeply_nested_architecture_metadata(tmp_path):
+    meta = {"format": "covidx", "format_version": "1", "architecture": "[" * 100000 + "]" * 100000}
+    header = json.dumps({"__metadata__": meta}).encode()
+    refused(write_safetensors(tmp_path / "deep_arch.safetensors", header), "'architecture'")
+
+
+def test_dtype_that_is_not_a_string(tmp_path):
+    header = json.dumps({"x": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}).encode()
+    refused(write_safetensors(tmp_path / "dtype.safetensors", header, b"\0" * 4), "unsupported dtype")
+
+
+def test_head_larger_than_covidx_runs(tmp_path):
+    """An architecture whose Dense layer would need 8 GB is refused from the metadata alone."""
+    arch = {"family": "resnet50", "variant": "v1", "bn_epsilon": 1.001e-5, "pooling": "avg",
+            "pooling_name": "avg_pool", "head": [{"name": "dense", "units": 1 << 20, "activation": "softmax"}]}
+    meta = {"format": "covidx", "format_version": "1", "architecture": json.dumps(arch)}
+    refused(write_safetensors(tmp_path / "big_head.safetensors", json.dumps({"__metadata__": meta}).encode()),
+            "more than covidx runs")
+
+
+# --- HDF5 -------------------------------------------------------------------------------------------
+
+
+def test_hdf5_group_linked_to_itself(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "loop.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"conv1_conv"]
+        group = f.create_group("conv1_conv")
+        group["loop"] = group  # a hard link from the group to itself
+        group.attrs["weight_names"] = [("loop/" * 100000 + "kernel:0").encode()]
+    refused(path, "longer than any Keras name")
+
+
+def keras3_weights(path, head_units, backbone_written, head_written):
+    """A Keras 3 .weights.h5 layout (layers/conv2d_k/vars/i, batch_normalization_k, dense_k) for
+    ResNet50 + Dense layers: every dataset chunked, written as compressed zeros or never written."""
+    h5py = pytest.importorskip("h5py")
+    from covidx import architecture
+
+    def dataset(group, i, shape, written):
+        chunks = tuple(min(n, 64) for n in shape)
+        if written:
+            group.create_dataset(str(i), data=np.zeros(shape, np.float32), chunks=chunks, compression="gzip")
+        else:
+            group.create_dataset(str(i), shape=shape, dtype="f4", chunks=chunks)
+
+    counters = {}
+    with h5py.File(path, "w") as f:
+        for layer, weights in architecture.weight_spec({"variant": "v1", "head": []}):
+            kind = "conv2d" if layer.endswith("_conv") else "batch_normalization"
+            k = counters[kind] = counters.get(kind, -1) + 1
+            group = f.create_group("layers/%s/vars" % (kind if k == 0 else "%s_%d" % (kind, k)))
+            for i, (_, shape) in enumerate(weights):
+                dataset(group, i, shape, backbone_written)
+        units_in = 2048
+        for k, units in enumerate(head_units):
+            group = f.create_group("layers/%s/vars" % ("dense" if k == 0 else "dense_%d" % k))
+            dataset(group, 0, (units_in, units), head_written)
+            dataset(group, 1, (units,), head_written)
+            units_in = units
+    return path
+
+
+def test_unwritten_chunked_datasets_are_refused(tmp_path):
+    """A weights file whose datasets were created but never written (a few hundred KB): libhdf5
+    would return zeros for every tensor, a model that silently predicts nothing."""
+    path = keras3_weights(tmp_path / "unwritten.weights.h5", [2], backbone_written=False, head_written=False)
+    assert os.path.getsize(path) < 1_000_000
+    refused(path, "chunks are stored")
+
+
+def test_unwritten_gigabyte_dense_kernel_is_refused(tmp_path):
+    path = keras3_weights(tmp_path / "big_dense.weights.h5", [131072], backbone_written=True, head_written=False)
+    assert os.path.getsize(path) < 4_000_000
+    refused(path, "implausibly large tensor (2048, 131072)")
+
+
+# --- paths and files that are not files --------------------------------------------------------------
+
+
+def test_fifo_and_device_are_not_read(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    refused(fifo, "not a regular file")
+    link = tmp_path / "zero.pth"
+    os.symlink("/dev/zero", link)
+    refused(link, "not a regular file")
