@@ -5,7 +5,12 @@ An architecture is a plain dict (stored as JSON in model files):
     {"family": "resnet50", "variant": "v1" | "v1.5", "bn_epsilon": 1.001e-05,
      "pooling": "avg" | "max" | None, "pooling_name": "avg_pool",
      "head": [{"name": "dense", "units": 1024, "activation": "relu"}, ...],
-     "input_norm": {"name": "input_norm", "epsilon": 1e-05}}       (optional)
+     "rescaling": {"name": "rescaling", "scale": 0.00392156862745098, "offset": 0.0},   (optional)
+     "input_norm": {"name": "input_norm", "epsilon": 1e-05}}                           (optional)
+
+"rescaling" is Keras's Rescaling layer at the input (x * scale + offset); "input_norm" a
+LayerNormalization of each image over height, width and channels, without center or scale,
+before conv1_pad (after the rescaling). Absent or None: no such layer.
 
 "v1" is Keras's ResNet50 (stride on the first 1x1 conv of a block, conv biases, BN epsilon
 1.001e-5); "v1.5" is torchvision's (stride on the 3x3 conv, no conv biases, BN epsilon 1e-5).
@@ -20,6 +25,7 @@ import math
 ACTIVATIONS = {"linear": 0, None: 0, "relu": 1, "softmax": 2, "sigmoid": 3}
 VARIANTS = {"v1": 1, "v1.5": 2}
 POOLINGS = {None: 0, "avg": 1, "max": 2}
+INPUT_LAYERS = ("rescaling", "input_norm")  # optional layers before conv1_pad, in this order
 STAGES = [(2, 64, 3, 1), (3, 128, 4, 2), (4, 256, 6, 2), (5, 512, 3, 2)]  # stage, filters, blocks, stride
 # What any architecture covidx runs can need, so that readers can refuse a file's declared sizes before
 # allocating: ResNet50's largest tensor has 2.4M elements and the backbone 23.6M in all; a Dense layer
@@ -104,13 +110,6 @@ def validate(arch):
         raise ValueError("architecture.bn_epsilon: expected a small positive number, got %r" % (eps,))
     if arch.get("pooling") not in POOLINGS:
         raise ValueError("architecture.pooling: expected 'avg', 'max' or None, got %r" % arch.get("pooling"))
-    norm = arch.get("input_norm")
-    if norm is not None:
-        eps = norm.get("epsilon") if isinstance(norm, dict) else None
-        if not isinstance(norm, dict) or not isinstance(norm.get("name"), str) or isinstance(eps, bool) or \
-                not isinstance(eps, (int, float)) or not 0 < eps < 1 or not math.isfinite(eps):
-            raise ValueError("architecture.input_norm: expected None or {'name': str, 'epsilon': a small positive "
-                             "number}, got %r" % (norm,))
     head = arch.get("head", [])
     if not isinstance(head, list) or len(head) > 16:
         raise ValueError("architecture.head: expected a list of at most 16 Dense layers")
@@ -139,6 +138,7 @@ def validate(arch):
     if total > MAX_WEIGHT_ELEMENTS:
         raise ValueError("architecture.head: %d weights in all is more than covidx runs (at most %d)"
                          % (total, MAX_WEIGHT_ELEMENTS))
+    _validate_input_layers(arch)
     return arch
 
 
@@ -148,3 +148,25 @@ def weight_elements(arch):
 
 
 BACKBONE_ELEMENTS = weight_elements({"variant": "v1", "head": []})
+
+
+def _validate_input_layers(arch):
+    rescaling = arch.get("rescaling")
+    if rescaling is not None:
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def factor(v):  # one number, or one per channel
+            return number(v) or (isinstance(v, list) and len(v) == 3 and all(number(c) for c in v))
+
+        if not isinstance(rescaling, dict) or not isinstance(rescaling.get("name"), str) or not all(
+                factor(rescaling.get(k)) for k in ("scale", "offset")):
+            raise ValueError("architecture.rescaling: expected {'name': str, 'scale': s, 'offset': o} with numbers "
+                             "(or 3 per-channel numbers), got %r" % (rescaling,))
+    norm = arch.get("input_norm")
+    if norm is not None:
+        eps = norm.get("epsilon") if isinstance(norm, dict) else None
+        if not isinstance(norm, dict) or not isinstance(norm.get("name"), str) or isinstance(eps, bool) or \
+                not isinstance(eps, (int, float)) or not 0 < eps < 1 or not math.isfinite(eps):
+            raise ValueError("architecture.input_norm: expected None or {'name': str, 'epsilon': a small positive "
+                             "number in (0, 1)}, got %r" % (norm,))

@@ -1,10 +1,14 @@
-"""Keras's training callbacks: History, EarlyStopping, ModelCheckpoint (covidx model files),
-ReduceLROnPlateau, LambdaCallback, TerminateOnNaN, and the base class for custom ones.
+"""Keras's training callbacks: History, EarlyStopping, ModelCheckpoint (Keras or covidx model
+files), ReduceLROnPlateau, LearningRateScheduler, CSVLogger, LambdaCallback, TerminateOnNaN, the
+base class for custom ones, and TensorBoard (which does nothing here: there is no TensorFlow).
 
 They follow Keras 3's rules (monitor direction, min_delta, patience, cooldown, file name
 placeholders such as 'model-{epoch:02d}-{val_loss:.2f}.safetensors')."""
 from __future__ import annotations
 
+import collections
+import collections.abc
+import csv
 import math
 import os
 import warnings
@@ -202,11 +206,15 @@ class ReduceLROnPlateau(MonitorCallback):
                     self.cooldown_counter, self.wait = self.cooldown, 0
 
 
+MODEL_EXTENSIONS = (".keras", ".h5", ".hdf5", ".safetensors", ".covidx")
+
+
 class ModelCheckpoint(MonitorCallback):
-    """Saves the model as a covidx model file (load it with covidx.load_model) after each epoch,
-    or only when `monitor` improves (save_best_only). filepath may hold placeholders:
-    '{epoch:02d}' and any logged value, e.g. '{val_acc:.3f}'. Any extension is accepted; the file
-    is covidx's safetensors format whatever its name."""
+    """Saves the model after each epoch, or only when `monitor` improves (save_best_only), in
+    the format its extension names, as model.save does: '.keras' or '.h5' Keras files (which
+    Keras 3 and covidx load), '.safetensors' or '.covidx' covidx's own; with save_weights_only,
+    a '.weights.h5' Keras weights file. filepath may hold placeholders: '{epoch:02d}' and any
+    logged value, e.g. '{val_acc:.3f}'."""
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto", save_freq="epoch", initial_value_threshold=None, **kwargs):
@@ -219,6 +227,12 @@ class ModelCheckpoint(MonitorCallback):
             raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported, got %r" % (save_freq,))
         self.filepath = os.fspath(filepath)
         self.verbose, self.save_best_only, self.save_weights_only = verbose, save_best_only, save_weights_only
+        if save_weights_only and not self.filepath.endswith(".weights.h5"):
+            raise ValueError("When using `save_weights_only=True` in `ModelCheckpoint`, the filepath provided must "
+                             "end in `.weights.h5` (Keras weights format). Received: filepath=%s" % self.filepath)
+        if not save_weights_only and not self.filepath.lower().endswith(MODEL_EXTENSIONS):
+            raise ValueError("The filepath provided must end in `.keras` or `.h5` (Keras model files), or "
+                             "`.safetensors` / `.covidx` (covidx's). Received: filepath=%s" % self.filepath)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -234,7 +248,10 @@ class ModelCheckpoint(MonitorCallback):
         if os.path.isdir(path):
             raise IOError("Please specify a non-directory filepath for ModelCheckpoint. Filepath used is an "
                           "existing directory: %s" % path)
-        self.model.save(path)
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
         if self.verbose > 0:
             print("\nEpoch %d: finished saving model to %s" % (epoch + 1, path))
 
@@ -257,6 +274,102 @@ class ModelCheckpoint(MonitorCallback):
         if self.verbose > 0:
             print("\nEpoch %d: %s did not improve from %s" % (epoch + 1, self.monitor, best))
         return False
+
+
+class LearningRateScheduler(Callback):
+    """Sets the optimizer's learning rate at the start of each epoch to schedule(epoch, lr) (or
+    schedule(epoch), the old form), and logs it as 'learning_rate'."""
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        if not hasattr(optimizer, "learning_rate"):
+            raise ValueError('Optimizer must have a "learning_rate" attribute.')
+        try:
+            learning_rate = self.schedule(epoch, float(optimizer.learning_rate))
+        except TypeError:  # schedule(epoch), as in Keras 1
+            learning_rate = self.schedule(epoch)
+        if not isinstance(learning_rate, (float, np.float32, np.float64)):
+            raise ValueError("The output of the `schedule` function should be a float. Got: %s" % (learning_rate,))
+        optimizer.learning_rate = learning_rate
+        if self.verbose > 0:
+            print("\nEpoch %d: LearningRateScheduler setting learning rate to %s." % (epoch + 1, learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class CSVLogger(Callback):
+    """Writes each epoch's logs as a row of a CSV file: 'epoch', then the logged values sorted by
+    name (val_ columns announced from the first epoch), as Keras's CSVLogger writes them.
+    append=True continues an existing file (without a second header)."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.sep, self.filename, self.append = separator, os.fspath(filename), append
+        self.writer = self.keys = self.csv_file = None
+        self.append_header = True
+
+    def on_train_begin(self, logs=None):
+        if self.append:
+            if os.path.exists(self.filename):
+                with open(self.filename) as f:
+                    self.append_header = not bool(len(f.readline()))
+            mode = "a"
+        else:
+            mode = "w"
+        if self.csv_file and not self.csv_file.closed:
+            self.csv_file.close()
+        self.csv_file = open(self.filename, mode, newline="")
+        self.writer = self.keys = None
+
+    @staticmethod
+    def _value(v):
+        if isinstance(v, str):
+            return v
+        if isinstance(v, collections.abc.Iterable) and not (isinstance(v, np.ndarray) and v.ndim == 0):
+            return '"[%s]"' % ", ".join(map(str, v))
+        return v
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs.keys())
+            if self.keys and not any(k.startswith("val_") for k in self.keys):
+                self.keys.extend(["val_%s" % k for k in self.keys])
+        if not self.writer:
+            class Dialect(csv.excel):
+                delimiter = self.sep
+
+            self.writer = csv.DictWriter(self.csv_file, fieldnames=["epoch"] + self.keys, dialect=Dialect)
+            if self.append_header:
+                self.writer.writeheader()
+        row = collections.OrderedDict({"epoch": epoch})
+        row.update((k, self._value(logs.get(k, "NA"))) for k in self.keys)
+        self.writer.writerow(row)
+        self.csv_file.flush()
+
+    def on_train_end(self, logs=None):
+        if self.csv_file and not self.csv_file.closed:
+            self.csv_file.close()
+        self.writer = None
+
+
+class TensorBoard(Callback):
+    """Keras's TensorBoard writes TensorFlow event files; covidx has no TensorFlow, so this callback
+    records nothing (it warns once when created, so a notebook that passes it still runs). Use
+    CSVLogger('log.csv') for the training logs, or History (what fit() returns)."""
+
+    def __init__(self, log_dir="logs", **kwargs):
+        super().__init__()
+        self.log_dir = os.fspath(log_dir)
+        warnings.warn("covidx: TensorBoard writes TensorFlow event files, and there is no TensorFlow here: this "
+                      "callback records nothing. Use covidx.keras.callbacks.CSVLogger('log.csv') for the logs "
+                      "(or the History that fit() returns).", UserWarning, stacklevel=2)
 
 
 class LambdaCallback(Callback):

@@ -129,6 +129,8 @@ def class_alignment(model, iterator):
     if len(gen_names) > n_model:
         raise ValueError("the data has %d classes %s but the model has %d %s; they cannot be aligned"
                          % (len(gen_names), gen_names, n_model, list(names) if names else "outputs"))
+    if len(gen_names) < n_model:  # by position would be a guess: refuse, saying how to be explicit
+        raise ValueError(_subset_message(gen_names, names, n_model))
     mapping = np.arange(len(gen_names))
     if names is None and len(gen_names) == n_model:
         return None, None
@@ -136,6 +138,32 @@ def class_alignment(model, iterator):
     pairs = ", ".join("'%s' -> %s" % (g, t) for g, t in zip(gen_names, target))
     return mapping, ("covidx: the folder's class names do not match the model's %s, so they were aligned by "
                      "index: %s." % (list(names) if names else "outputs", pairs))
+
+
+def _subset_message(gen_names, names, n_model):
+    found = "the folder has %d class%s %s" % (len(gen_names), "" if len(gen_names) == 1 else "es", gen_names)
+    example = list(names) if names else ["COV19", "Normal"][:n_model] if n_model == 2 else ["..."] * n_model
+    if names:
+        why = ("but none of its names matches the model's classes %s, so covidx cannot tell which of the %d outputs "
+               "%s" % (list(names), n_model, "it is" if len(gen_names) == 1 else "they are"))
+    else:
+        why = ("but the model has %d outputs and no class names, so covidx cannot tell which output %s (by position "
+               "it would only be a guess)" % (n_model, "it is" if len(gen_names) == 1 else "each is"))
+    return ("%s, %s. Say which: give the model its class names in output order, e.g. covidx.load_model(path, "
+            "class_names=%r) (or model.class_names = [...]); or list every output's class in order when reading the "
+            "folder, e.g. flow_from_directory(..., classes=%r), naming the folder's own sub-folders (classes without "
+            "a folder simply have no images)." % (found, why, example, _classes_hint(gen_names, example)))
+
+
+def _classes_hint(gen_names, example):
+    """The classes= list that puts each of the folder's classes at the position of the same name, where any."""
+    hint = list(example)
+    for g in gen_names:
+        if g not in hint:
+            hits = [i for i, n in enumerate(hint) if _canonical(n) == _canonical(g)]
+            if hits:
+                hint[hits[0]] = g
+    return hint
 
 
 def apply_alignment(y, mapping, mode, n_model):
@@ -183,8 +211,10 @@ def batch_source(x, y, batch_size, steps, sample_weight=None):
 
         def produce(i):
             if hasattr(x, "_get_batch_with_mask"):
-                bx, by, ok = x._get_batch_with_mask(x._batch_indices(i))
-                return bx, by, None, ok
+                idx = x._batch_indices(i)
+                bx, by, ok = x._get_batch_with_mask(idx)
+                weights = getattr(x, "sample_weight", None)  # flow_from_dataframe(weight_col=...)
+                return bx, by, None if weights is None else np.asarray(weights)[np.asarray(idx, np.intp)], ok
             return _unpack(x[i]) + (None,)
 
         return Prefetcher(produce, total), (steps if steps is not None else n), x
@@ -237,6 +267,28 @@ def say_alignment(model, iterator):
 
 
 # --- evaluate / predict ---------------------------------------------------------------------------
+
+def warn_if_unscaled(model, x):
+    from .model import warn_if_unscaled as check
+
+    check(model, x)
+
+
+def warn_if_shuffled(iterator):
+    """predict over a shuffling image iterator gives rows in a random order, which a later
+    comparison with iterator.classes (in file order) silently scores as chance: warn, once."""
+    if iterator is None or not getattr(iterator, "shuffle", False) or getattr(iterator, "classes", None) is None:
+        return
+    if getattr(iterator, "_covidx_shuffle_said", False):
+        return
+    try:
+        iterator._covidx_shuffle_said = True
+    except AttributeError:
+        pass
+    warnings.warn("covidx: predict() over an iterator made with shuffle=True: the rows come in a shuffled order, not "
+                  "the order of its .classes and .filenames, so comparing them scores chance. Make the iterator with "
+                  "shuffle=False to compare predictions with .classes.", UserWarning, stacklevel=4)
+
 
 def _resolve_loss(compiled, y, y_pred):
     """Keras's loss, with one covidx convenience: integer labels (class_mode 'binary'/'sparse')
@@ -303,13 +355,15 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
 
     for bx, by, bw, ok in source:
         step += 1
+        if step == 1:
+            warn_if_unscaled(model, bx)
         if by is None:
             raise ValueError("evaluate: the data has no labels (class_mode=None or 'input' gives none)")
         if mode == "input":
             raise ValueError("evaluate: class_mode='input' labels are images; covidx models output classes")
         by = apply_alignment(by, mapping, mode, n_model)
         if ok is not None and not ok.all():
-            bx, by = bx[ok], by[ok]
+            bx, by, bw = bx[ok], by[ok], (None if bw is None else bw[ok])
             if not len(bx):
                 continue
         pred = model.predict_on_batch(bx)
@@ -345,6 +399,7 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
 def predict(model, x, batch_size, verbose, steps, output="head", unfamiliar=False):
     require_data(x, "predict")
     source, total_steps, iterator = batch_source(x, None, batch_size, steps)
+    warn_if_shuffled(iterator)
     verbose = (1 if iterator is not None else 0) if verbose == "auto" else verbose
     bar = Progbar(total_steps, verbose=verbose) if verbose else None
     parts, scores, step = [], [], 0
@@ -352,6 +407,8 @@ def predict(model, x, batch_size, verbose, steps, output="head", unfamiliar=Fals
         step += 1
         if isinstance(bx, list):
             raise ValueError("predict: models with several inputs are not supported")
+        if step == 1:
+            warn_if_unscaled(model, bx)
         if ok is not None and not ok.all():
             out = np.full((len(bx),) + model._output_tail(output, bx.shape), np.nan, np.float32)
             score = np.full(len(bx), np.nan, np.float32)

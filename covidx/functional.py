@@ -60,6 +60,8 @@ class KerasTensor:
         """The layer that produced this tensor (for summary's 'Connected to')."""
         if self._layer is not None:
             return self._layer.name
+        if self._model is None:  # keras.Input
+            return self.name
         layers = self._model.layers
         return layers[0].name if self._role == "input" else layers[-1].name
 
@@ -88,6 +90,46 @@ def _symbolic_pair(model):
         out = KerasTensor(_backbone_output_shape(model), parent=inp, model=model, role="output")
         _symbolic[model] = (inp, out)
     return _symbolic[model]
+
+
+def Input(shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None, name=None, tensor=None,
+          optional=False):
+    """keras.Input: a symbolic image input, for the Keras 3 transfer-learning pattern
+
+        inputs = keras.Input(shape=(224, 224, 3))
+        x = base_model(inputs, training=False)
+        x = GlobalAveragePooling2D()(x)
+        outputs = Dense(2, activation='softmax')(x)
+        model = keras.Model(inputs, outputs)
+
+    covidx models take RGB images (height, width, 3): the input feeds a ResNet50 backbone."""
+    if tensor is not None or sparse:
+        raise ValueError("Input: tensor= and sparse= are not supported by covidx")
+    if dtype not in (None, "float32"):
+        raise ValueError("Input: covidx models take float32 images, got dtype=%r" % (dtype,))
+    if batch_shape is not None:
+        shape = tuple(batch_shape)[1:]
+    if shape is None:
+        raise ValueError("Input: give shape=(height, width, 3)")
+    shape = tuple(None if d is None else int(d) for d in shape)
+    if len(shape) != 3 or shape[2] != 3 or any(d is not None and d < 32 for d in shape[:2]):
+        raise ValueError("Input: covidx models take RGB images, shape=(height, width, 3) with height and width of "
+                         "at least 32 (or None), got shape=%r" % (shape,))
+    t = KerasTensor((batch_size,) + shape, role="user_input")
+    if name:
+        t.name = name
+    return t
+
+
+def call_backbone(model, inputs):
+    """base_model(inputs): the backbone's output tensor, computed from a keras.Input."""
+    if not isinstance(inputs, KerasTensor) or inputs._role != "user_input":
+        raise TypeError("%s: covidx backbones are called on a keras.Input (inputs = keras.Input(shape=(224, 224, 3)); "
+                        "x = base_model(inputs)), or on arrays to compute" % model.name)
+    if model.architecture.get("head"):
+        raise ValueError("the backbone %r already has Dense layers; build on a backbone without top: "
+                         "ResNet50(include_top=False, weights=...)" % model.name)
+    return KerasTensor(_backbone_output_shape(model), parent=inputs, model=model, role="output")
 
 
 def symbolic_input(model):
@@ -643,11 +685,13 @@ def _trace_head(inputs, outputs):
         chain.append(tensor._layer)
         tensor = tensor._parent
     if tensor._role != "output":
-        raise ValueError("outputs: must be computed from a backbone's output (x = base_model.output; x = "
-                         "GlobalAveragePooling2D()(x); ...)")
+        raise ValueError("outputs: must be computed from a ResNet50 backbone's output (x = base_model.output, or x = "
+                         "base_model(inputs); then x = GlobalAveragePooling2D()(x); ...): covidx models are a backbone "
+                         "and a head")
     base = tensor._model
-    if inputs is not symbolic_input(base):
-        raise ValueError("inputs: must be the input of the backbone the outputs were computed from (base_model.input)")
+    if inputs is not symbolic_input(base) and inputs is not tensor._parent:
+        raise ValueError("inputs: must be the input the outputs were computed from (base_model.input, or the "
+                         "keras.Input the backbone was called on)")
     chain.reverse()
     return base, chain
 
@@ -687,7 +731,7 @@ class Model(model_mod.Model):
         inputs, outputs = _single(inputs, "inputs"), _single(outputs, "outputs")
         base, chain = _trace_head(inputs, outputs)
         _apply_pending_trainable(base)
-        arch, head_start = self._architecture_of(base, chain)
+        arch, head_start = self._architecture_of(base, chain, self._backbone_alone_ok)
         self._graph_inputs, self._graph_outputs = inputs, outputs
         self._base, self._chain, self._head = base, chain, chain[head_start:]
         self._check_unique_names()
@@ -699,14 +743,18 @@ class Model(model_mod.Model):
         if not trainable:
             self.trainable = False
 
+    _backbone_alone_ok = False  # a Sequential holding only its backbone so far is one
+
     @staticmethod
-    def _architecture_of(base, chain):
+    def _architecture_of(base, chain, backbone_alone_ok=False):
         """(the folded architecture, index of the first layer after the pooling in chain)."""
         barch = base.architecture
         if barch.get("head"):
             raise ValueError("the backbone %r already has Dense layers; build on a backbone without top: "
                              "ResNet50(include_top=False, weights=...)" % base.name)
-        if barch["pooling"] is None:
+        if barch["pooling"] is None and not chain and backbone_alone_ok:  # a Sequential being built
+            pooling, pooling_name, start = None, None, 0
+        elif barch["pooling"] is None:
             if not chain or not isinstance(chain[0], _GlobalPooling2D):
                 raise ValueError("the head must start with GlobalAveragePooling2D() or GlobalMaxPooling2D() on "
                                  "base_model.output")
@@ -717,6 +765,7 @@ class Model(model_mod.Model):
         head = [{"name": n, "units": int(k.shape[1]), "activation": act} for n, k, _, act in folded]
         arch = {"family": "resnet50", "variant": barch["variant"], "bn_epsilon": barch["bn_epsilon"],
                 "pooling": pooling, "pooling_name": pooling_name, "head": head}
+        arch.update((k, barch[k]) for k in architecture.INPUT_LAYERS if barch.get(k))  # the layers before conv1
         return architecture.validate(arch), start
 
     def _check_unique_names(self):
@@ -801,6 +850,32 @@ class Model(model_mod.Model):
         for layer in self.layers:
             layer.trainable = bool(value)
 
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Keras's load_weights: the backbone's weights (shared with the backbone model) and the
+        head's Dense layers, from a file with this model's architecture."""
+        from . import formats
+
+        if skip_mismatch:
+            raise ValueError("load_weights: skip_mismatch=True is not supported; every tensor must fit")
+        if any(not isinstance(layer, (Dense, Dropout, Flatten, Activation)) for layer in self._head):
+            raise ValueError("load_weights: this model's head has BatchNormalization layers, which covidx files and "
+                             "the Keras files it writes hold folded into the Dense layers; load the file as a model "
+                             "instead: covidx.load_model(%r)" % (filepath,))
+        named = formats.load_weights(filepath, self.architecture)
+        self._base.set_weights([named[k] for k in self._backbone_keys()])
+        for layer in self._head:
+            if isinstance(layer, Dense):
+                values = [named[layer.name + "/kernel"]] + ([named[layer.name + "/bias"]] if layer.use_bias else [])
+                layer.set_weights(values)
+
+    def _weights_and_flags(self):
+        """The backbone's weights and flags, then each head layer's (Keras's order)."""
+        out = list(model_mod.Model._weights_and_flags(self._base))
+        for layer in self._head:
+            out += [(w, layer.trainable and name not in layer._non_trainable_names)
+                    for name, w in layer._weights.items()]
+        return out
+
     def _backbone_keys(self):
         return ["%s/%s" % (layer, w) for layer, ws in architecture.weight_spec(self._base.architecture) for w, _ in ws]
 
@@ -833,3 +908,80 @@ class Model(model_mod.Model):
                          for l in self._chain)
         return "<covidx functional Model %r: ResNet50 %s backbone -> %s>" % (self.name,
                                                                             self.architecture["variant"], head)
+
+
+_SEQUENTIAL_OWN = {"add", "pop", "_build"}
+
+
+class Sequential(Model):
+    """keras.Sequential for a backbone and a head:
+
+        model = keras.Sequential([base_model, GlobalAveragePooling2D(), Dense(2, activation='softmax')])
+
+    (or .add() them one by one; a keras.Input first is allowed). The first layer after the input
+    must be a covidx ResNet50 backbone without top; the rest are head layers."""
+
+    _backbone_alone_ok = True
+
+    def __init__(self, layers=None, trainable=True, name=None):
+        self.__dict__["_sequence"] = []
+        self.__dict__["_sequence_input"] = None
+        self.__dict__["_sequence_name"] = name or unique_name("sequential")
+        self.__dict__["_sequence_trainable"] = bool(trainable)
+        for layer in layers or []:
+            self.add(layer)
+
+    def __getattr__(self, name):  # only reached for attributes not set yet: before a backbone is added
+        if name.startswith("__") or "_sequence" not in self.__dict__ or self.__dict__.get("_graph_outputs") is not None:
+            raise AttributeError(name)
+        raise AttributeError("Sequential model %r has no backbone yet (%r is not available): add a ResNet50 backbone "
+                             "first, e.g. Sequential([ResNet50(include_top=False, weights=...), "
+                             "GlobalAveragePooling2D(), Dense(2, activation='softmax')])"
+                             % (self.__dict__["_sequence_name"], name))
+
+    def add(self, layer):
+        """Appends a layer (the backbone first, then head layers) and rebuilds the model."""
+        sequence = self.__dict__["_sequence"]
+        if isinstance(layer, KerasTensor):
+            if sequence or self.__dict__["_sequence_input"] is not None or layer._role != "user_input":
+                raise ValueError("Sequential: a keras.Input can only come first")
+            self.__dict__["_sequence_input"] = layer
+            return
+        if not sequence:
+            if not isinstance(layer, model_mod.Model) or isinstance(layer, Model):
+                raise ValueError("Sequential: covidx models start with a ResNet50 backbone (e.g. ResNet50("
+                                 "include_top=False, weights=...)), got %r first" % (layer,))
+            start = self.__dict__["_sequence_input"]
+            tensor = call_backbone(layer, start) if start is not None else symbolic_output(layer)
+            inputs = start if start is not None else symbolic_input(layer)
+        else:
+            if not isinstance(layer, Layer):
+                raise ValueError("Sequential: after the backbone come head layers (GlobalAveragePooling2D, Dense, "
+                                 "Dropout, BatchNormalization, Activation, Flatten), got %r" % (layer,))
+            inputs, tensor = self.__dict__["_sequence_io"]
+            tensor = layer(tensor)
+        sequence.append(layer)
+        self.__dict__["_sequence_io"] = (inputs, tensor)
+        self.__dict__["_sequence_dirty"] = True  # built when next used: one engine for all the add() calls
+
+    def __getattribute__(self, name):
+        d = object.__getattribute__(self, "__dict__")
+        if d.get("_sequence_dirty") and not name.startswith("__") and name not in _SEQUENTIAL_OWN:
+            d["_sequence_dirty"] = False
+            try:
+                object.__getattribute__(self, "_build")()
+            except BaseException:
+                d["_sequence_dirty"] = True
+                raise
+        return object.__getattribute__(self, name)
+
+    def _build(self):
+        d = self.__dict__
+        inputs, tensor = d["_sequence_io"]
+        compiled, optimizer = d.get("_compiled"), d.get("optimizer")
+        Model.__init__(self, inputs=inputs, outputs=tensor, name=d["_sequence_name"],
+                       trainable=d["_sequence_trainable"])
+        self._compiled, self.optimizer = compiled, optimizer
+
+    def pop(self):
+        raise ValueError("Sequential.pop is not supported by covidx (layers are called once); build a new Sequential")

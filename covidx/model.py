@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from .progbar import Progbar
 FORMAT = "covidx"
 FORMAT_VERSION = 1
 OUTPUTS = {"head": 0, "features": 1, "feature_map": 2}
+STATISTICS = ("moving_mean", "moving_variance")  # weights that never train
 
 
 def _as_images(x, name="x"):
@@ -53,11 +55,48 @@ def _positive_int(value, name, allow_none=True):
     return int(value)
 
 
+def warn_if_unscaled(model, x):
+    """Warns once per model when images look like raw 0-255 values but the model's recorded
+    preprocessing scales them (rescale=1/255: it was trained on 0..1): its outputs would be
+    plausible-looking numbers that mean nothing. Only the first 32 images are looked at."""
+    p = model.preprocessing
+    if not (isinstance(p, dict) and set(p) == {"rescale"}) or model.__dict__.get("_warned_unscaled"):
+        return
+    factor = float(p["rescale"])
+    sample = np.asarray(x[:32])
+    if not 0 < factor < 0.5 or not sample.size or sample.dtype.kind not in "biuf":
+        return
+    top = float(np.max(sample))
+    if top > 2 * 255 * factor:
+        model.__dict__["_warned_unscaled"] = True
+        warnings.warn("covidx: the images given to model %r reach %g, but its recorded preprocessing is rescale=%.6g "
+                      "(it was trained on images scaled to 0..%g), so its outputs will be meaningless. Scale them "
+                      "first: ImageDataGenerator(rescale=%.6g), x * %.6g, or model.preprocess(x)."
+                      % (model.name, top, factor, 255 * factor, factor, factor), UserWarning, stacklevel=3)
+
+
 def _check_legacy_kwargs(method, kwargs):
     """Keras 2's max_queue_size/workers/use_multiprocessing are accepted and ignored."""
     unknown = set(kwargs) - {"max_queue_size", "workers", "use_multiprocessing"}
     if unknown:
         raise TypeError("%s() got unexpected keyword argument(s): %s" % (method, ", ".join(sorted(unknown))))
+
+
+class InputRescaling:
+    """Keras's Rescaling layer in front of the engine: x * scale + offset in float32 (as Keras
+    computes it), then the network. scale and offset: numbers or one per channel."""
+
+    def __init__(self, engine, rescaling):
+        self.engine = engine
+        self.scale = np.asarray(rescaling["scale"], np.float32)
+        self.offset = np.asarray(rescaling["offset"], np.float32)
+
+    def forward(self, x, **kwargs):
+        scaled = np.ascontiguousarray(x * self.scale + self.offset, np.float32)
+        return self.engine.forward(scaled, **kwargs)
+
+    def __getattr__(self, name):  # workspace_bytes, set_unfamiliar, ...: the engine's own
+        return getattr(self.engine, name)
 
 
 class Model:
@@ -140,9 +179,10 @@ class Model:
                           w[b + "moving_mean"], w[b + "moving_variance"]))
         dense = [(d["name"], w[d["name"] + "/kernel"], w[d["name"] + "/bias"], architecture.ACTIVATIONS[d["activation"]])
                  for d in arch.get("head", [])]
-        return _core.Engine(architecture.VARIANTS[arch["variant"]], architecture.POOLINGS[arch["pooling"]],
-                            float(arch["bn_epsilon"]), convs, dense,
-                            input_norm_eps=architecture.input_norm_epsilon(arch))
+        engine = _core.Engine(architecture.VARIANTS[arch["variant"]], architecture.POOLINGS[arch["pooling"]],
+                              float(arch["bn_epsilon"]), convs, dense,
+                              input_norm_eps=architecture.input_norm_epsilon(arch))
+        return InputRescaling(engine, arch["rescaling"]) if arch.get("rescaling") else engine
 
     def get_weights(self):
         """All weights as a list of arrays, in Keras's order: per layer in model.layers order,
@@ -158,6 +198,32 @@ class Model:
 
     def _weight_keys(self):
         return ["%s/%s" % (layer, w) for layer, ws in architecture.weight_spec(self.architecture) for w, _ in ws]
+
+    def _weights_and_flags(self):
+        """[(array, trainable)] in Keras's model.weights order. As in Keras, batchnorm statistics
+        never train, and a frozen layer's weights are all non-trainable."""
+        from . import functional
+
+        functional._apply_pending_trainable(self)
+        trainable = {layer.name: layer.trainable for layer in self.layers}
+        return [(self._weights["%s/%s" % (layer, w)], trainable.get(layer, True) and w not in STATISTICS)
+                for layer, ws in architecture.weight_spec(self.architecture) for w, _ in ws]
+
+    @property
+    def weights(self):
+        """Every weight array (copies), in Keras's order (as get_weights())."""
+        return [a.copy() for a, _ in self._weights_and_flags()]
+
+    @property
+    def trainable_weights(self):
+        """The weights fit() may change (copies), in Keras's order: those of trainable layers,
+        without batchnorm statistics."""
+        return [a.copy() for a, on in self._weights_and_flags() if on]
+
+    @property
+    def non_trainable_weights(self):
+        """Batchnorm statistics and the weights of frozen layers (copies), in Keras's order."""
+        return [a.copy() for a, on in self._weights_and_flags() if not on]
 
     @property
     def named_weights(self):
@@ -254,6 +320,7 @@ class Model:
         if self._is_array(x):
             if steps is not None:  # only the first `steps` batches are computed
                 x = x[:steps * (batch_size or 32)]
+            warn_if_unscaled(self, x)
             return self._run(x, batch_size, "head", verbose, unfamiliar=bool(return_unfamiliar))
         return evaluation.predict(self, x, batch_size, verbose, steps, "head", unfamiliar=bool(return_unfamiliar))
 
@@ -378,7 +445,29 @@ class Model:
     def predict_on_batch(self, x):
         return self._engine.forward(_as_images(x), output=0)
 
-    __call__ = predict_on_batch
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """Keras's train_on_batch: one optimizer step of the head on this batch (images and
+        labels); returns the batch's loss and metrics, computed before the step, as [loss,
+        metric, ...] (a float without metrics) or a dict."""
+        from . import training
+
+        return training.train_on_batch(self, x, y, sample_weight, class_weight, return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        """Keras's test_on_batch: the compiled loss and metrics on this batch."""
+        if y is None:
+            raise ValueError("test_on_batch: labels y are needed")
+        n = len(x) if hasattr(x, "__len__") else None
+        return self.evaluate(x, y, batch_size=n, verbose=0, sample_weight=sample_weight, return_dict=return_dict)
+
+    def __call__(self, x, training=None, **kwargs):
+        """model(x): outputs for images, as predict_on_batch; on a keras.Input, the symbolic
+        output, for building a model (x = base_model(inputs, training=False))."""
+        from . import functional
+
+        if isinstance(x, functional.KerasTensor):
+            return functional.call_backbone(self, x)
+        return self.predict_on_batch(x)
 
     def features(self, x, batch_size=None):
         """The globally pooled backbone features (batch, 2048)."""
@@ -409,11 +498,40 @@ class Model:
 
     # --- files -----------------------------------------------------------------------------------
 
-    def save(self, path, dtype="float32"):
-        """Writes the model as a covidx safetensors file (weights in Keras's naming; architecture,
-        class names and preprocessing in the metadata). dtype='float16' halves the file."""
+    def save(self, path, overwrite=True, dtype="float32", **kwargs):
+        """Writes the model in the format its extension names, as Keras does:
+
+        - '.keras': the Keras 3 archive; '.h5' (or '.hdf5'): Keras's legacy HDF5 (model_config +
+          model_weights): both load in Keras 3 (keras.models.load_model) and in covidx;
+        - '.safetensors' or '.covidx': covidx's own file (weights in Keras's naming; architecture,
+          class names, preprocessing and compile settings in the metadata). dtype='float16'
+          halves it.
+
+        Other extensions are refused (say which format you want)."""
+        kwargs.pop("include_optimizer", None)
+        kwargs.pop("save_format", None)
+        kwargs.pop("zipped", None)
+        if kwargs:
+            raise TypeError("save() got unexpected keyword argument(s): %s" % ", ".join(sorted(kwargs)))
         if dtype not in ("float32", "float16"):
             raise ValueError("dtype: expected 'float32' or 'float16', got %r" % (dtype,))
+        path = os.fspath(path)
+        if not overwrite and os.path.exists(path):
+            raise FileExistsError("save: %s exists (overwrite=False)" % path)
+        lower = path.lower()
+        if lower.endswith((".keras", ".h5", ".hdf5")):
+            if dtype != "float32":
+                raise ValueError("save: Keras files are written in float32 (dtype=%r is for covidx's .safetensors "
+                                 "files)" % (dtype,))
+            from .formats import keras_writer
+
+            if lower.endswith(".keras"):
+                return keras_writer.save_keras(self, path)
+            return keras_writer.save_h5(self, path)
+        if not lower.endswith((".safetensors", ".covidx")):
+            raise ValueError("save: cannot tell the format from the name %r. Use '.keras' or '.h5' for Keras files "
+                             "(readable by Keras 3 and covidx), or '.safetensors' / '.covidx' for covidx's own; "
+                             "save_weights('x.weights.h5') writes the weights only" % path)
         from . import __version__
 
         meta = {
@@ -435,6 +553,49 @@ class Model:
             stats_tensors, meta["unfamiliar"] = self._unfamiliar.to_file()
             tensors.update(stats_tensors)
         safetensors_io.save(os.fspath(path), tensors, meta)
+        return path
+
+    def save_weights(self, filepath, overwrite=True):
+        """Keras 3's model.save_weights: the weights as a Keras 3 '.weights.h5' file (loads with
+        load_weights here and in Keras)."""
+        filepath = os.fspath(filepath)
+        if not filepath.endswith(".weights.h5"):
+            raise ValueError("The filename must end in `.weights.h5`. Received: filepath=%s" % filepath)
+        if not overwrite and os.path.exists(filepath):
+            raise FileExistsError("save_weights: %s exists (overwrite=False)" % filepath)
+        from .formats import keras_writer
+
+        return keras_writer.save_weights(self, filepath)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Keras's model.load_weights: weights from a '.weights.h5', '.keras' or legacy '.h5' file
+        (or a covidx file) with this model's architecture, read as Keras reads them."""
+        from . import formats
+
+        if skip_mismatch:
+            raise ValueError("load_weights: skip_mismatch=True is not supported; every tensor must fit")
+        filepath = os.fspath(filepath)
+        if not os.path.isfile(filepath):
+            raise FileNotFoundError("load_weights: no such file: %s" % filepath)
+        self._set_named_weights(formats.load_weights(filepath, self.architecture))
+
+    # --- Keras's config ----------------------------------------------------------------------------
+
+    def get_config(self):
+        """The model's Keras config (the 'config' of to_json()): name, layers, inputs, outputs."""
+        from .formats import keras_writer
+
+        return keras_writer.model_config(self)["config"]
+
+    def to_json(self, **kwargs):
+        """The model's architecture as Keras 3 JSON: keras.models.model_from_json builds it."""
+        from .formats import keras_writer
+
+        config = keras_writer.model_config(self)
+        compiled = keras_writer.compile_config(self)
+        if compiled is not None:
+            config["compile_config"] = compiled
+        return json.dumps(config, **kwargs)
 
     def __repr__(self):
         head = "-".join(str(d["units"]) for d in self.architecture.get("head", [])) or "none"
@@ -458,7 +619,9 @@ def default_model_path():
 def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, class_names=None):
     """Loads a model file: covidx's safetensors format, or (see covidx.formats) a Keras .h5 /
     .keras / .weights.h5 file or a PyTorch ResNet50 state_dict, recognised by content.
-    class_names: for files that do not record them."""
+    class_names: for files that do not record them. compile=False gives an uncompiled model (as
+    Keras: evaluate() then asks for compile()); nothing in a file is ever executed, so
+    custom_objects and safe_mode change nothing."""
     if path is None:
         path = default_model_path()
         if path is None:
@@ -476,6 +639,8 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
         from . import formats
 
         model = formats.load(path, class_names=class_names)
+        if not compile:
+            model._compiled, model.optimizer = None, None
         return model
     tensors, meta = safetensors_io.load(path)
     if meta.get("format") != FORMAT:
@@ -498,8 +663,8 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
     try:
         architecture.validate(arch)
         stats = {k: tensors.pop(k) for k in list(tensors) if k.startswith("unfamiliar/")}
-        model = Model(arch, tensors, class_names=field("class_names"), preprocessing=field("preprocessing"),
-                      name=meta.get("name", "resnet50"))
+        model = Model(arch, tensors, class_names=class_names or field("class_names"),
+                      preprocessing=field("preprocessing"), name=meta.get("name", "resnet50"))
         calibration = field("calibration")
         model.calibration = calibration if isinstance(calibration, dict) else None
         if "unfamiliar" in meta or stats:
@@ -507,7 +672,7 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
 
             model.set_unfamiliar(UnfamiliarStats.from_file(stats, meta.get("unfamiliar", "null"), path))
         training = field("training_config")
-        if isinstance(training, dict) and isinstance(training.get("loss"), str):
+        if compile and isinstance(training, dict) and isinstance(training.get("loss"), str):
             model.compile(loss=training["loss"], metrics=list(training.get("metrics") or []))
         return model
     except (ValueError, TypeError) as e:

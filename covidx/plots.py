@@ -2,8 +2,9 @@
 precision-recall curve they need.
 
 Every function returns a matplotlib Figure made without pyplot (no global state, no display
-needed); figure_png turns one into PNG bytes. In a notebook a Figure shows itself when it is the
-cell's last value."""
+needed); figure_png turns one into PNG bytes. The figures show themselves as pictures when they
+are a notebook cell's last value (or passed to IPython's display()), with or without
+`%matplotlib inline`; figure() makes an empty one of the same kind for your own plots."""
 from __future__ import annotations
 
 import io
@@ -25,8 +26,33 @@ def require_matplotlib():
     return Figure
 
 
+_notebook_figure = None
+
+
+def _figure_class():
+    """matplotlib's Figure with a PNG representation, which Jupyter shows as a picture (a plain
+    Figure made without pyplot prints as '<Figure size ... with 1 Axes>' unless the inline
+    backend is on)."""
+    global _notebook_figure
+    if _notebook_figure is None:
+        base = require_matplotlib()
+
+        class NotebookFigure(base):
+            def _repr_png_(self):
+                return figure_png(self, dpi=self.dpi)
+
+        NotebookFigure.__name__ = NotebookFigure.__qualname__ = "Figure"
+        _notebook_figure = NotebookFigure
+    return _notebook_figure
+
+
+def figure(figsize=(4.2, 3.8), dpi=100, layout="constrained", **kwargs):
+    """An empty matplotlib Figure (no pyplot) that shows itself in a notebook: fig.subplots() etc."""
+    return _figure_class()(figsize=figsize, dpi=dpi, layout=layout, **kwargs)
+
+
 def _figure(width=4.2, height=3.8):
-    return require_matplotlib()(figsize=(width, height), dpi=100, layout="constrained")
+    return figure(figsize=(width, height))
 
 
 def figure_png(fig, dpi=110):

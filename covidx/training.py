@@ -89,8 +89,12 @@ _FREEZE_HINT = ("covidx trains only the head (the layers after global pooling); 
                 "fit(), as the articles do:\n\n"
                 "    for layer in model.layers[:175]:\n"
                 "        layer.trainable = False\n\n"
-                "(or set base_model.trainable = False before building the model). Training backbone layers "
-                "(fine-tuning) is not supported.")
+                "(or set base_model.trainable = False before building the model).{finetune}")
+_FINETUNE_NOTE = ("\n\nFine-tuning backbone layers (such as unfreezing the last block, conv5_*) is out of covidx's "
+                  "scope: its C engine computes the backbone forward only, without gradients. To fine-tune, train "
+                  "in Keras or PyTorch and load the result here (model.save('m.keras') writes a file Keras 3 "
+                  "loads; covidx.load_model reads the .keras/.h5 or torchvision file back); or train a bigger head "
+                  "on the frozen features.")
 
 
 class Head:
@@ -137,7 +141,7 @@ class Head:
     def _check_frozen(backbone):
         trainable = [layer.name for layer in backbone if layer.trainable and layer.count_params() > 0]
         if trainable:
-            raise ValueError(_FREEZE_HINT.format(count=len(trainable), first=trainable[0]))
+            raise ValueError(_FREEZE_HINT.format(count=len(trainable), first=trainable[0], finetune=_FINETUNE_NOTE))
 
     @property
     def input_units(self):
@@ -361,7 +365,8 @@ class IteratorData(IndexedData):
     def load(self, idx):
         if hasattr(self.it, "_get_batch_with_mask"):
             x, y, ok = self.it._get_batch_with_mask(idx)
-            return x, y, None, ok
+            weights = getattr(self.it, "sample_weight", None)  # flow_from_dataframe(weight_col=...)
+            return x, y, None if weights is None else np.asarray(weights, np.float32)[idx], ok
         x, y, w = _unpack(self.it._get_batches_of_transformed_samples(idx))
         return x, y, w, None
 
@@ -439,6 +444,7 @@ class Trainer:
             warnings.warn("The model does not have any trainable weights.", stacklevel=3)
 
     def image_features(self, x):
+        model_mod.warn_if_unscaled(self.model, x)
         return self.head.engine.forward(model_mod._as_images(x), output=model_mod.OUTPUTS["features"])
 
     def given_features(self, x):
@@ -622,3 +628,27 @@ def _fit(model, given, x, y, batch_size, epochs, verbose, callbacks, validation_
                              cache if given == "images" else False)
     return trainer.run(train, val, epochs, verbose, callbacks, shuffle, initial_epoch, steps_per_epoch,
                        validation_steps, validation_freq)
+
+
+def train_on_batch(model, x, y, sample_weight, class_weight, return_dict):
+    """Keras's Model.train_on_batch: one optimizer step on one batch of images. The loss and
+    metrics are those of this batch's forward pass (before the step), as Keras reports them."""
+    trainer = Trainer(model)
+    if y is None:
+        raise ValueError("train_on_batch: labels y are needed")
+    y, w = Labels(model, None, class_weight)(y, sample_weight)
+    feats = trainer.image_features(x)
+    if len(y) != len(feats):
+        raise ValueError("train_on_batch: %d images but %d labels" % (len(feats), len(y)))
+    for m in trainer.metrics:
+        m.reset_state()
+    out, loss = trainer.train_step(feats, y, w)
+    for m in trainer.metrics:
+        m.update_state(y, out)
+    trainer.head.write_back()
+    logs = {"loss": float(loss)}
+    logs.update((m.name, float(m.result())) for m in trainer.metrics)
+    if return_dict:
+        return logs
+    values = list(logs.values())
+    return values[0] if len(values) == 1 else values

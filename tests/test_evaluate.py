@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 import covidx  # noqa: E402
 from covidx.applications.resnet50 import ResNet50  # noqa: E402
-from covidx.data import sample_files  # noqa: E402
+from covidx.data import sample_files, samples_dir  # noqa: E402
 from covidx.preprocessing.image import ImageDataGenerator, img_to_array, load_img  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -239,6 +239,82 @@ def test_alignment_by_index_when_names_differ(tmp_path, capsys):
     assert "aligned by index" in capsys.readouterr().out
     p = model.predict(images_of(it.filepaths), verbose=0)
     assert acc == pytest.approx(np.mean(np.argmax(p, 1) == it.classes))
+
+
+def one_class_folder(tmp_path, name, label):
+    (tmp_path / name).mkdir()
+    for p, sample_label in sample_files():
+        if sample_label == label:
+            shutil.copy(p, tmp_path / name / os.path.basename(p))
+    return str(tmp_path)
+
+
+def test_one_class_folder_without_names_to_match_is_refused(tmp_path):
+    """A Normal-only folder for a model without class names (every Keras file) was scored as
+    class 0 and reported accuracy 0.0; there is nothing to say which output it is: refuse, and say
+    how to tell covidx."""
+    model = spread_model(2, "softmax", seed=5)
+    assert model.class_names is None
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    root = one_class_folder(tmp_path, "Normal", "Normal")
+    gen = ImageDataGenerator(rescale=1.0 / 255)
+    it = gen.flow_from_directory(root, target_size=SIZE, class_mode="categorical", shuffle=False)
+    with pytest.raises(ValueError, match=r"1 class \['Normal'\].*no class names.*class_names=.*classes="):
+        model.evaluate(it, verbose=0)
+    for layer in model.layers[:175]:
+        layer.trainable = False
+    with pytest.raises(ValueError, match="class_names="):
+        model.fit(it, epochs=1, verbose=0)
+    # either way of saying it gives the right labels
+    named = gen.flow_from_directory(root, target_size=SIZE, class_mode="categorical", shuffle=False,
+                                    classes=["COV19", "Normal"])
+    p = model.predict(images_of(named.filepaths), verbose=0)
+    _, acc = model.evaluate(named, verbose=0)
+    assert acc == pytest.approx(np.mean(np.argmax(p, 1) == 1))
+    model.class_names = ["COV19", "Normal"]
+    _, acc = model.evaluate(it, verbose=0)
+    assert acc == pytest.approx(np.mean(np.argmax(p, 1) == 1))
+    # names that match none of the model's are refused too, rather than taken by position
+    model.class_names = ["cats", "dogs"]
+    with pytest.raises(ValueError, match=r"none of its names matches the model's classes \['cats', 'dogs'\]"):
+        model.evaluate(it, verbose=0)
+
+
+def test_unscaled_images_warn_once(recwarn):
+    model = spread_model(2, "softmax", seed=6)
+    model.preprocessing = {"rescale": 1 / 255}
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    x = images_of([p for p, _ in sample_files()])
+    y = np.eye(2, dtype=np.float32)[[0] * 4 + [1] * 4]
+    model.predict(x, verbose=0)
+    model.evaluate(x, y, verbose=0)
+    assert not [w for w in recwarn if "rescale" in str(w.message)]
+    raw = x * 255
+    with pytest.warns(UserWarning, match=r"reach 255.*rescale=0.00392157.*0\.\.1.*meaningless"):
+        model.evaluate(raw, y, verbose=0)
+    recwarn.clear()
+    model.predict(raw, verbose=0)
+    model.evaluate(raw, y, verbose=0)
+    assert not [w for w in recwarn if "rescale" in str(w.message)]  # once per model
+    other = spread_model(2, "softmax", seed=6)
+    other.preprocessing = {"rescale": 1 / 255}
+    it = ImageDataGenerator().flow_from_directory(samples_dir(), target_size=SIZE,
+                                                  class_mode=None, shuffle=False)
+    with pytest.warns(UserWarning, match="reach"):
+        other.predict(it, verbose=0)
+
+
+def test_predict_over_a_shuffling_iterator_warns(shuffled_tree, recwarn):
+    model = spread_model(2, "softmax", seed=7)
+    it = flow(shuffled_tree, "categorical")  # shuffle=False
+    model.predict(it, verbose=0)
+    assert not [w for w in recwarn if "shuffle" in str(w.message)]
+    shuffled = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(shuffled_tree, target_size=SIZE, seed=1)
+    with pytest.warns(UserWarning, match=r"shuffle=True.*\.classes"):
+        model.predict(shuffled, verbose=0)
+    recwarn.clear()
+    model.predict(shuffled, verbose=0)
+    assert not [w for w in recwarn if "shuffle" in str(w.message)]
 
 
 def test_bad_files_skipped_and_reported(shuffled_tree, tmp_path, capsys):

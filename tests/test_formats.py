@@ -251,6 +251,292 @@ def test_tf2_era_h5(articles, tmp_path):
     assert_matches(model.predict(articles["x"], verbose=0), articles["want"])
 
 
+# --- Keras files that covidx writes ------------------------------------------------------------
+
+
+def covidx_articles(articles, **kwargs):
+    """The articles' model in covidx with the Keras model's weights."""
+    model = ResNet50(weights=None, class_names=CLASSES, **dict(ARTICLES, **kwargs))
+    model.set_weights(list(articles["weights"].values()))
+    return model
+
+
+def keras_config(path):
+    """The model config in a Keras file."""
+    if str(path).endswith(".keras"):
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("config.json"))
+    with h5py.File(path) as f:
+        return json.loads(f.attrs["model_config"])
+
+
+def keras_layers(path):
+    """[(name, class)] of a Keras file's model config."""
+    return [(layer["name"], layer["class_name"]) for layer in keras_config(path)["config"]["layers"]]
+
+
+def keras_config_of(path, name):
+    """One layer's config in a Keras file."""
+    return next(layer["config"] for layer in keras_config(path)["config"]["layers"] if layer["name"] == name)
+
+
+@pytest.mark.parametrize("ext", [".keras", ".h5"])
+def test_covidx_writes_keras_files_that_keras_loads(articles, tmp_path, ext):
+    """model.save('x.keras' / 'x.h5') writes the real Keras format: keras.models.load_model reads it
+    with the same outputs and compile settings; saved again by Keras, covidx reads it back."""
+    model = covidx_articles(articles, preprocessing={"rescale": 1 / 255})
+    model.compile(optimizer=covidx.optimizers.SGD(learning_rate=0.02, momentum=0.9), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    assert_matches(model.predict(articles["x"], verbose=0), articles["want"])
+    path = tmp_path / ("covidx" + ext)
+    model.save(path)
+    assert path.read_bytes()[:4] == (b"PK\x03\x04" if ext == ".keras" else b"\x89HDF")
+    loaded = keras.models.load_model(path)
+    assert len(loaded.layers) == 175 + 6
+    assert_matches(keras_predict(loaded, articles["x"]), articles["want"])
+    assert type(loaded.optimizer).__name__ == "SGD"
+    assert float(keras.ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(0.02)
+    assert float(loaded.optimizer.momentum) == pytest.approx(0.9)
+    assert loaded.evaluate(articles["x"], np.eye(2)[[0] * 4 + [1] * 4], verbose=0)[1] == pytest.approx(
+        model.evaluate(articles["x"], np.eye(2)[[0] * 4 + [1] * 4], verbose=0)[1])
+    back = covidx.load_model(path)  # covidx's extras (class names, preprocessing) survive
+    assert back.class_names == CLASSES and back.preprocessing == {"rescale": 1 / 255}
+    assert back.architecture == model.architecture and back.metrics_names == ["loss", "accuracy"]
+    assert_matches(back.predict(articles["x"], verbose=0), articles["want"])
+    again = tmp_path / ("keras" + ext)  # covidx -> Keras -> covidx
+    loaded.save(again)
+    twice = covidx.load_model(again)
+    assert twice.architecture == model.architecture and twice.class_names is None
+    assert_matches(twice.predict(articles["x"], verbose=0), articles["want"])
+
+
+def test_save_weights_and_load_weights_with_keras(articles, tmp_path):
+    model = covidx_articles(articles)
+    model.save_weights(tmp_path / "covidx.weights.h5")
+    target = keras_articles_model({k: np.zeros_like(v) for k, v in articles["weights"].items()})
+    target.load_weights(tmp_path / "covidx.weights.h5")
+    assert_matches(keras_predict(target, articles["x"]), articles["want"])
+    fresh = ResNet50(weights=None, seed=9, **ARTICLES)
+    fresh.load_weights(articles["paths"][".weights.h5"])  # written by Keras
+    assert_matches(fresh.predict(articles["x"], verbose=0), articles["want"])
+    fresh = ResNet50(weights=None, seed=9, **ARTICLES)
+    fresh.load_weights(tmp_path / "covidx.weights.h5")
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"must end in `\.weights\.h5`"):
+        model.save_weights(tmp_path / "w.h5")
+    with pytest.raises(ModelFileError, match="articles"):
+        ResNet50(weights=None, classes=2, head=(1024, 512)).load_weights(articles["paths"][".keras"])
+
+
+def test_save_chooses_the_format_by_extension(articles, tmp_path):
+    model = covidx_articles(articles)
+    for name in ("m.safetensors", "m.covidx"):
+        model.save(tmp_path / name)
+        assert covidx.safetensors_io.looks_like_safetensors(str(tmp_path / name))
+        assert covidx.load_model(tmp_path / name).class_names == CLASSES
+    for name in ("m.pt", "m", "m.onnx"):
+        with pytest.raises(ValueError, match=r"\.keras.*\.h5.*\.safetensors"):
+            model.save(tmp_path / name)
+    with pytest.raises(ValueError, match="float32"):
+        model.save(tmp_path / "m.keras", dtype="float16")
+    torchvision_style = ResNet50(weights=None, variant="v1.5", classes=2, seed=1)
+    with pytest.raises(ValueError, match=r"v1\.5.*safetensors"):
+        torchvision_style.save(tmp_path / "v15.keras")
+
+
+def test_model_checkpoint_writes_keras_files(articles, tmp_path):
+    from covidx.keras.callbacks import ModelCheckpoint
+    from covidx import training
+
+    model = covidx_articles(articles)
+    for layer in model.layers[:175]:
+        layer.trainable = False
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
+    feats = model.features(articles["x"], batch_size=8)
+    y = np.eye(2, dtype=np.float32)[[0] * 4 + [1] * 4]
+    checkpoints = [ModelCheckpoint(str(tmp_path / "best.keras"), monitor="loss", save_best_only=True),
+                   ModelCheckpoint(str(tmp_path / "last.h5")),
+                   ModelCheckpoint(str(tmp_path / "w.weights.h5"), save_weights_only=True)]
+    training.fit_features(model, feats, y, epochs=1, verbose=0, callbacks=checkpoints)
+    want = model.predict(articles["x"], verbose=0)
+    for name in ("best.keras", "last.h5"):
+        assert_matches(keras_predict(keras.models.load_model(tmp_path / name), articles["x"]), want)
+    target = keras_articles_model({k: np.zeros_like(v) for k, v in articles["weights"].items()})
+    target.load_weights(tmp_path / "w.weights.h5")
+    assert_matches(keras_predict(target, articles["x"]), want)
+
+
+def test_to_json_builds_the_same_model_in_keras(articles):
+    model = covidx_articles(articles)
+    rebuilt = keras.models.model_from_json(model.to_json())
+    assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
+    rebuilt.set_weights(model.get_weights())
+    assert_matches(keras_predict(rebuilt, articles["x"]), articles["want"])
+    config = model.get_config()
+    assert config["name"] == model.name and len(config["layers"]) == 181
+    assert config["output_layers"] == ["dense_4", 0, 0]
+
+
+def keras_model_with_head(weights, head_layers, pre_layers=()):
+    """Keras's ResNet50 (with `weights` for its layers) behind pre_layers at the input, then GAP
+    and head_layers."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = inputs
+    for layer in pre_layers:
+        x = layer(x)
+    base = keras.applications.ResNet50(weights=None, include_top=False, input_tensor=x)
+    base.set_weights([weights[v.path] for v in base.weights])
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    for layer in head_layers:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+def articles_head(weights):
+    """The articles' Dense layers (Keras), with their weights set once built."""
+    layers = [keras.layers.Dense(units, activation=activation, name=name)
+              for name, (units, activation) in zip(HEAD_NAMES, ARTICLES_HEAD)]
+    return layers, lambda: [layer.set_weights([weights[layer.name + "/kernel"], weights[layer.name + "/bias"]])
+                            for layer in layers]
+
+
+def test_keras_heads_with_batchnorm_and_dropout_load(articles, tmp_path):
+    """Dense -> BatchNormalization -> Dropout -> Activation -> Dense, with trained-looking batchnorm
+    statistics: covidx folds the batchnorm into the Dense layers and matches Keras."""
+    rng = np.random.default_rng(4)
+    head = [keras.layers.Dense(64, name="fc"), keras.layers.BatchNormalization(name="fc_bn"),
+            keras.layers.Dropout(0.4), keras.layers.Activation("relu"),
+            keras.layers.BatchNormalization(center=False, name="bn2"),
+            keras.layers.Dense(2, activation="softmax", name="out")]
+    model = keras_model_with_head(articles["weights"], head)
+    fc = model.get_layer("fc")
+    fc.set_weights([rng.normal(0, 0.05, (2048, 64)).astype("f4"), rng.normal(0, 0.1, 64).astype("f4")])
+    model.get_layer("fc_bn").set_weights([rng.uniform(0.5, 1.5, 64), rng.normal(0, 0.2, 64), rng.normal(0, 0.3, 64),
+                                          rng.uniform(0.3, 2.0, 64)])
+    model.get_layer("bn2").set_weights([rng.uniform(0.5, 1.5, 64), rng.normal(0.5, 0.1, 64),
+                                        rng.uniform(0.5, 2.0, 64)])
+    model.get_layer("out").set_weights([rng.normal(0, 0.3, (64, 2)).astype("f4"), np.zeros(2, "f4")])
+    want = keras_predict(model, articles["x"])
+    assert want[:, 0].std() > 0.01, want
+    for name in ("bn_head.keras", "bn_head.h5"):
+        model.save(tmp_path / name)
+        loaded = covidx.load_model(tmp_path / name)
+        assert [(d["name"], d["units"], d["activation"]) for d in loaded.architecture["head"]] == [
+            ("fc", 64, "relu"), ("out", 2, "softmax")]
+        assert_matches(loaded.predict(articles["x"], verbose=0), want)
+    bad = keras_model_with_head(articles["weights"], [keras.layers.Dense(4, activation="relu"),
+                                                      keras.layers.BatchNormalization(name="last_bn")])
+    bad.save(tmp_path / "bn_last.keras")
+    with pytest.raises(ModelFileError, match="bn_last.keras.*end the head with a Dense layer"):
+        covidx.load_model(tmp_path / "bn_last.keras")
+
+
+def test_rescaling_at_the_input(articles, tmp_path):
+    """keras.layers.Rescaling at the input: covidx applies it inside the model as Keras does
+    (predict takes the raw images), and writes it back."""
+    head, set_head = articles_head(articles["weights"])
+    model = keras_model_with_head(articles["weights"], head, [keras.layers.Rescaling(2.0, offset=-50.0,
+                                                                                     name="scale_in")])
+    set_head()
+    raw = np.ascontiguousarray((articles["x"] + 50.0) / 2.0, np.float32)  # rescaled: the test images again
+    want = keras_predict(model, raw)
+    assert np.abs(want - articles["want"]).max() < 1e-4
+    for name in ("rescaled.keras", "rescaled.h5"):
+        model.save(tmp_path / name)
+        loaded = covidx.load_model(tmp_path / name)
+        assert loaded.architecture["rescaling"] == {"name": "scale_in", "scale": 2.0, "offset": -50.0}
+        assert loaded.preprocessing is None
+        assert_matches(loaded.predict(raw, verbose=0), want)
+    loaded.save(tmp_path / "back.h5")
+    assert keras_layers(tmp_path / "back.h5")[:3] == [("input_layer", "InputLayer"), ("scale_in", "Rescaling"),
+                                                     ("conv1_pad", "ZeroPadding2D")]
+    assert_matches(keras_predict(keras.models.load_model(tmp_path / "back.h5"), raw), want)
+
+
+def input_norm_model(weights):
+    """The articles' model behind LayerNormalization(axis=[1, 2, 3], center=False, scale=False), the
+    input normalisation covidx's architecture records as "input_norm"."""
+    head, set_head = articles_head(weights)
+    norm = keras.layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-5,
+                                           name="input_norm")
+    model = keras_model_with_head(weights, head, [norm])
+    set_head()
+    return model
+
+
+@pytest.mark.parametrize("ext", [".keras", ".h5"])
+def test_input_norm_layer_is_read_and_written(articles, tmp_path, ext):
+    """The configs only: covidx recognises the layer, sets architecture['input_norm'], and writes
+    the same layer back where Keras reads it."""
+    model = input_norm_model(articles["weights"])
+    model.save(tmp_path / ("norm" + ext))
+    loaded = covidx.load_model(tmp_path / ("norm" + ext))
+    assert loaded.architecture["input_norm"] == {"name": "input_norm", "epsilon": 1e-5}
+    loaded.save(tmp_path / ("back" + ext))
+    assert keras_layers(tmp_path / ("back" + ext))[:3] == [("input_layer", "InputLayer"),
+                                                          ("input_norm", "LayerNormalization"),
+                                                          ("conv1_pad", "ZeroPadding2D")]
+    written = keras_config_of(tmp_path / ("back" + ext), "input_norm")
+    assert (written["axis"], written["center"], written["scale"], written["epsilon"]) == ([1, 2, 3], False, False, 1e-5)
+    if ext == ".keras":  # Keras's legacy .h5 reader drops a LayerNormalization's axis list (its own files too)
+        layer = keras.models.load_model(tmp_path / ("back" + ext)).get_layer("input_norm")
+        assert list(layer.axis) == [1, 2, 3] and not layer.center and not layer.scale and layer.epsilon == 1e-5
+    assert "input_norm" not in covidx_articles(articles).architecture  # absent: no such layer written
+    assert "LayerNormalization" not in dict(keras_layers(articles["paths"][".h5"])).values()
+
+
+def test_input_norm_outputs_match_keras(articles, tmp_path):
+    """Needs the engine to run architecture['input_norm'] (the per-image LayerNormalization)."""
+    model = input_norm_model(articles["weights"])
+    model.save(tmp_path / "norm.keras")
+    loaded = covidx.load_model(tmp_path / "norm.keras")
+    raw = np.ascontiguousarray(articles["x"] * 3.0 + 40.0, np.float32)  # the layer makes the scale irrelevant
+    want = keras_predict(model, raw)
+    assert want[:, 0].std() > 1e-3, want  # the images still differ after the normalisation
+    assert_matches(loaded.predict(raw, verbose=0), want)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_onnx_export_of_input_layers_matches_keras(articles, tmp_path, opset):
+    """A Keras model with Rescaling and the input LayerNormalization, read by covidx and exported
+    to ONNX: ONNX Runtime gives Keras's outputs."""
+    pytest.importorskip("onnx")
+    head, set_head = articles_head(articles["weights"])
+    norm = keras.layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-5,
+                                           name="input_norm")
+    model = keras_model_with_head(articles["weights"], head, [keras.layers.Rescaling(1 / 255.0), norm])
+    set_head()
+    model.save(tmp_path / "inputs.keras")
+    loaded = covidx.load_model(tmp_path / "inputs.keras")
+    loaded.to_onnx(tmp_path / "inputs.onnx", opset=opset)
+    raw = np.ascontiguousarray(articles["x"] + 124.0, np.float32)
+    want = keras_predict(model, raw)
+    assert want[:, 0].std() > 1e-3, want
+    assert_matches(run_onnx(tmp_path / "inputs.onnx", raw), want)
+
+
+def test_unsupported_input_layers_are_named(articles, tmp_path):
+    model = keras_model_with_head(articles["weights"], [keras.layers.Dense(2, activation="softmax")],
+                                  [keras.layers.LayerNormalization(axis=-1, center=False, scale=False,
+                                                                   name="channel_norm")])
+    model.save(tmp_path / "channel_norm.keras")
+    with pytest.raises(ModelFileError, match=r"channel_norm.keras.*'channel_norm' \(LayerNormalization\).*axis"):
+        covidx.load_model(tmp_path / "channel_norm.keras")
+
+
+def test_compile_false_gives_an_uncompiled_model(articles):
+    for kind in (".h5", ".keras"):
+        assert covidx.load_model(articles["paths"][kind]).metrics_names == ["loss", "accuracy"]
+        model = covidx.load_model(articles["paths"][kind], compile=False)
+        assert model.metrics_names == [] and model.optimizer is None
+        with pytest.raises(ValueError, match=r"must call `compile\(\)`"):
+            model.evaluate(articles["x"], np.eye(2)[[0] * 8], verbose=0)
+        with pytest.raises((AttributeError, ValueError, RuntimeError)):  # Keras refuses too (less clearly)
+            keras.models.load_model(articles["paths"][kind], compile=False).evaluate(
+                articles["x"], np.eye(2)[[0] * 8], verbose=0)
+
+
 # --- graphs covidx does not run ----------------------------------------------------------------
 
 
@@ -277,10 +563,10 @@ def _tanh(layers):
     next(layer for layer in layers if layer["name"] == "dense_1")["config"]["activation"] = "tanh"
 
 
-def _head_batchnorm(layers):
+def _head_layernorm(layers):
     dense = next(layer for layer in layers if layer["name"] == "dense_2")
-    layers.insert(layers.index(dense), {**copy.deepcopy(dense), "class_name": "BatchNormalization",
-                                        "name": "head_bn"})
+    layers.insert(layers.index(dense), {**copy.deepcopy(dense), "class_name": "LayerNormalization",
+                                        "name": "head_ln"})
 
 
 def _dilated(layers):
@@ -289,7 +575,7 @@ def _dilated(layers):
 
 @pytest.mark.parametrize("change,words", [
     (_tanh, r"layer 'dense_1' \(Dense\).*activation 'tanh'"),
-    (_head_batchnorm, r"layer 'head_bn' \(BatchNormalization\)"),
+    (_head_layernorm, r"layer 'head_ln' \(LayerNormalization\).*no such layer"),
     (_dilated, r"layer 'conv3_block2_2_conv' \(Conv2D\).*dilation_rate"),
 ])
 def test_changed_graphs_are_refused_by_layer(articles, tmp_path, change, words):

@@ -267,3 +267,43 @@ def test_array_to_img_matches_keras():
             a, b = keras.utils.array_to_img(x, scale=scale), cimage.array_to_img(x, scale=scale)
             assert a.mode == b.mode
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# --- flow_from_dataframe ----------------------------------------------------------------------
+
+
+DATAFRAME_CASES = [(mode, extra) for mode in ["categorical", "binary", "sparse", "raw", None, "input"]
+                   for extra in [{}, {"weight_col": "w"}, {"classes": ["Normal", "COVID"]}, {"subset": "training"}]
+                   if not ("classes" in extra and mode in ("raw", None, "input"))]
+
+
+@pytest.mark.parametrize("class_mode,extra", DATAFRAME_CASES)
+def test_flow_from_dataframe_matches_keras(tree, class_mode, extra):
+    """File names, missing and non-image rows filtered out (with Keras's warning), classes,
+    labels, sample weights, order and seeded shuffles: the same batches as Keras."""
+    pd = pytest.importorskip("pandas")
+    rows = []
+    for cls in ("COVID", "Normal"):
+        for f in sorted(os.listdir(os.path.join(tree, cls))):
+            rows.append((os.path.join(cls, f), cls))
+    rows += [("COVID/missing.png", "COVID"), ("Normal/sub", "Normal")]
+    df = pd.DataFrame(rows, columns=["filename", "class"])
+    df["w"] = np.arange(len(df), dtype=np.float64) / 4
+    if class_mode == "raw":
+        df["class"] = np.arange(len(df), dtype=np.float64)
+    gen_kwargs = {"rescale": 1 / 255, "validation_split": 0.25} if "subset" in extra else {"rescale": 1 / 255}
+    kwargs = dict(directory=tree, class_mode=class_mode, target_size=(24, 24), batch_size=4, seed=5, **extra)
+    iterators = []
+    for module in (kimage, cimage):
+        np.random.seed(3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            iterators.append(module.ImageDataGenerator(**gen_kwargs).flow_from_dataframe(df, **kwargs))
+        assert any("invalid image filename" in str(w.message) for w in caught)
+    k, c = iterators
+    assert k.filenames == c.filenames and k.n == c.n
+    if class_mode in ("categorical", "binary", "sparse"):
+        assert k.class_indices == c.class_indices and list(k.classes) == list(c.classes)
+    for i in range(len(k)):
+        _assert_batches_equal(k[i], c[i])
+    _assert_batches_equal(next(k), next(c))

@@ -90,6 +90,21 @@ def test_confusion_figure_writes_counts_and_row_shares():
     assert img.format == "PNG" and img.size[0] > 300
 
 
+def test_figures_show_as_pictures_in_a_notebook():
+    """IPython shows a value by its richest representation: the figures must offer a PNG without
+    `%matplotlib inline` (a plain Figure made without pyplot offers only '<Figure size ...>')."""
+    formatters = pytest.importorskip("IPython.core.formatters")
+    from PIL import Image
+
+    scores, truth = np.array([0.1, 0.9, 0.4, 0.6]), np.array([False, True, False, True])
+    for fig in (plots.roc_figure(scores, truth, "COV19"), plots.precision_recall_figure(scores, truth, "COV19"),
+                plots.confusion_figure([[3, 1], [0, 4]], ["COV19", "Normal"]), plots.figure(figsize=(2, 1))):
+        data, _ = formatters.DisplayFormatter().format(fig)
+        assert data["text/plain"].startswith("<Figure size")
+        image = Image.open(io.BytesIO(data["image/png"]))
+        assert image.size == (round(fig.get_figwidth() * fig.dpi), round(fig.get_figheight() * fig.dpi))
+
+
 def test_missing_matplotlib_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):

@@ -10,7 +10,8 @@ covidx's own safetensors format is read by covidx.model. Files holding weights o
 activations: Dense layers are taken as ReLU and the last one as softmax (sigmoid with one unit);
 to choose, load them into an architecture: ResNet50(weights=path, head=..., classes=...).
 Keras files do not record input preprocessing (model.preprocessing is None: set it before
-model.save if covidx is to read image files for the model); torchvision state_dicts get 'torch'.
+model.save if covidx is to read image files for the model), except those covidx wrote, which keep
+class names and preprocessing in an entry of their own; torchvision state_dicts get 'torch'.
 Every problem raises ModelFileError (a ValueError) whose message names the file."""
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def load(path, class_names=None):
         arch = torchvision.infer_arch(head, path)
         named = torchvision.named_weights(backbone, head, arch, path)
         return _model(Model, path, arch, named, class_names or file_class_names, TORCH_PREPROCESSING, "resnet50")
-    model = _model(Model, path, parts.arch, parts.weights, class_names, None, parts.name)
+    model = _model(Model, path, parts.arch, parts.weights, class_names or parts.class_names, parts.preprocessing,
+                   parts.name)
     _compile_from(model, parts.compile_config)
     return model
 

@@ -27,10 +27,37 @@ BACKBONE_TENSORS = sum(len(ws) for _, ws in architecture.weight_spec(
 
 
 class Parts:
-    """What a file gives covidx.Model: architecture, named weights, name, compile settings."""
+    """What a file gives covidx.Model: architecture, named weights, name, compile settings, and
+    the class names and preprocessing of files covidx wrote (None otherwise)."""
 
-    def __init__(self, arch, weights, name="resnet50", compile_config=None):
+    def __init__(self, arch, weights, name="resnet50", compile_config=None, extra=None):
         self.arch, self.weights, self.name, self.compile_config = arch, weights, name, compile_config
+        extra = extra or {}
+        self.class_names, self.preprocessing = extra.get("class_names"), extra.get("preprocessing")
+
+
+def _loads(text):
+    """JSON text (str or UTF-8 bytes) as a value, or None where it is not JSON."""
+    try:
+        return json.loads(text) if text else None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _covidx_entry(value):
+    """The class names and preprocessing covidx writes beside a Keras model ({} when absent or
+    not as covidx writes them: they only help, so anything else is ignored)."""
+    if not isinstance(value, dict):
+        return {}
+    out = {}
+    names = value.get("class_names")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        out["class_names"] = names
+    p = value.get("preprocessing")
+    if p in ("caffe", "tf", "torch") or (isinstance(p, dict) and set(p) == {"rescale"}
+                                         and isinstance(p["rescale"], (int, float))):
+        out["preprocessing"] = p
+    return out
 
 
 def _kind(weight_name):
@@ -168,8 +195,9 @@ def _read_legacy_by_config(h5, root, arch, slots):
     """Named weights for a parsed model config. Each top-level layer has a group in the file (a
     nested model one group for all its layers); tensors are found by their names, or in Keras's
     order where the names do not say."""
+    spec = keras_graph.read_spec(arch)
     groups = {}
-    for layer, _ in architecture.weight_spec(arch):
+    for layer, _ in spec:
         groups.setdefault(slots[layer].h5_group, []).append(slots[layer])
     assigned = {}
     for group_name, layers in groups.items():
@@ -181,7 +209,7 @@ def _read_legacy_by_config(h5, root, arch, slots):
         for layer in layers:
             assigned[layer.uid] = (group, found[layer.uid])
     named = {}
-    for layer, spec_weights in architecture.weight_spec(arch):
+    for layer, spec_weights in spec:
         slot = slots[layer]
         group, names = assigned[slot.uid]
         arrays = []
@@ -243,10 +271,11 @@ def _v3_vars(h5, path, count, label):
     return group
 
 
-def _read_v3(h5, arch, paths, counts=None):
-    """Named weights from a Keras 3 weights file; paths: {covidx layer: its vars group}."""
+def _read_v3(h5, arch, paths, counts=None, spec=None):
+    """Named weights from a Keras 3 weights file; paths: {covidx layer: its vars group}; spec:
+    the layers and weights to read (default: those of arch)."""
     named = {}
-    for layer, spec_weights in architecture.weight_spec(arch):
+    for layer, spec_weights in spec or architecture.weight_spec(arch):
         count = (counts or {}).get(layer, len(spec_weights))
         group = _v3_vars(h5, paths[layer], count, "layer %r" % layer)
         _check_v3_name(h5, group, layer)
@@ -371,7 +400,9 @@ def _read_h5(h5, arch):
         parsed_arch, slots = keras_graph.parse(config, h5.where)
         weights_root = h5.group(root, "model_weights") or root
         named = _read_legacy_by_config(h5, weights_root, parsed_arch, slots)
-        return Parts(parsed_arch, named, _model_name(config), _training_config(h5))
+        folded_arch, named = keras_graph.fold(parsed_arch, named, h5.where)
+        extra = _covidx_entry(_loads(h5.text(root, "covidx") if "covidx" in root.attrs else None))
+        return Parts(folded_arch, named, _model_name(config), _training_config(h5), extra)
     if h5.names(root, "layer_names") is not None or h5.group(root, "model_weights") is not None:
         tensors = _legacy_tensors(h5, _legacy_root(h5))
         arch = arch or _infer_legacy_arch(h5, tensors)
@@ -415,6 +446,7 @@ def read_archive(path, arch=None):
                 fail(path, "config.json is not UTF-8 text")
             parsed_arch, slots = keras_graph.parse(config, path)
             weights = member(archive, "model.weights.h5", weights_file_limit(parsed_arch), path)
+            metadata = member(archive, "metadata.json", MAX_CONFIG_BYTES, path) if "metadata.json" in names else b""
         except ModelFileError:
             raise
         except ZIP_ERRORS as e:
@@ -422,16 +454,20 @@ def read_archive(path, arch=None):
     where = "%s (model.weights.h5)" % path
     with H5File(weights, where) as h5:
         def read():
-            paths = {layer: slots[layer].v3_path for layer, _ in architecture.weight_spec(parsed_arch)}
-            counts = {layer: keras_graph.weight_count(slots[layer])
-                      for layer, _ in architecture.weight_spec(parsed_arch)}
-            return _read_v3(h5, parsed_arch, paths, counts)
+            spec = keras_graph.read_spec(parsed_arch)
+            paths = {layer: slots[layer].v3_path for layer, _ in spec}
+            counts = {layer: keras_graph.weight_count(slots[layer]) for layer, _ in spec}
+            return _read_v3(h5, parsed_arch, paths, counts, spec)
 
         named = guard(where, read)
+    parsed_arch, named = keras_graph.fold(parsed_arch, named, path)
     if arch is not None:
         return Parts(arch, reorder(named, parsed_arch, arch, path))
     compile_config = config.get("compile_config")
-    return Parts(parsed_arch, named, _model_name(config), compile_config if isinstance(compile_config, dict) else None)
+    metadata = _loads(metadata)
+    extra = _covidx_entry(metadata.get("covidx") if isinstance(metadata, dict) else None)
+    return Parts(parsed_arch, named, _model_name(config), compile_config if isinstance(compile_config, dict) else None,
+                 extra)
 
 
 def reorder(named, source_arch, target_arch, where):

@@ -1,11 +1,17 @@
 """Keras model configs (the model_config of a legacy .h5, the config.json of a .keras archive) read
 into a covidx architecture.
 
-covidx runs one graph: Keras's ResNet50 (keras.applications, flat or nested as one layer), then
-optional global pooling and a chain of Dense layers (with Dropout, Flatten and Activation layers
-that change nothing at inference or fold into the Dense before them). The config is checked layer
-by layer against that graph, connections included; the first layer that differs is named in the
-error. Both the Keras 2 (tf.keras) and the Keras 3 spellings of configs are read."""
+covidx runs one graph: an optional Rescaling and an optional LayerNormalization of the whole image
+(axes 1, 2, 3, no center or scale) at the input, Keras's ResNet50 (keras.applications, flat or
+nested as one layer), then optional global pooling and a head of the layers covidx builds: Dense,
+BatchNormalization (folded into a neighbouring Dense layer, as covidx.keras.layers heads are),
+Activation, and Dropout, Flatten and the like, which change nothing at inference. The config is
+checked layer by layer against that graph, connections included; the first layer that differs is
+named in the error. Both the Keras 2 (tf.keras) and the Keras 3 spellings of configs are read.
+
+parse() gives the architecture as read from the file, whose "file_head" lists the head's layers
+(Dense and BatchNormalization with their weights, Activation); read_spec() names the weights to
+read for it, and fold() turns it and its weights into the Dense-only head covidx's engine runs."""
 from __future__ import annotations
 
 import re
@@ -17,7 +23,8 @@ CONTAINERS = {"Functional", "Model", "Sequential"}
 # layers that leave their input unchanged at inference
 IDENTITY_LAYERS = {"Dropout", "GaussianDropout", "GaussianNoise", "AlphaDropout", "ActivityRegularization"}
 ACTIVATION_NAMES = {None: "linear", "linear": "linear", "relu": "relu", "softmax": "softmax", "sigmoid": "sigmoid"}
-SUPPORTED = ("covidx runs Keras's ResNet50 (keras.applications) followed by global pooling and Dense layers")
+SUPPORTED = ("covidx runs Keras's ResNet50 (keras.applications) followed by global pooling and Dense layers "
+             "(with BatchNormalization, Dropout and Activation layers between them)")
 
 
 class Layer:
@@ -319,9 +326,10 @@ def match(layers, output_uid, where):
     if not _input_ok(source):
         checker.unsupported(source, "input shape %r; covidx takes (height >= 32, width >= 32, 3) images"
                             % (source.config.get("batch_shape") or source.config.get("batch_input_shape"),))
+    input_layers, layers, network_input = _input_layers(checker, layers, source.uid)
     reference = {"pooling": None, "head": [], "variant": "v1"}
     rows = layer_table.build(reference, (None, None))[1:]  # without its input layer
-    mapped = {"input_layer": source.uid}
+    mapped = {"input_layer": network_input}
     slots = {}
     for (name, cls, _shape, _tp, _ntp, inbound), layer in zip(rows, layers):
         checker.backbone_layer(layer, name, cls)
@@ -338,13 +346,61 @@ def match(layers, output_uid, where):
              % (last.name, last.cls, rows[len(layers)][0], SUPPORTED))
     arch, head_slots = _top(checker, layers[len(rows):], mapped["conv5_block3_out"], output_uid)
     arch["bn_epsilon"] = checker.epsilon
+    arch.update(input_layers)
     slots.update(head_slots)
     return arch, slots
 
 
+def _factor(value):
+    """A Rescaling scale or offset: a number, or one per channel; None otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           for v in value):
+        return [float(v) for v in value]
+    return None
+
+
+def _input_layers(checker, layers, input_uid):
+    """({'rescaling': ..., 'input_norm': ...}, the layers after them, the uid feeding conv1_pad): a
+    Rescaling right after the input, then a LayerNormalization of each whole image without
+    weights, both optional."""
+    found, previous = {}, input_uid
+    while layers and layers[0].cls in ("Rescaling", "LayerNormalization"):
+        layer, c = layers[0], layers[0].config
+        if layer.inbound != [previous]:
+            checker.unsupported(layer, "it does not follow the input directly")
+        if layer.cls == "Rescaling":
+            if found:
+                checker.unsupported(layer, "a Rescaling after another input layer")
+            scale, offset = _factor(c.get("scale")), _factor(c.get("offset", 0.0))
+            if scale is None or offset is None:
+                checker.unsupported(layer, "scale %r and offset %r: covidx takes numbers (or one per channel)"
+                                    % (c.get("scale"), c.get("offset")))
+            found["rescaling"] = {"name": layer.name, "scale": scale, "offset": offset}
+        else:
+            if "input_norm" in found:
+                checker.unsupported(layer, "a second LayerNormalization")
+            axis = c.get("axis")
+            axis = sorted(axis) if isinstance(axis, list) else axis
+            if axis not in ([1, 2, 3], [-3, -2, -1]):
+                checker.unsupported(layer, "it normalises axis %r; covidx runs a LayerNormalization of each whole "
+                                    "image (axis=[1, 2, 3])" % (c.get("axis"),))
+            if c.get("center", True) is not False or c.get("scale", True) is not False or c.get("rms_scaling"):
+                checker.unsupported(layer, "center, scale or rms_scaling; covidx runs the input LayerNormalization "
+                                    "without them (center=False, scale=False)")
+            eps = c.get("epsilon", 1e-3)
+            if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+                checker.unsupported(layer, "epsilon %r" % (eps,))
+            found["input_norm"] = {"name": layer.name, "epsilon": float(eps)}
+        previous = layer.uid
+        layers = layers[1:]
+    return found, layers, previous
+
+
 def _top(checker, layers, previous, output_uid):
-    """The layers after the backbone: global pooling, then Dense layers (and layers that change
-    nothing at inference, or an activation that folds into the Dense before it)."""
+    """The layers after the backbone: global pooling, then the head (Dense, BatchNormalization,
+    Activation, and layers that change nothing at inference), as the architecture's file_head."""
     pooling, pooling_name, head, slots, flat = None, None, [], {}, True
     names = set()
     for layer in layers:
@@ -364,27 +420,21 @@ def _top(checker, layers, previous, output_uid):
             flat = True
         elif layer.cls in IDENTITY_LAYERS:
             pass
-        elif layer.cls == "Dense":
+        elif layer.cls in ("Dense", "BatchNormalization"):
             if pooling is None or not flat:
-                checker.unsupported(layer, "a Dense layer needs global pooling (and Flatten after keepdims) before it")
-            activation = _activation_name(c.get("activation"))
-            units = c.get("units")
-            if activation is None:
-                checker.unsupported(layer, "activation %r (covidx runs relu, softmax, sigmoid, linear)"
-                                    % (c.get("activation"),))
-            if not isinstance(units, int) or isinstance(units, bool) or not 1 <= units <= 1 << 20:
-                checker.unsupported(layer, "units %r" % (units,))
+                checker.unsupported(layer, "a %s layer needs global pooling (and Flatten after keepdims) before it"
+                                    % layer.cls)
             name = layer.name
             while name in names:  # nested models may repeat a name
                 name += "_"
             names.add(name)
-            head.append({"name": name, "units": units, "activation": activation})
+            head.append(_dense(checker, layer, name) if layer.cls == "Dense" else _head_batchnorm(checker, layer, name))
             slots[name] = layer
         elif layer.cls in ("Activation", "Softmax", "ReLU"):
             activation = _standalone_activation(layer)
-            if not head or head[-1]["activation"] != "linear" or activation is None:
-                checker.unsupported(layer, "an activation layer that does not follow a linear Dense layer")
-            head[-1]["activation"] = activation
+            if not head or activation is None:
+                checker.unsupported(layer, "an activation layer that does not follow a Dense layer")
+            head.append({"kind": "activation", "name": layer.name, "activation": activation})
         else:
             checker.unsupported(layer, "covidx has no such layer")
         previous = layer.uid
@@ -393,7 +443,82 @@ def _top(checker, layers, previous, output_uid):
     if pooling is not None and not flat:
         fail(checker.where, "the model ends with keepdims pooling (4-D output). %s" % SUPPORTED)
     return {"family": "resnet50", "variant": "v1", "pooling": pooling, "pooling_name": pooling_name,
-            "head": head}, slots
+            "file_head": head}, slots
+
+
+def _dense(checker, layer, name):
+    c = layer.config
+    activation = _activation_name(c.get("activation"))
+    units = c.get("units")
+    if activation is None:
+        checker.unsupported(layer, "activation %r (covidx runs relu, softmax, sigmoid, linear)"
+                            % (c.get("activation"),))
+    if not isinstance(units, int) or isinstance(units, bool) or not 1 <= units <= 1 << 20:
+        checker.unsupported(layer, "units %r" % (units,))
+    return {"kind": "dense", "name": name, "units": units, "activation": activation}
+
+
+def _head_batchnorm(checker, layer, name):
+    c = layer.config
+    if not _bn_axis_ok(c.get("axis", -1)) and c.get("axis") not in (1, [1]):
+        checker.unsupported(layer, "normalises axis %r of the features" % (c.get("axis"),))
+    eps = c.get("epsilon", 1e-3)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        checker.unsupported(layer, "epsilon %r" % (eps,))
+    if c.get("renorm"):
+        checker.unsupported(layer, "batch renormalization")
+    return {"kind": "batchnorm", "name": name, "epsilon": float(eps), "center": c.get("center", True) is not False,
+            "scale": c.get("scale", True) is not False}
+
+
+def read_spec(arch):
+    """[(layer, [(weight, shape)])]: the weights a parsed file holds, in Keras's order (the
+    backbone's, then the head's Dense and BatchNormalization layers)."""
+    spec = architecture.weight_spec(dict(arch, head=[]))
+    units = 2048
+    for entry in arch.get("file_head", []):
+        if entry["kind"] == "dense":
+            spec.append((entry["name"], [("kernel", (units, entry["units"])), ("bias", (entry["units"],))]))
+            units = entry["units"]
+        elif entry["kind"] == "batchnorm":
+            kinds = (["gamma"] if entry["scale"] else []) + (["beta"] if entry["center"] else [])
+            spec.append((entry["name"], [(k, (units,)) for k in kinds + ["moving_mean", "moving_variance"]]))
+    return spec
+
+
+def fold(arch, named, where):
+    """(architecture, weights) of what covidx runs: the file's head folded into Dense layers
+    (BatchNormalization merged into a neighbouring Dense layer, activations into the Dense layer
+    before them), as covidx.keras.layers heads are folded."""
+    from .. import functional
+
+    layers, units = [], 2048
+    for entry in arch.get("file_head", []):
+        if entry["kind"] == "dense":
+            layer = functional.Dense(entry["units"], activation=entry["activation"], name=entry["name"],
+                                     kernel_initializer="zeros")
+            layer.build((None, units))
+            layer.set_weights([named[entry["name"] + "/kernel"], named[entry["name"] + "/bias"]])
+            units = entry["units"]
+        elif entry["kind"] == "batchnorm":
+            layer = functional.BatchNormalization(epsilon=entry["epsilon"], center=entry["center"],
+                                                  scale=entry["scale"], name=entry["name"])
+            layer.build((None, units))
+            layer.set_weights([named["%s/%s" % (entry["name"], w)] for w in layer._weights])
+        else:
+            layer = functional.Activation(entry["activation"], name=entry["name"])
+        layers.append(layer)
+    try:
+        folded = functional.fold_head(layers)
+    except ValueError as e:
+        fail(where, "its head cannot run as covidx's Dense layers: %s. %s" % (e, SUPPORTED))
+    head_names = {entry["name"] for entry in arch.get("file_head", [])}
+    out = {k: v for k, v in named.items() if k.split("/")[0] not in head_names}
+    for name, kernel, bias, _ in folded:
+        out[name + "/kernel"], out[name + "/bias"] = kernel, bias
+    result = {k: v for k, v in arch.items() if k != "file_head"}
+    result["head"] = [{"name": n, "units": int(k.shape[1]), "activation": a} for n, k, _, a in folded]
+    return result, out
 
 
 def _standalone_activation(layer):
@@ -412,8 +537,10 @@ def weight_kinds(layer):
     """The names of the tensors Keras stores for a Conv2D, BatchNormalization or Dense layer,
     each with whether it is trainable, in the layer's order."""
     if layer.cls == "BatchNormalization":
-        return [("gamma", layer.trainable), ("beta", layer.trainable), ("moving_mean", False),
-                ("moving_variance", False)]
+        c = layer.config
+        kinds = [k for k, on in (("gamma", c.get("scale", True) is not False),
+                                 ("beta", c.get("center", True) is not False)) if on]
+        return [(k, layer.trainable) for k in kinds] + [("moving_mean", False), ("moving_variance", False)]
     kinds = [("kernel", layer.trainable)]
     if layer.config.get("use_bias", True):
         kinds.append(("bias", layer.trainable))
@@ -423,7 +550,7 @@ def weight_kinds(layer):
 def weight_count(layer):
     """How many tensors Keras stores for a Conv2D, BatchNormalization or Dense layer."""
     if layer.cls == "BatchNormalization":
-        return 4
+        return len(weight_kinds(layer))
     return 2 if layer.config.get("use_bias", True) else 1
 
 

@@ -3,7 +3,8 @@ pip install 'covidx[onnx]').
 
 The graph takes what predict takes, NHWC float32 images of any size (batch, height and width are
 symbolic), and gives what predict gives. It holds the model's weights as they are (convolution,
-batchnorm, Gemm), so any ONNX runtime can run it; batchnorm folding is left to the runtime.
+batchnorm, Gemm), so any ONNX runtime can run it; batchnorm folding is left to the runtime. A
+Rescaling layer at the input becomes Mul and Add, the input normalisation ReduceMean arithmetic.
 Class names, preprocessing and the architecture go into the model's metadata."""
 from __future__ import annotations
 
@@ -118,6 +119,10 @@ def build(model, opset=17):
     arch, w = model.architecture, model.named_weights
     g = _Graph(onnx, arch["bn_epsilon"], opset)
     x = "input"
+    rescaling = arch.get("rescaling")
+    if rescaling:  # Keras's Rescaling layer: x * scale + offset, per channel or for all (NHWC: the last axis)
+        x = g.node("Mul", [x, g.constant("rescaling/scale", np.asarray(rescaling["scale"], np.float32))], "rescale")
+        x = g.node("Add", [x, g.constant("rescaling/offset", np.asarray(rescaling["offset"], np.float32))], "offset")
     if arch.get("input_norm"):
         x = _standardize(g, x, arch["input_norm"])
     x = g.node("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])

@@ -1,3 +1,3 @@
-"""keras.models: load_model, Model (functional: Model(inputs=..., outputs=...))."""
-from ..functional import Model  # noqa: F401
+"""keras.models: load_model, Model (functional: Model(inputs=..., outputs=...)) and Sequential."""
+from ..functional import Model, Sequential  # noqa: F401
 from ..model import load_model  # noqa: F401

@@ -184,6 +184,35 @@ class ImageDataGenerator:
                                   save_prefix=save_prefix, save_format=save_format,
                                   ignore_class_split=ignore_class_split, subset=subset, dtype=self.dtype)
 
+    def flow_from_dataframe(self, dataframe, directory=None, x_col="filename", y_col="class", weight_col=None,
+                            target_size=(256, 256), color_mode="rgb", classes=None, class_mode="categorical",
+                            batch_size=32, shuffle=True, seed=None, save_to_dir=None, save_prefix="", save_format="png",
+                            subset=None, interpolation="nearest", validate_filenames=True, keep_aspect_ratio=False,
+                            **kwargs):
+        """Batches of images listed in a pandas DataFrame (file names in x_col, relative to
+        directory; labels in y_col; optional sample weights in weight_col), as Keras's
+        flow_from_dataframe: the same filtering, classes, order and class modes ('categorical',
+        'binary', 'sparse', 'raw', 'multi_output', 'input', None)."""
+        from .iterators import DataFrameIterator
+
+        for old in ("has_ext", "sort", "drop_duplicates"):
+            if old in kwargs:
+                warnings.warn("%s is deprecated (and ignored), as in Keras" % old, DeprecationWarning, stacklevel=2)
+                kwargs.pop(old)
+        if kwargs:
+            raise TypeError("flow_from_dataframe() got unexpected keyword argument(s): %s" % ", ".join(sorted(kwargs)))
+        if class_mode == "other":
+            warnings.warn('`class_mode="other"` is deprecated, please use `class_mode="raw"`.', DeprecationWarning,
+                          stacklevel=2)
+            class_mode = "raw"
+        return DataFrameIterator(dataframe, directory, self, x_col=x_col, y_col=y_col, weight_col=weight_col,
+                                 target_size=target_size, color_mode=color_mode, classes=classes,
+                                 class_mode=class_mode, data_format=self.data_format, batch_size=batch_size,
+                                 shuffle=shuffle, seed=seed, save_to_dir=save_to_dir, save_prefix=save_prefix,
+                                 save_format=save_format, subset=subset, interpolation=interpolation,
+                                 keep_aspect_ratio=keep_aspect_ratio, dtype=self.dtype,
+                                 validate_filenames=validate_filenames)
+
     def flow_from_directory(self, directory, target_size=(256, 256), color_mode="rgb", classes=None,
                             class_mode="categorical", batch_size=32, shuffle=True, seed=None, save_to_dir=None,
                             save_prefix="", save_format="png", follow_links=False, subset=None,

@@ -255,4 +255,4 @@ def save_img(path, x, data_format=None, file_format=None, scale=True, **kwargs):
 
 
 from .generator import ImageDataGenerator, apply_affine_transform, apply_brightness_shift, apply_channel_shift  # noqa: E402,F401
-from .iterators import DirectoryIterator, Iterator, NumpyArrayIterator  # noqa: E402,F401
+from .iterators import DataFrameIterator, DirectoryIterator, Iterator, NumpyArrayIterator  # noqa: E402,F401

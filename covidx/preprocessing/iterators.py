@@ -344,6 +344,175 @@ class DirectoryIterator(BatchFromFiles, Iterator):
         super().__init__(self.samples, batch_size, shuffle, seed)
 
 
+class DataFrameIterator(BatchFromFiles, Iterator):
+    """Images listed in a pandas DataFrame (flow_from_dataframe), with Keras's checks, filtering
+    of missing or non-image files, class discovery and class modes."""
+
+    allowed_class_modes = {"binary", "categorical", "input", "multi_output", "raw", "sparse", None}
+
+    def __init__(self, dataframe, directory=None, image_data_generator=None, x_col="filename", y_col="class",
+                 weight_col=None, target_size=(256, 256), color_mode="rgb", classes=None, class_mode="categorical",
+                 batch_size=32, shuffle=True, seed=None, data_format="channels_last", save_to_dir=None,
+                 save_prefix="", save_format="png", subset=None, interpolation="nearest", keep_aspect_ratio=False,
+                 dtype="float32", validate_filenames=True):
+        if color_mode not in ("rgb", "rgba", "grayscale"):
+            raise ValueError('Invalid color mode: %s; expected "rgb", "rgba", or "grayscale".' % (color_mode,))
+        if interpolation not in ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos"):
+            raise ValueError("Invalid interpolation method %s specified. Supported methods are nearest, bilinear, "
+                             "bicubic, hamming, box, lanczos" % (interpolation,))
+        self.image_data_generator = image_data_generator
+        self.target_size, self.color_mode, self.data_format = tuple(target_size), color_mode, data_format
+        channels = {"rgba": 4, "rgb": 3, "grayscale": 1}[color_mode]
+        self.image_shape = (self.target_size + (channels,) if data_format == "channels_last"
+                            else (channels,) + self.target_size)
+        self.save_to_dir, self.save_prefix, self.save_format = save_to_dir, save_prefix, save_format
+        self.interpolation, self.keep_aspect_ratio, self.dtype = interpolation, keep_aspect_ratio, dtype
+        self.on_error, self.xray = "raise", False
+        self.skipped, self._skipped_paths = [], set()
+        if subset is not None:
+            vs = image_data_generator._validation_split if image_data_generator is not None else 0.0
+            if subset not in ("training", "validation"):
+                raise ValueError('Invalid subset name: %s; expected "training" or "validation"' % (subset,))
+            self.split = (0, vs) if subset == "validation" else (vs, 1)
+        else:
+            self.split = None
+        self.subset = subset
+        df = dataframe.copy()
+        self.directory = directory or ""
+        self.class_mode = class_mode
+        self._check_params(df, x_col, y_col, weight_col, classes)
+        if validate_filenames:
+            df = self._filter_valid_filepaths(df, x_col)
+        if class_mode not in ("input", "multi_output", "raw", None):
+            df, classes = self._filter_classes(df, y_col, classes)
+            num_classes = len(classes)
+            self.class_indices = dict(zip(classes, range(len(classes))))
+        else:
+            self.class_indices = {}
+        if self.split:
+            n = len(df)
+            df = df.iloc[int(self.split[0] * n):int(self.split[1] * n), :]
+        self.classes = None
+        if class_mode not in ("input", "multi_output", "raw", None):
+            self.classes = self._get_classes(df, y_col)
+        self.filenames = df[x_col].tolist()
+        self._sample_weight = df[weight_col].values if weight_col else None
+        self._targets = None
+        if class_mode == "multi_output":
+            self._targets = [np.array(df[col].tolist()) for col in y_col]
+        if class_mode == "raw":
+            self._targets = df[y_col].values
+        self.samples = len(self.filenames)
+        validated = "validated" if validate_filenames else "non-validated"
+        if class_mode in ("input", "multi_output", "raw", None):
+            print("Found %d %s image filenames." % (self.samples, validated))
+        else:
+            print("Found %d %s image filenames belonging to %d classes." % (self.samples, validated, num_classes))
+        self._filepaths = [os.path.join(self.directory, f) for f in self.filenames]
+        super().__init__(self.samples, batch_size, shuffle, seed)
+
+    def _check_params(self, df, x_col, y_col, weight_col, classes):
+        if self.class_mode not in self.allowed_class_modes:
+            raise ValueError("Invalid class_mode: %s; expected one of: %s"
+                             % (self.class_mode, self.allowed_class_modes))
+        if self.class_mode == "multi_output" and not isinstance(y_col, list):
+            raise TypeError('If class_mode="multi_output", y_col must be a list. Received %s.' % type(y_col).__name__)
+        if x_col not in df.columns:
+            raise KeyError("flow_from_dataframe: the dataframe has no column x_col=%r (columns: %s)"
+                           % (x_col, list(df.columns)))
+        for col in ([] if self.class_mode in ("input", None) else y_col if isinstance(y_col, list) else [y_col]):
+            if col not in df.columns:
+                raise KeyError("flow_from_dataframe: the dataframe has no column y_col=%r (columns: %s)"
+                               % (col, list(df.columns)))
+        if not all(df[x_col].apply(lambda x: isinstance(x, str))):
+            raise TypeError("All values in column x_col=%s must be strings." % x_col)
+        if self.class_mode in ("binary", "sparse") and not all(df[y_col].apply(lambda x: isinstance(x, str))):
+            raise TypeError('If class_mode="%s", y_col="%s" column values must be strings.' % (self.class_mode, y_col))
+        if self.class_mode == "binary":
+            if classes:
+                if len(set(classes)) != 2:
+                    raise ValueError('If class_mode="binary" there must be 2 classes. %d class/es were given.'
+                                     % len(set(classes)))
+            elif df[y_col].nunique() != 2:
+                raise ValueError('If class_mode="binary" there must be 2 classes. Found %d classes.'
+                                 % df[y_col].nunique())
+        if self.class_mode == "categorical" and not all(df[y_col].apply(lambda x: isinstance(x, (str, list, tuple)))):
+            raise TypeError('If class_mode="categorical", y_col="%s" column values must be type string, list or '
+                            "tuple." % y_col)
+        if classes and self.class_mode in ("input", "multi_output", "raw", None):
+            warnings.warn('`classes` will be ignored given the class_mode="%s"' % self.class_mode)
+        if weight_col and not issubclass(df[weight_col].dtype.type, np.number):
+            raise TypeError("Column weight_col=%s must be numeric." % weight_col)
+
+    def _get_classes(self, df, y_col):
+        labels = []
+        for label in df[y_col]:
+            if isinstance(label, (list, tuple)):
+                labels.append([self.class_indices[c] for c in label])
+            else:
+                labels.append(self.class_indices[label])
+        if all(isinstance(label, int) for label in labels):
+            return np.array(labels, dtype="int32")
+        return labels  # several labels per image (categorical): a list of lists, as in Keras
+
+    @staticmethod
+    def _filter_classes(df, y_col, classes):
+        df = df.copy()
+
+        def keep(labels):
+            if isinstance(labels, (list, tuple)):
+                labels = [c for c in labels if c in classes]
+                return labels or None
+            if isinstance(labels, str):
+                return labels if labels in classes else None
+            raise TypeError("Expect string, list or tuple but found %s in %s column " % (type(labels), y_col))
+
+        if classes:
+            classes = list(dict.fromkeys(classes))
+            df[y_col] = df[y_col].apply(keep)
+        else:
+            found = set()
+            for v in df[y_col]:
+                found.update(v) if isinstance(v, (list, tuple)) else found.add(v)
+            classes = sorted(found)
+        return df.dropna(subset=[y_col]), classes
+
+    def _filter_valid_filepaths(self, df, x_col):
+        paths = df[x_col].map(lambda name: os.path.join(self.directory, name))
+        mask = paths.apply(lambda p: p.lower().endswith(self.white_list_formats) and os.path.isfile(p))
+        n_invalid = int((~mask).sum())
+        if n_invalid:
+            warnings.warn('Found %d invalid image filename(s) in x_col="%s". These filename(s) will be ignored.'
+                          % (n_invalid, x_col))
+        return df[mask]
+
+    def _labels(self, index_array, batch_x):
+        if self.class_mode == "raw":
+            return self._targets[index_array]
+        if self.class_mode == "multi_output":
+            return [t[index_array] for t in self._targets]
+        if self.class_mode == "categorical" and isinstance(self.classes, list):
+            y = np.zeros((len(batch_x), len(self.class_indices)), dtype=self.dtype)
+            for i, j in enumerate(index_array):
+                y[i, self.classes[j]] = 1.0
+            return y
+        return super()._labels(index_array, batch_x)
+
+    def _get_batches_of_transformed_samples(self, index_array):
+        out = super()._get_batches_of_transformed_samples(index_array)
+        if self._sample_weight is None or not isinstance(out, tuple):
+            return out
+        return out + (self._sample_weight[np.asarray(index_array, dtype=np.intp)],)
+
+    @property
+    def labels(self):
+        return self._targets if self.class_mode in ("multi_output", "raw") else self.classes
+
+    @property
+    def sample_weight(self):
+        return self._sample_weight
+
+
 class NumpyArrayIterator(Iterator):
     """Batches from arrays in memory (ImageDataGenerator.flow)."""
 
