@@ -1,5 +1,6 @@
 """The engine without PyTorch: fast path against the plain C layers, input handling, threads.
 (Also run under AddressSanitizer + UBSan by tests/run_sanitized.sh.)"""
+import math
 import threading
 
 import numpy as np
@@ -306,14 +307,17 @@ def _interrupt_main_thread_after(seconds, sent):
 
 
 def test_ctrl_c_stops_a_forward_pass_between_layers():
-    """Ctrl-C during one long engine call (a batch of 16 at 224x224, seconds of work) raises
+    """Ctrl-C during a long forward pass (a batch at 224x224 sized to take seconds) raises
     KeyboardInterrupt within about a layer's time, and the model computes as before afterwards;
     a SIGINT handler that raises nothing lets the pass finish."""
     import signal
     import time
 
     model = ResNet50(weights=None, classes=2, head=(8,), seed=0)
-    x = noise(16, 224, 224)
+    start = time.perf_counter()
+    model.predict(noise(4, 224, 224), verbose=0)
+    per_image = (time.perf_counter() - start) / 4
+    x = noise(int(min(256, max(16, math.ceil(3.0 / per_image)))), 224, 224)  # about 3 s on any CPU
     start = time.perf_counter()
     want = model.predict(x, verbose=0)
     whole = time.perf_counter() - start
