@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 data=../shared/data/cxr/covid19-radiography
 work=${COVIDX_TRAIN_DIR:-/tmp/covidx-train}
 # 1. the whole network from scratch in PyTorch on train + train-extra (4,590 images; a tenth held
-#    out): progressive resizing 96 -> 128 -> 224, batchnorm re-estimated at 224x224; a checkpoint
-#    per epoch (rerun with --resume to continue an interrupted run)
+#    out): progressive resizing, 8 epochs at 96x96, 5 at 160x160, 3 at 224x224, then batchnorm
+#    re-estimated at 224x224; a checkpoint per epoch (rerun with --resume to continue)
 python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$work" "$@"
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training features

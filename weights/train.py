@@ -27,7 +27,7 @@ temperature and the out-of-distribution threshold later); the measuring sets are
 AdamW, one learning-rate cycle over all epochs (warm-up, cosine decay), label smoothing,
 decoupled weight decay, zero-initialised last batchnorm of each block, an exponential moving
 average of the weights. Progressive resizing (--schedule): most epochs at low resolution (cheap
-on a CPU), the last at 224x224; then the batchnorm statistics are re-estimated at 224x224 on
+on a CPU), the last ones at 224x224; then the batchnorm statistics are re-estimated at 224x224 on
 un-augmented training images. A checkpoint is written after every epoch and --resume continues
 from it, so a long run survives an interruption.
 """
@@ -274,7 +274,7 @@ def recalibrate_bn(model, x, batch=64, gen=None):
 
 
 def parse_schedule(text):
-    """'96:10,128:6,224:1' -> [96]*10 + [128]*6 + [224]."""
+    """'96:8,160:5,224:3' -> [96]*8 + [160]*5 + [224]*3."""
     sizes = []
     for part in text.split(","):
         size, epochs = part.split(":")
@@ -295,7 +295,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", action="append", required=True, help="a training folder (repeatable)")
     ap.add_argument("--work", required=True, help="folder for the checkpoint, the log and the final weights")
-    ap.add_argument("--schedule", default="96:10,128:6,224:1", help="size:epochs,... (progressive resizing)")
+    ap.add_argument("--schedule", default="96:8,160:5,224:3", help="size:epochs,... (progressive resizing)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=float, default=0.05, help="fraction of the steps spent warming up")
