@@ -134,8 +134,8 @@ class Model:
                 warnings.warn("model %r: the backbone's weights changed, so its out-of-distribution statistics "
                               "were dropped; refit them with covidx.fit_unfamiliar" % self.name, stacklevel=3)
                 self._unfamiliar = None
-        if self._precision != "fp32":
-            engine.set_precision(self._precision)  # the new engine packs its weights for bf16 too
+        if self._precision != "fp32":  # the new engine packs its weights for bf16 too
+            self._kernel = tuple(engine.set_precision(self._precision))
         self._engine = engine
         self._weights = weights
 
