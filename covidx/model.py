@@ -148,9 +148,10 @@ class Model:
         return self._precision
 
     def set_precision(self, precision):
-        """'bf16': the convolutions run in bfloat16 (weights rounded to nearest even and packed once,
-        now; activations rounded to bf16 as each convolution reads them; sums in fp32; the Dense
-        head, pooling and softmax stay fp32), on AMX where the CPU has it, else AVX512_BF16. Where
+        """'bf16': the convolutions after the stem run in bfloat16 (weights rounded to nearest even
+        and packed once, now; activations rounded to bf16 as each convolution reads them; sums in
+        fp32; the stem convolution, which reads the image, the Dense head, pooling and softmax
+        stay fp32), on AMX where the CPU has it, else AVX512_BF16. Where
         it has neither (or COVIDX_GEMM rules them out), the model keeps running in fp32 and a
         RuntimeWarning says so; precision_info() and show_config() say which kernel runs. 'fp32':
         back to full precision (the default). Outputs in bf16 differ from fp32 by bf16 rounding:

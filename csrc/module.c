@@ -386,6 +386,7 @@ done:
 }
 
 /* set_precision('fp32' | 'bf16') -> (kernel name, note or None). bf16: the convolutions' weights
+ * (all but the stem's)
  * are rounded to bf16 and packed for the bf16 kernel gemm_dispatch.c picks (asking Linux for AMX
  * the first time); where there is none, or the request fails, the engine stays in fp32 and the
  * note says why. */

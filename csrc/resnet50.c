@@ -124,7 +124,10 @@ int net_set_bf16(Net *net, int kernel) {
     net->bf16_kernel = 0;
     plan_free(&net->plan); /* Winograd layers now need im2col scratch (or the other way round) */
     if (!kernel) return 0;
-    for (int i = 0; i < RESNET50_NCONV; i++) {
+    /* slot 0, the stem (7x7x3, 1.5 % of the arithmetic), stays fp32: it reads the image itself,
+     * and rounding the pixels to bf16 moved the shipped model's probabilities by up to 0.05 on
+     * test X-rays, against 0.015 with the stem in fp32 (BENCHMARKS.md, 2026-12-02) */
+    for (int i = 1; i < RESNET50_NCONV; i++) {
         Conv *c = slots[i];
         if (gemm_pack_kernel(&c->packed_bf16, kernel, c->w, c->kh * c->kw * c->cin, c->cout, c->cout) != 0) {
             for (int j = 0; j <= i; j++) gemm_pack_free(&slots[j]->packed_bf16);

@@ -76,8 +76,8 @@ int dense_init(DenseLayer *d, int cin, int cout, int act, const float *w, const 
 void net_free(Net *net);
 
 /* Switches the convolutions to bf16 weights for `kernel` (a bf16 kernel: packs each conv's w into
- * packed_bf16, rounded to nearest even; the Dense head stays fp32), or back to fp32 (kernel 0:
- * drops them). 0, or -1 when out of memory (the network is then left in fp32). */
+ * packed_bf16, rounded to nearest even; the stem conv1 and the Dense head stay fp32), or back to
+ * fp32 (kernel 0: drops them). 0, or -1 when out of memory (the network is then left in fp32). */
 int net_set_bf16(Net *net, int kernel);
 
 /* Output size of the final feature map for an input h x w. */
