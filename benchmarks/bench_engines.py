@@ -10,7 +10,13 @@ time), and each cell reports the median over the rounds: on a shared machine the
 and taking turns spreads it over every engine alike.
 
     python benchmarks/bench_engines.py [--batches 1 8 32] [--threads 2 1] [--seconds 3] [--rounds 3]
-        [--engines covidx onnxruntime torch torch-compile openvino]
+        [--engines covidx covidx-bf16 onnxruntime torch torch-compile openvino openvino-bf16]
+    python benchmarks/bench_engines.py --info     # the machine, kernels and versions only
+
+covidx-bf16 is covidx.load_model(..., precision='bf16') (AMX, else AVX512_BF16; where neither
+runs it says "fp32 fallback" in its version column); openvino-bf16 is OpenVINO with
+INFERENCE_PRECISION_HINT='bf16'. The header names the CPU, its features, the GEMM kernel covidx
+uses for each precision and every version: what is needed to judge figures from another machine.
 
 Needs: covidx installed; torch==2.13.0, onnx, onnxruntime, openvino (benchmark-only)."""
 import argparse
@@ -31,7 +37,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "softmax")]
 NAMES = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
-ENGINES = ["covidx", "onnxruntime", "torch", "torch-compile", "openvino"]
+ENGINES = ["covidx", "covidx-bf16", "onnxruntime", "torch", "torch-compile", "openvino", "openvino-bf16"]
 
 
 def rate(fn, batch, seconds):
@@ -80,13 +86,20 @@ def prepare(workdir):
 def make_runner(engine, workdir, threads):
     """(run(x) -> probabilities, version string, import seconds) for one engine."""
     t0 = time.perf_counter()
-    if engine == "covidx":
+    if engine in ("covidx", "covidx-bf16"):
+        import warnings
+
         import covidx
 
         imported = time.perf_counter() - t0
         covidx.set_num_threads(threads)
-        model = covidx.load_model(os.path.join(workdir, "covidx.safetensors"))
-        return (lambda x: model.predict(x, verbose=0)), covidx.__version__, imported
+        precision = "bf16" if engine == "covidx-bf16" else "fp32"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the fallback is said in the version column
+            model = covidx.load_model(os.path.join(workdir, "covidx.safetensors"), precision=precision)
+        info = model.precision_info()
+        kernel = info["kernel"] + (" fp32 fallback" if precision == "bf16" and info["running"] == "fp32" else "")
+        return (lambda x: model.predict(x, verbose=0)), "%s (%s)" % (covidx.__version__, kernel), imported
     if engine == "onnxruntime":
         import onnxruntime as ort
 
@@ -112,14 +125,16 @@ def make_runner(engine, workdir, threads):
                 return fn(torch.from_numpy(x)).numpy()
 
         return run, torch.__version__, imported
-    if engine == "openvino":
+    if engine in ("openvino", "openvino-bf16"):
         import openvino as ov
 
         imported = time.perf_counter() - t0
         core = ov.Core()
+        hint = "bf16" if engine == "openvino-bf16" else "f32"
         compiled = core.compile_model(os.path.join(workdir, "model.onnx"), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
-        return (lambda x: compiled(x)[0]), ov.__version__, imported
+                                      {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint})
+        got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        return (lambda x: compiled(x)[0]), "%s (%s)" % (ov.__version__, got), imported
     raise ValueError(engine)
 
 
@@ -172,13 +187,40 @@ def merge_rounds(runs):
     return out
 
 
+def engine_versions():
+    """Versions of the other engines, or 'not installed'."""
+    out = []
+    for name in ("onnxruntime", "torch", "openvino"):
+        try:
+            mod = __import__(name)
+            out.append("%s %s" % (name, mod.__version__))
+        except Exception:  # not installed, or fails to import: said, not fatal
+            out.append("%s not installed" % name)
+    return out
+
+
+def print_header():
+    import covidx
+
+    c = covidx.config()
+    print("machine: %s, %d CPUs available, features: %s" % (cpu_model(), c["cpus"], ", ".join(c["cpu_features"])))
+    print("covidx %s (OpenBLAS %s, kernel %s) | numpy %s | python %s"
+          % (c["covidx"], c["openblas"].split()[1], c["openblas_corename"], np.__version__, platform.python_version()))
+    print("covidx GEMM kernels: fp32 %s, bf16 %s%s%s" % (c["kernels"]["fp32"], c["kernels"]["bf16"],
+                                                        " (%s)" % c["bf16_note"] if c["bf16_note"] else "",
+                                                        " [COVIDX_GEMM=%s]" % c["covidx_gemm"] if c["covidx_gemm"] else ""))
+    print("other engines: %s" % ", ".join(engine_versions()))
+    sys.stdout.flush()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--engines", nargs="+", default=ENGINES)
+    ap.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    ap.add_argument("--info", action="store_true", help="print the machine, kernels and versions, and stop")
     ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "WORKDIR", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -186,14 +228,11 @@ def main():
         print(json.dumps(worker(engine, workdir, int(threads), args.batches, args.seconds)))
         return
 
-    import covidx
-
+    print_header()
+    if args.info:
+        return
     workdir = tempfile.mkdtemp(prefix="covidx-bench-")
     prepare(workdir)
-    c = covidx.config()
-    print("machine: %s, %d CPUs available, features: %s" % (cpu_model(), c["cpus"], ", ".join(c["cpu_features"])))
-    print("covidx %s (OpenBLAS %s, kernel %s) | numpy %s | python %s"
-          % (c["covidx"], c["openblas"].split()[1], c["openblas_corename"], np.__version__, platform.python_version()))
     for threads in args.threads:
         rounds = {engine: [] for engine in args.engines}
         for _ in range(max(1, args.rounds)):

@@ -30,18 +30,18 @@ from covidx.data import SAMPLES_DIR
 from covidx.distributed import image_files  # needs no dask
 
 
-def load_default_or(path):
+def load_default_or(path, precision="fp32"):
     """(model, trained): the given file, the shipped model, or (where none is installed) the
-    articles' architecture with random weights, said plainly."""
+    articles' architecture with random weights, said plainly. precision: 'fp32' or 'bf16'."""
     if path:
-        return covidx.load_model(path), True
+        return covidx.load_model(path, precision=precision), True
     try:
-        return covidx.load_model(), True
+        return covidx.load_model(precision=precision), True
     except FileNotFoundError:
         from covidx.applications.resnet50 import ResNet50
 
         model = ResNet50(weights=None, classes=2, head=(1024, 1024, 1024, 512), class_names=["COV19", "Normal"],
-                         preprocessing={"rescale": 1.0 / 255}, seed=0)
+                         preprocessing={"rescale": 1.0 / 255}, seed=0, precision=precision)
         print("NOTE: no trained model is installed: running the articles' architecture with RANDOM weights; "
               "its predictions are meaningless.", file=sys.stderr)
         return model, False
@@ -69,7 +69,7 @@ def cmd_evaluate(args):
         from covidx import plots
 
         plots.require_matplotlib()  # before the work, not after it
-    model, trained = load_default_or(args.model)
+    model, trained = load_default_or(args.model, args.precision)
     directory = args.dir or SAMPLES_DIR
     if not os.path.isdir(directory):
         print("covidx evaluate: no such directory: %s" % directory, file=sys.stderr)
@@ -159,7 +159,7 @@ def write_html_report(path, model, it, labels, probs, names, ok, directory, scor
 
 
 def cmd_predict(args):
-    model, _ = load_default_or(args.model)
+    model, _ = load_default_or(args.model, args.precision)
     from covidx.preprocessing.image import ImageFileError, img_to_array, load_img
 
     paths = image_paths(args.paths)
@@ -359,7 +359,10 @@ def parser():
     for p in (ev, pr):
         p.add_argument("--model", help="a model file (default: the shipped model)")
         p.add_argument("--batch-size", type=positive_int, default=16)
-    sub.add_parser("info", help="versions, OpenBLAS kernel, threads, model card")
+        p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                       help="bf16: faster on CPUs with AMX or AVX512_BF16, outputs within bf16 rounding of fp32 "
+                       "(default fp32; `covidx info` shows the kernel each uses)")
+    sub.add_parser("info", help="versions, OpenBLAS kernel, GEMM kernel per precision, threads, model card")
     sub.add_parser("samples", help="the same as `covidx evaluate` on the bundled samples")
     return ap
 
@@ -373,6 +376,7 @@ def main(argv=None):
         if command in ("evaluate", "samples"):
             if command == "samples" or not hasattr(args, "dir"):
                 args.dir, args.model, args.batch_size, args.report = None, None, 16, None
+                args.precision = "fp32"
             return cmd_evaluate(args)
         if command == "predict":
             return cmd_predict(args)

@@ -54,13 +54,27 @@ def kernel_warning(corename, cpu):
     return None
 
 
+KERNEL_NAMES = {
+    "openblas": "OpenBLAS SGEMM",
+    "avx2": "covidx AVX2+FMA kernel (weights packed at load)",
+    "avx512": "covidx AVX-512F kernel (weights packed at load)",
+    "avx512-emu": "covidx AVX-512F kernel, emulated in plain C (tests only: slow)",
+    "amx": "covidx AMX-BF16 kernel (bf16 weights packed at load, fp32 sums)",
+    "amx-emu": "covidx AMX-BF16 kernel, emulated in plain C (tests only: slow)",
+    "avx512bf16": "covidx AVX512_BF16 kernel (bf16 weights packed at load, fp32 sums)",
+    "avx512bf16-emu": "covidx AVX512_BF16 kernel, emulated in plain C (tests only: slow)",
+}
+GEMM_CHOICES = ("auto", "amx", "avx512", "avx2", "openblas", "avx512-emu", "amx-emu", "avx512bf16-emu")
+
+
 def config():
     """The configuration as a dict (what show_config prints)."""
     import numpy
 
     from . import __version__
 
-    blas, cpu = _core.blas_info(), _core.cpu_info()
+    blas, cpu, kernels = _core.blas_info(), _core.cpu_info(), _core.gemm_kernels()
+    env = os.environ.get("COVIDX_GEMM")
     return {
         "covidx": __version__,
         "python": sys.version.split()[0],
@@ -68,21 +82,40 @@ def config():
         "openblas": blas["config"],
         "openblas_corename": blas["corename"],
         "openblas_threads": blas["num_threads"],
-        "conv_gemm": "covidx AVX2+FMA kernel (weights packed at load)" if blas["packed_gemm"] else "OpenBLAS",
+        "conv_gemm": KERNEL_NAMES.get(kernels["fp32"], kernels["fp32"]),
+        "kernels": {"fp32": kernels["fp32"], "bf16": kernels["bf16"]},
+        "bf16_note": kernels["bf16_note"],
+        "covidx_gemm": env,
         "threads": get_num_threads(),
         "cpus": cpu["cpus"],
         "cpu_features": [k for k in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if cpu[k]],
-        "warning": kernel_warning(blas["corename"], cpu),
+        "warning": "; ".join(w for w in (kernel_warning(blas["corename"], cpu), gemm_env_warning(env)) if w) or None,
     }
 
 
+def gemm_env_warning(env):
+    if env is None or env in GEMM_CHOICES:
+        return None
+    return "COVIDX_GEMM=%r is not one of %s; it is ignored" % (env, ", ".join(GEMM_CHOICES))
+
+
 def show_config():
-    """Prints versions, the OpenBLAS build and kernel, threads and CPU features."""
+    """Prints versions, the OpenBLAS build and kernel, the GEMM kernel of each precision, threads
+    and CPU features."""
     c = config()
     print("covidx %s (Python %s, NumPy %s)" % (c["covidx"], c["python"], c["numpy"]))
     print("  OpenBLAS:     %s" % c["openblas"])
     print("  kernel:       %s" % c["openblas_corename"])
-    print("  conv GEMMs:   %s" % c["conv_gemm"])
+    print("  conv GEMMs:   fp32: %s" % c["conv_gemm"])
+    bf16 = c["kernels"]["bf16"]
+    if bf16 in ("amx", "amx-emu", "avx512bf16", "avx512bf16-emu"):
+        print("                bf16 (precision='bf16'): %s" % KERNEL_NAMES.get(bf16, bf16))
+    else:
+        print("                bf16 (precision='bf16'): none; such models run in fp32 (%s)" % bf16)
+    if c["bf16_note"]:
+        print("                note: %s" % c["bf16_note"])
+    if c["covidx_gemm"]:
+        print("  COVIDX_GEMM:  %s" % c["covidx_gemm"])
     print("  threads:      %d engine threads x %d OpenBLAS thread(s) each; %d CPUs available"
           % (c["threads"], c["openblas_threads"], c["cpus"]))
     print("  CPU features: %s" % (", ".join(c["cpu_features"]) or "baseline x86-64 only"))

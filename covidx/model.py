@@ -99,6 +99,10 @@ class InputRescaling:
         return getattr(self.engine, name)
 
 
+PRECISIONS = ("fp32", "bf16")
+BF16_KERNELS = {"amx", "amx-emu", "avx512bf16", "avx512bf16-emu"}
+
+
 class Model:
     """A ResNet50 backbone, global pooling and a Dense head, run by covidx's C engine.
 
@@ -118,6 +122,8 @@ class Model:
         self._input_shape = (224, 224, 3) if self.architecture["pooling"] is not None else (None, None, 3)
         self._weights = {}
         self._engine = None
+        self._precision = "fp32"   # what the user asked for
+        self._kernel = None        # (kernel name, note or None) of the engine's set_precision
         self._unfamiliar = None
         self.calibration = None  # how the outputs were calibrated (a dict, kept in covidx files), if they were
         self._set_named_weights(weights)
@@ -167,8 +173,48 @@ class Model:
                 warnings.warn("model %r: the backbone's weights changed, so its out-of-distribution statistics "
                               "were dropped; refit them with covidx.fit_unfamiliar" % self.name, stacklevel=3)
                 self._unfamiliar = None
+        if self._precision != "fp32":  # the new engine packs its weights for bf16 too
+            self._kernel = tuple(engine.set_precision(self._precision))
         self._engine = engine
         self._weights = weights
+
+    # --- precision -------------------------------------------------------------------------------
+
+    @property
+    def precision(self):
+        """'fp32' (the default) or 'bf16', as set by set_precision (see precision_info for the
+        kernel that actually runs: bf16 falls back to fp32 where the CPU has no bf16 kernel)."""
+        return self._precision
+
+    def set_precision(self, precision):
+        """'bf16': the convolutions after the stem run in bfloat16 (weights rounded to nearest even
+        and packed once, now; activations rounded to bf16 as each convolution reads them; sums in
+        fp32; the stem convolution, which reads the image, the Dense head, pooling and softmax
+        stay fp32), on AMX where the CPU has it, else AVX512_BF16. Where
+        it has neither (or COVIDX_GEMM rules them out), the model keeps running in fp32 and a
+        RuntimeWarning says so; precision_info() and show_config() say which kernel runs. 'fp32':
+        back to full precision (the default). Outputs in bf16 differ from fp32 by bf16 rounding:
+        see README, 'Precision and CPU kernels'."""
+        if precision not in PRECISIONS:
+            raise ValueError("precision: expected 'fp32' or 'bf16', got %r" % (precision,))
+        kernel, note = self._engine.set_precision(precision)
+        self._precision = precision
+        self._kernel = (kernel, note)
+        if precision == "bf16" and kernel not in BF16_KERNELS:  # AVX512_BF16 instead of AMX is only noted
+            import warnings
+
+            warnings.warn("model %r: %s" % (self.name, note), RuntimeWarning, stacklevel=2)
+        return self
+
+    def precision_info(self):
+        """{'precision': asked for, 'running': 'fp32' or 'bf16', 'kernel': the GEMM kernel of the
+        convolutions, 'note': why bf16 runs elsewhere than on AMX (or in fp32), else None}."""
+        if self._kernel is None:
+            kernel, note = _core.gemm_kernels()["fp32"], None
+        else:
+            kernel, note = self._kernel
+        running = "bf16" if kernel in BF16_KERNELS else "fp32"
+        return {"precision": self._precision, "running": running, "kernel": kernel, "note": note}
 
     def _build_engine(self, w):
         arch = self.architecture
@@ -616,12 +662,22 @@ def default_model_path():
     return None
 
 
-def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, class_names=None):
+def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, class_names=None, precision="fp32"):
     """Loads a model file: covidx's safetensors format, or (see covidx.formats) a Keras .h5 /
     .keras / .weights.h5 file or a PyTorch ResNet50 state_dict, recognised by content.
     class_names: for files that do not record them. compile=False gives an uncompiled model (as
     Keras: evaluate() then asks for compile()); nothing in a file is ever executed, so
-    custom_objects and safe_mode change nothing."""
+    custom_objects and safe_mode change nothing. precision: 'fp32' (default) or 'bf16'
+    (Model.set_precision)."""
+    if precision not in PRECISIONS:
+        raise ValueError("precision: expected 'fp32' or 'bf16', got %r" % (precision,))
+    model = _load_model(path, class_names, compile)
+    if precision != "fp32":
+        model.set_precision(precision)
+    return model
+
+
+def _load_model(path, class_names, compile):
     if path is None:
         path = default_model_path()
         if path is None:

@@ -1,5 +1,5 @@
 /* cpu.c: which instruction sets this CPU and OS actually enable. Used to report the machine and,
- * later, to pick kernels at run time: the library is compiled for baseline x86-64 only. */
+ * to pick kernels at run time (gemm_dispatch.c): the library is compiled for baseline x86-64 only. */
 #define _GNU_SOURCE
 #include "cpu.h"
 
@@ -16,7 +16,7 @@ static unsigned long long xgetbv0(void) {
 }
 
 CpuFeatures cpu_features(void) {
-    CpuFeatures f = {0, 0, 0, 0, 0, 0};
+    CpuFeatures f = {0, 0, 0, 0, 0, 0, 0};
     unsigned int a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
     int osxsave = (c >> 27) & 1;
@@ -34,11 +34,15 @@ CpuFeatures cpu_features(void) {
     f.amx_tile = tile_ok && ((d >> 24) & 1);
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512_bf16 = zmm_ok && ((a >> 5) & 1);
+    if (f.amx_tile && __get_cpuid_max(0, 0) >= 0x1d) {
+        __cpuid_count(0x1d, 0, a, b, c, d);
+        f.amx_palette = a >= 1;
+    }
     return f;
 }
 #else
 CpuFeatures cpu_features(void) {
-    CpuFeatures f = {0, 0, 0, 0, 0, 0};
+    CpuFeatures f = {0, 0, 0, 0, 0, 0, 0};
     return f;
 }
 #endif

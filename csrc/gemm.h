@@ -1,27 +1,74 @@
 /* gemm.h: C[m x n] = A[m x k] . B[k x n], then bias, residual and ReLU, with B (the weights)
  * packed once at load time into the panels the kernel reads.
  *
- * The kernel (gemm.c) is an AVX2 + FMA 6x16 register tile; A (the activations) is read in place,
- * row by row, so nothing is packed or zeroed per call, and the epilogue is applied to each tile
- * while it is still in registers. Where the CPU lacks AVX2 or FMA, or COVIDX_GEMM=openblas, the
- * callers use OpenBLAS instead (gemm_available() says which). */
+ * Several kernels share this interface; gemm_dispatch.c is the one table that picks them at run
+ * time from the CPU's features (the library itself is built for baseline x86-64):
+ *
+ *   fp32:  AVX-512F 12x32 tile (gemm_avx512.c), else AVX2+FMA 6x16 tile (gemm_avx2.c), else
+ *          OpenBLAS (gemm_fp32_kernel() returns GEMM_OPENBLAS and the callers use sgemm).
+ *   bf16:  AMX-BF16 tiles (gemm_amx.c), else AVX512_BF16 (gemm_avx512bf16.c), else the fp32
+ *          kernel (gemm_bf16_kernel() says why).
+ *
+ * A (the activations) is read in place, row by row, in fp32; the bf16 kernels round it to bf16
+ * (nearest even) block by block. Every kernel sums each element of C in an order fixed by the
+ * shape alone, so results are bitwise the same for any task split or thread count.
+ *
+ * COVIDX_GEMM forces a lower choice: openblas, avx2, avx512 (no AMX), or auto/amx (the default).
+ * For tests only, avx512-emu, amx-emu and avx512bf16-emu select the plain-C builds of those
+ * kernels (the same sources compiled over avx512_emulation.h / amx_emulation.h): exact but slow. */
 #ifndef COVIDX_GEMM_H
 #define COVIDX_GEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
-/* B (k x n) as blocks of KC rows; each block is a run of 16-column panels (the last one padded
- * with zeros), each panel kc x 16 floats, row after row. 32-byte aligned. */
+enum GemmKernel {
+    GEMM_OPENBLAS = 0,   /* no packed kernel: the callers use OpenBLAS */
+    GEMM_AVX2,           /* fp32, AVX2 + FMA */
+    GEMM_AVX512,         /* fp32, AVX-512F */
+    GEMM_AVX512_EMU,     /* fp32, gemm_avx512.c over the plain-C emulation (tests) */
+    GEMM_AMX,            /* bf16, AMX-BF16 */
+    GEMM_AMX_EMU,        /* bf16, gemm_amx.c over the plain-C tile emulation (tests) */
+    GEMM_AVX512BF16,     /* bf16, AVX512_BF16 */
+    GEMM_AVX512BF16_EMU, /* bf16, gemm_avx512bf16.c over the plain-C emulation (tests) */
+    GEMM_NKERNELS
+};
+
+/* B (k x n) packed for one kernel. fp32 kernels: data, blocks of kc rows, each a run of nr-column
+ * panels (the last one padded with zeros), each panel kc x nr floats, row after row. bf16
+ * kernels: bf16, see gemm_bf16.h. 64-byte aligned. */
 typedef struct {
     int k, n;
-    float *data;
+    int kernel;      /* enum GemmKernel that packed it (and runs it) */
+    float *data;     /* fp32 kernels, else NULL */
+    uint16_t *bf16;  /* bf16 kernels, else NULL */
 } PackedB;
 
-/* 1 when the packed kernel runs on this CPU (and is not switched off by COVIDX_GEMM=openblas). */
-int gemm_available(void);
+/* Names ("avx2", "avx512", "amx", ...) and properties of a kernel. */
+const char *gemm_kernel_name(int kernel);
+int gemm_kernel_is_bf16(int kernel);
+/* 1 when the kernel can run here (the CPU has its instructions; the emulated ones always). */
+int gemm_kernel_runs(int kernel);
+/* The kernel kind given by name, or -1. */
+int gemm_kernel_by_name(const char *name);
 
-/* Packs b (k x n, leading dimension ldb) into p. 0, or -1 when out of memory. */
+/* The fp32 kernel for this CPU and COVIDX_GEMM (read each time: asked while a model loads). */
+int gemm_fp32_kernel(void);
+/* 1 when a packed fp32 kernel runs (gemm_fp32_kernel() != GEMM_OPENBLAS). */
+int gemm_available(void);
+/* The kernel the bf16 mode would use: a bf16 kernel, or gemm_fp32_kernel() when there is none,
+ * with *why (when why is not NULL) set to a static sentence saying why, else to NULL. Does not
+ * ask the OS for AMX. */
+int gemm_bf16_kernel(const char **why);
+/* Switches the bf16 mode on for the process: for GEMM_AMX asks Linux for the tile data state
+ * (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), once per process). Returns the kernel to
+ * use, which differs from `kernel` (a fallback, with *why set) when the request failed. */
+int gemm_bf16_enable(int kernel, const char **why);
+
+/* Packs b (k x n, leading dimension ldb) into p for gemm_fp32_kernel(), or for the given kernel.
+ * 0, or -1 when out of memory (p->data and p->bf16 are then NULL). */
 int gemm_pack(PackedB *p, const float *b, int k, int n, int ldb);
+int gemm_pack_kernel(PackedB *p, int kernel, const float *b, int k, int n, int ldb);
 void gemm_pack_free(PackedB *p);
 
 typedef struct {
@@ -36,8 +83,8 @@ typedef struct {
     int relu;
 } GemmJob;
 
-/* The job as independent tasks (blocks of C); their number depends only on the shape, and every
- * element of C is summed in the same order whichever task or thread computes it. */
+/* The job as independent tasks (blocks of C); their number depends only on the shape and the
+ * kernel, and every element of C is summed in the same order whichever task or thread computes it. */
 int gemm_tasks(const GemmJob *g);
 void gemm_run_task(const GemmJob *g, int task);
 

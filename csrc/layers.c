@@ -3,7 +3,8 @@
  *     out[pixels x cout] = A[pixels x K] . W[K x cout],   K = kh * kw * cin
  *
  * where A is the input itself for a stride-1 1x1 convolution and an im2col panel otherwise. With
- * the packed kernel (gemm.c: AVX2 + FMA, weights packed at load) the epilogue (bias, residual,
+ * a packed kernel (gemm.h: AVX-512, AVX2 + FMA, or bf16 on AMX / AVX512_BF16; weights packed at
+ * load) the epilogue (bias, residual,
  * ReLU) is applied in registers and each task builds the im2col rows it multiplies; otherwise
  * OpenBLAS runs the GEMM and each task's epilogue follows at once, while its block of the output
  * is still in cache. Chunk and task sizes depend only on the layer's shape, never on the number
@@ -190,8 +191,9 @@ void conv2d(const Conv *c, const float *x, int n, int h, int w, float *out, cons
         int rows = row0 + step < m ? step : m - row0;
         const float *a = direct ? x + (size_t)row0 * c->cin : scratch;
         Im2col im = {c, x, h, w, ho, wo, row0, rows, pool_get_threads(), scratch};
-        if (c->packed.data) {
-            GemmJob g = {rows, a, k, &c->packed, out + (size_t)row0 * c->cout, c->cout, c->bias,
+        const PackedB *pk = c->packed_bf16.bf16 ? &c->packed_bf16 : c->packed.data ? &c->packed : NULL;
+        if (pk) {
+            GemmJob g = {rows, a, k, pk, out + (size_t)row0 * c->cout, c->cout, c->bias,
                          residual ? residual + (size_t)row0 * c->cout : NULL, relu};
             if (!direct && rows >= 2 * GEMM_MC) { /* enough row blocks to share: im2col inside each */
                 Im2colGemm f = {im, g, gemm_tasks_per_row_block(&g)};

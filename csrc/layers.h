@@ -17,6 +17,8 @@ typedef struct {
     float *wino;                        /* (16, cin, cout) Winograd-transformed weights, or NULL */
     PackedB packed;                     /* w packed for gemm.c (data NULL where OpenBLAS runs) */
     PackedB wino_packed[16];            /* the Winograd planes packed (then wino is NULL) */
+    PackedB packed_bf16;                /* w packed for a bf16 kernel in the bf16 mode, else all NULL;
+                                         * when present it is used, and Winograd is not */
     int winograd;                       /* 1 when either Winograd form is ready */
     int wino_min_tiles;                 /* use Winograd for batches with at least this many tiles */
 } Conv;

@@ -385,6 +385,43 @@ done:
     return result;
 }
 
+/* set_precision('fp32' | 'bf16') -> (kernel name, note or None). bf16: the convolutions' weights
+ * (all but the stem's)
+ * are rounded to bf16 and packed for the bf16 kernel gemm_dispatch.c picks (asking Linux for AMX
+ * the first time); where there is none, or the request fails, the engine stays in fp32 and the
+ * note says why. */
+static PyObject *Engine_set_precision(EngineObject *self, PyObject *arg) {
+    if (!self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
+        return NULL;
+    }
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "precision: expected 'fp32' or 'bf16'");
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    int bf16 = strcmp(name, "bf16") == 0;
+    if (!bf16 && strcmp(name, "fp32") != 0) {
+        PyErr_Format(PyExc_ValueError, "precision: expected 'fp32' or 'bf16', got %R", arg);
+        return NULL;
+    }
+    const char *why = NULL;
+    int kernel = 0, rc;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&g_compute); /* never under a running forward pass */
+    if (bf16) {
+        kernel = gemm_bf16_kernel(&why);
+        if (gemm_kernel_is_bf16(kernel)) kernel = gemm_bf16_enable(kernel, &why);
+    }
+    rc = net_set_bf16(&self->net, gemm_kernel_is_bf16(kernel) ? kernel : 0);
+    pthread_mutex_unlock(&g_compute);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return PyErr_NoMemory();
+    int used = self->net.bf16_kernel ? self->net.bf16_kernel : gemm_fp32_kernel();
+    return Py_BuildValue("(sz)", gemm_kernel_name(used), why);
+}
+
 static PyObject *Engine_workspace_bytes(EngineObject *self, PyObject *Py_UNUSED(ignored)) {
     const Plan *p = &self->net.plan;
     size_t floats = 4 * p->act_floats;
@@ -398,6 +435,8 @@ static PyMethodDef Engine_methods[] = {
      "unfamiliar: also return each image's out-of-distribution score, (outputs, scores)."},
     {"set_unfamiliar", (PyCFunction)Engine_set_unfamiliar, METH_VARARGS,
      "set_unfamiliar(basis, variances, residual_variance, means, threshold), or set_unfamiliar(None)."},
+    {"set_precision", (PyCFunction)Engine_set_precision, METH_O,
+     "set_precision('fp32' | 'bf16') -> (kernel, note or None): the convolutions' arithmetic."},
     {"workspace_bytes", (PyCFunction)Engine_workspace_bytes, METH_NOARGS,
      "Bytes held by the activation buffers of the current plan."},
     {NULL, NULL, 0, NULL}};
@@ -444,13 +483,22 @@ static PyObject *blas_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
                          gemm_available() ? Py_True : Py_False);
 }
 
+/* The kernel each precision would use now: {'fp32': name, 'bf16': name, 'bf16_note': str or None}.
+ * Reads COVIDX_GEMM; does not ask Linux for AMX. */
+static PyObject *gemm_kernels(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
+    const char *why = NULL;
+    int bf16 = gemm_bf16_kernel(&why);
+    return Py_BuildValue("{s:s,s:s,s:z}", "fp32", gemm_kernel_name(gemm_fp32_kernel()), "bf16",
+                         gemm_kernel_name(bf16), "bf16_note", why);
+}
+
 static PyObject *cpu_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
     CpuFeatures f = cpu_features();
-    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:i}", "avx2", f.avx2 ? Py_True : Py_False, "fma",
+    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:i}", "avx2", f.avx2 ? Py_True : Py_False, "fma",
                          f.fma ? Py_True : Py_False, "avx512f", f.avx512f ? Py_True : Py_False,
                          "avx512_bf16", f.avx512_bf16 ? Py_True : Py_False, "amx_bf16",
                          f.amx_bf16 ? Py_True : Py_False, "amx_tile", f.amx_tile ? Py_True : Py_False,
-                         "cpus", cpu_count_online());
+                         "amx_palette", f.amx_palette ? Py_True : Py_False, "cpus", cpu_count_online());
 }
 
 static PyMethodDef module_methods[] = {
@@ -458,6 +506,7 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", get_num_threads, METH_NOARGS, "Threads used by the engine."},
     {"blas_info", blas_info, METH_NOARGS, "OpenBLAS configuration and kernel (core name)."},
     {"cpu_info", cpu_info, METH_NOARGS, "CPU features detected at run time."},
+    {"gemm_kernels", gemm_kernels, METH_NOARGS, "The GEMM kernel each precision uses on this CPU."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {

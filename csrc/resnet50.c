@@ -105,6 +105,7 @@ void net_free(Net *net) {
         free(slots[i]->bias);
         free(slots[i]->wino);
         gemm_pack_free(&slots[i]->packed);
+        gemm_pack_free(&slots[i]->packed_bf16);
         for (int xi = 0; xi < 16; xi++) gemm_pack_free(&slots[i]->wino_packed[xi]);
     }
     for (int i = 0; i < MAX_DENSE; i++) { /* all slots: a layer that failed to load may hold memory */
@@ -114,6 +115,27 @@ void net_free(Net *net) {
     }
     unfamiliar_free(&net->unfamiliar);
     plan_free(&net->plan);
+}
+
+int net_set_bf16(Net *net, int kernel) {
+    Conv *slots[RESNET50_NCONV];
+    resnet50_conv_slots(net, slots);
+    for (int i = 0; i < RESNET50_NCONV; i++) gemm_pack_free(&slots[i]->packed_bf16);
+    net->bf16_kernel = 0;
+    plan_free(&net->plan); /* Winograd layers now need im2col scratch (or the other way round) */
+    if (!kernel) return 0;
+    /* slot 0, the stem (7x7x3, 1.5 % of the arithmetic), stays fp32: it reads the image itself,
+     * and rounding the pixels to bf16 moved the shipped model's probabilities by up to 0.05 on
+     * test X-rays, against 0.015 with the stem in fp32 (BENCHMARKS.md, 2026-12-02) */
+    for (int i = 1; i < RESNET50_NCONV; i++) {
+        Conv *c = slots[i];
+        if (gemm_pack_kernel(&c->packed_bf16, kernel, c->w, c->kh * c->kw * c->cin, c->cout, c->cout) != 0) {
+            for (int j = 0; j <= i; j++) gemm_pack_free(&slots[j]->packed_bf16);
+            return -1;
+        }
+    }
+    net->bf16_kernel = kernel;
+    return 0;
 }
 
 void resnet50_feature_map_size(int variant, int h, int w, int *ho, int *wo) {

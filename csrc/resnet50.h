@@ -54,6 +54,8 @@ typedef struct {
     Unfamiliar unfamiliar; /* out-of-distribution statistics of the pooled features (d == 0: none) */
     Plan plan;
     int sub_batch; /* images per pass through the network (0: SUB_BATCH) */
+    int bf16_kernel; /* the bf16 mode's kernel (enum GemmKernel, its weights in each conv's
+                      * packed_bf16), or 0 in fp32 */
 } Net;
 
 /* Fills shapes[RESNET50_NCONV] for the variant. */
@@ -72,6 +74,11 @@ int conv_fold_bn(Conv *c, const ConvShape *s, const float *kernel, const float *
 int dense_init(DenseLayer *d, int cin, int cout, int act, const float *w, const float *bias);
 
 void net_free(Net *net);
+
+/* Switches the convolutions to bf16 weights for `kernel` (a bf16 kernel: packs each conv's w into
+ * packed_bf16, rounded to nearest even; the stem conv1 and the Dense head stay fp32), or back to
+ * fp32 (kernel 0: drops them). 0, or -1 when out of memory (the network is then left in fp32). */
+int net_set_bf16(Net *net, int kernel);
 
 /* Output size of the final feature map for an input h x w. */
 void resnet50_feature_map_size(int variant, int h, int w, int *ho, int *wo);

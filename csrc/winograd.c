@@ -50,7 +50,7 @@ int winograd_eligible(const Conv *c) {
 int winograd_worth_it(const Conv *c, int n, int h, int w) {
     int th, tw;
     tile_counts(h, w, &th, &tw);
-    return c->winograd && (long)n * th * tw >= c->wino_min_tiles;
+    return c->winograd && !c->packed_bf16.bf16 && (long)n * th * tw >= c->wino_min_tiles; /* bf16: im2col */
 }
 
 int winograd_prepare(Conv *c) {

@@ -1,18 +1,27 @@
-/* gemm_check.c: csrc/gemm.c against a plain double-precision loop, over shapes that cover every
- * edge of its blocking (rows not a multiple of 6, columns not a multiple of 16, k over several
- * blocks, leading dimensions wider than the matrices), with and without bias, residual and ReLU.
+/* gemm_check.c: one GEMM kernel of csrc/ (gemm_check KERNEL: avx2, avx512, avx512-emu, amx,
+ * amx-emu, avx512bf16, avx512bf16-emu) against a plain double-precision loop, over shapes that
+ * cover every edge of the kernels' blocking (rows not a multiple of 6, 12, 16 or 32, columns not
+ * a multiple of 16 or 32, k over several blocks and not a multiple of 32, leading dimensions
+ * wider than the matrices), with and without bias, residual and ReLU.
  *
  * Each element must lie within the float32 summation bound (k + 2) u sum|terms| of the exact
- * value; tasks run in reverse order must give the same bits; the padding beyond each row of C
- * must stay untouched. Built and run by tests/test_gemm.py (and under ASan/UBSan by
- * tests/run_sanitized.sh). Prints "ok <cases>" and exits 0, or says what differs and exits 1. */
+ * value; for the bf16 kernels the exact value is that of A and B rounded to bf16 (nearest even),
+ * products and sums in double, so what is checked is the fp32 accumulation. Tasks run in reverse
+ * order must give the same bits; the padding beyond each row of C must stay untouched.
+ * gemm_check KERNEL OTHER also requires KERNEL and OTHER to give the same bits (a kernel against
+ * its emulated build). Built and run by tests/test_gemm.py (and under ASan/UBSan by
+ * tests/run_sanitized.sh). Prints "ok <cases>" and exits 0, "skip: <why>" and exits 0 when the
+ * CPU lacks the instructions, or says what differs and exits 1. */
 #include <float.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gemm.h"
+
+static int kernel = -1, other = -1; /* the kernel checked, and the one it must match bit for bit */
 
 static unsigned long long rng = 88172645463325252ULL;
 static float uniform(void) { /* xorshift64: [-1, 1) */
@@ -20,30 +29,46 @@ static float uniform(void) { /* xorshift64: [-1, 1) */
     return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
+static float bf16_rounded(float x) { /* round to nearest even (the inputs are finite) */
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* Runs every task of g, in order or reversed. */
+static void run_all(GemmJob g, int reverse) {
+    int nt = gemm_tasks(&g);
+    for (int t = 0; t < nt; t++) gemm_run_task(&g, reverse ? nt - 1 - t : t);
+}
+
 static int check(int m, int n, int k, int use_bias, int use_res, int relu) {
     int lda = k + 3, ldc = n + 5; /* wider than the matrices: the kernel must respect them */
     float *a = malloc(sizeof(float) * (size_t)m * lda), *b = malloc(sizeof(float) * (size_t)k * n);
     float *bias = malloc(sizeof(float) * n), *res = malloc(sizeof(float) * (size_t)m * ldc);
     float *c = malloc(sizeof(float) * (size_t)m * ldc), *c2 = malloc(sizeof(float) * (size_t)m * ldc);
-    if (!a || !b || !bias || !res || !c || !c2) {
+    float *c3 = malloc(sizeof(float) * (size_t)m * ldc);
+    if (!a || !b || !bias || !res || !c || !c2 || !c3) {
         printf("out of memory\n");
         exit(1);
     }
     for (size_t i = 0; i < (size_t)m * lda; i++) a[i] = uniform();
     for (size_t i = 0; i < (size_t)k * n; i++) b[i] = uniform();
     for (int i = 0; i < n; i++) bias[i] = uniform();
-    for (size_t i = 0; i < (size_t)m * ldc; i++) res[i] = uniform(), c[i] = c2[i] = 12345.0f;
-    PackedB p;
-    if (gemm_pack(&p, b, k, n, n) != 0) {
+    for (size_t i = 0; i < (size_t)m * ldc; i++) res[i] = uniform(), c[i] = c2[i] = c3[i] = 12345.0f;
+    PackedB p, p2 = {0, 0, 0, NULL, NULL};
+    if (gemm_pack_kernel(&p, kernel, b, k, n, n) != 0 || (other >= 0 && gemm_pack_kernel(&p2, other, b, k, n, n) != 0)) {
         printf("out of memory\n");
         exit(1);
     }
     GemmJob g = {m, a, lda, &p, c, ldc, use_bias ? bias : NULL, use_res ? res : NULL, relu};
-    int nt = gemm_tasks(&g);
-    for (int t = 0; t < nt; t++) gemm_run_task(&g, t);
+    run_all(g, 0);
     GemmJob g2 = g;
     g2.c = c2;
-    for (int t = nt - 1; t >= 0; t--) gemm_run_task(&g2, t);
+    run_all(g2, 1);
+    int bf = gemm_kernel_is_bf16(kernel);
 
     int bad = 0;
     const double u = FLT_EPSILON / 2;
@@ -56,7 +81,8 @@ static int check(int m, int n, int k, int use_bias, int use_res, int relu) {
             }
             double exact = 0, mag = 0;
             for (int q = 0; q < k; q++) {
-                double t = (double)a[(size_t)i * lda + q] * b[(size_t)q * n + j];
+                float x = a[(size_t)i * lda + q], y = b[(size_t)q * n + j];
+                double t = bf ? (double)bf16_rounded(x) * bf16_rounded(y) : (double)x * y;
                 exact += t, mag += fabs(t);
             }
             if (use_bias) exact += bias[j], mag += fabs(bias[j]);
@@ -70,19 +96,43 @@ static int check(int m, int n, int k, int use_bias, int use_res, int relu) {
     }
     if (!bad && memcmp(c, c2, sizeof(float) * (size_t)m * ldc) != 0)
         printf("m=%d n=%d k=%d: task order changed the result\n", m, n, k), bad = 1;
+    if (!bad && other >= 0) {
+        GemmJob g3 = g;
+        g3.b = &p2;
+        g3.c = c3;
+        run_all(g3, 0);
+        if (memcmp(c, c3, sizeof(float) * (size_t)m * ldc) != 0)
+            printf("m=%d n=%d k=%d: %s and %s differ\n", m, n, k, gemm_kernel_name(kernel), gemm_kernel_name(other)), bad = 1;
+    }
     gemm_pack_free(&p);
-    free(a), free(b), free(bias), free(res), free(c), free(c2);
+    gemm_pack_free(&p2);
+    free(a), free(b), free(bias), free(res), free(c), free(c2), free(c3);
     return bad;
 }
 
-int main(void) {
-    if (!gemm_available()) {
-        printf("skip: the packed kernel does not run on this CPU\n");
+int main(int argc, char **argv) {
+    kernel = gemm_kernel_by_name(argc > 1 ? argv[1] : "avx2");
+    other = argc > 2 ? gemm_kernel_by_name(argv[2]) : -1;
+    if (kernel <= 0 || (argc > 2 && other <= 0)) {
+        printf("usage: gemm_check KERNEL [OTHER]: unknown kernel\n");
+        return 1;
+    }
+    if (!gemm_kernel_runs(kernel) || (other >= 0 && !gemm_kernel_runs(other))) {
+        printf("skip: the %s kernel does not run on this CPU\n", gemm_kernel_name(gemm_kernel_runs(kernel) ? other : kernel));
         return 0;
     }
-    static const int ms[] = {1, 5, 6, 7, 13, 96, 97, 200};
-    static const int ns[] = {1, 15, 16, 17, 40, 64, 300};
-    static const int ks[] = {1, 7, 64, 147, 256, 257, 600};
+    if (kernel == GEMM_AMX || other == GEMM_AMX) { /* the process needs the tile data state */
+        const char *why = NULL;
+        if (gemm_bf16_enable(GEMM_AMX, &why) != GEMM_AMX) {
+            printf("skip: %s\n", why ? why : "AMX refused");
+            return 0;
+        }
+    }
+    /* every edge of every kernel: rows around 6, 12, 16, 32 and 96; columns around 16 and 32;
+     * k around 32, 192, 256 and 1024 */
+    static const int ms[] = {1, 5, 6, 7, 13, 17, 33, 96, 97, 200};
+    static const int ns[] = {1, 15, 16, 17, 33, 40, 64, 300};
+    static const int ks[] = {1, 7, 33, 64, 147, 256, 257, 600, 1100};
     int cases = 0, failed = 0;
     for (size_t im = 0; im < sizeof ms / sizeof *ms; im++)
         for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)

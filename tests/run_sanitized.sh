@@ -10,10 +10,16 @@ trap 'rm -rf "$work"' EXIT
 "$venv/bin/pip" install -q --disable-pip-version-check 'setuptools>=77' numpy 'scipy-openblas32==0.3.34.481.3'
 cp -r "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$root/LICENSE" "$root/csrc" "$root/covidx" "$work/"
 rm -rf "$work"/covidx/*.so "$work/covidx/_libs"
-# the packed GEMM kernel on its own, against plain loops
+# the packed GEMM kernels on their own, against plain loops: the emulated AVX-512, AVX512_BF16
+# and AMX builds always, the real ones where this CPU has them (gemm_check says "skip" otherwise)
 gcc -O1 -g -std=c11 -Wall -Wextra -Werror -fsanitize=address,undefined -fno-sanitize-recover=all -I "$root/csrc" \
-    "$root/tests/gemm_check.c" "$root/csrc/gemm.c" -lm -o "$work/gemm_check"
-ASAN_OPTIONS=detect_leaks=1 "$work/gemm_check"
+    "$root/tests/gemm_check.c" "$root/csrc"/gemm_dispatch.c "$root/csrc"/gemm_avx2.c "$root/csrc"/gemm_avx512.c \
+    "$root/csrc"/gemm_avx512_emu.c "$root/csrc"/gemm_bf16.c "$root/csrc"/gemm_amx.c "$root/csrc"/gemm_amx_emu.c \
+    "$root/csrc"/gemm_avx512bf16.c "$root/csrc"/gemm_avx512bf16_emu.c "$root/csrc"/cpu.c -lm -pthread -o "$work/gemm_check"
+for kernel in avx2 avx512 avx512-emu amx amx-emu avx512bf16 avx512bf16-emu; do
+    out=$(ASAN_OPTIONS=detect_leaks=1 "$work/gemm_check" "$kernel") || { echo "gemm_check $kernel: $out"; exit 1; }
+    echo "gemm_check $kernel: $out"
+done
 (cd "$work" && COVIDX_SANITIZE=1 "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
 cd "$work"
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"

@@ -74,7 +74,7 @@ def resnet50_architecture(include_top=True, pooling=None, classes=1000, classifi
 
 def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shape=None, pooling=None,
              classes=1000, classifier_activation="softmax", name="resnet50", *, head=None, variant="v1",
-             class_names=None, preprocessing="caffe", seed=None, input_norm=None):
+             class_names=None, preprocessing="caffe", seed=None, input_norm=None, precision="fp32"):
     """Keras's ResNet50. covidx additions (keyword-only):
 
     head: sizes of hidden Dense(relu) layers between global average pooling and the output layer,
@@ -93,7 +93,20 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
     architecture as Keras's load_weights does: Keras .h5 / .keras / .weights.h5, a PyTorch
     torchvision state_dict (variant='v1.5'), or a covidx .safetensors model.
 
+    precision: 'fp32' (default) or 'bf16', see Model.set_precision.
+
     Input images may have any size >= 32x32; input_shape is only checked."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError("precision: expected 'fp32' or 'bf16', got %r" % (precision,))
+    model = _resnet50(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation, name,
+                      head, variant, class_names, preprocessing, seed, input_norm)
+    if precision != "fp32":
+        model.set_precision(precision)
+    return model
+
+
+def _resnet50(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation, name, head,
+              variant, class_names, preprocessing, seed, input_norm):
     if input_tensor is not None:
         raise ValueError("input_tensor: not supported; covidx models take NumPy arrays")
     if input_shape is not None:

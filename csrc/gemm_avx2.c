@@ -1,4 +1,4 @@
-/* gemm.c: the packed-weights SGEMM with its epilogue (see gemm.h).
+/* gemm_avx2.c: the AVX2 + FMA packed-weights SGEMM with its epilogue (see gemm.h).
  *
  * Blocking, for one task (a block of at most MC rows by a group of 16-column panels):
  *
@@ -10,7 +10,7 @@
  * The first block of kc starts the accumulators at zero, later ones at the partial sums in C,
  * and the last one adds the bias and the residual and applies ReLU before storing. Each element
  * of C is therefore summed over k in the same order whatever the task split. */
-#include "gemm.h"
+#include "gemm_kernels.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +19,6 @@
 #define NR 16   /* columns per register tile and per packed panel (two ymm vectors) */
 #define KC 256  /* rows of B per block: a 16 KiB panel, half of L1 */
 #define MC GEMM_MC /* rows of A per task: 96 x KC floats = 96 KiB, within L2 */
-#define MAX_PANELS_PER_TASK 16
-#define MIN_TASKS 8 /* enough tasks to keep two (or a few) cores evenly busy */
 
 static int panels(int n) { return (n + NR - 1) / NR; }
 
@@ -31,7 +29,7 @@ static void k_blocks(int k, int *nkb, int *kc_base) {
     *kc_base = (k + *nkb - 1) / *nkb;
 }
 
-int gemm_pack(PackedB *p, const float *b, int k, int n, int ldb) {
+int gemm_avx2_pack(PackedB *p, const float *b, int k, int n, int ldb) {
     int np = panels(n), nkb, kc_base;
     k_blocks(k, &nkb, &kc_base);
     size_t floats = (size_t)k * np * NR;
@@ -55,37 +53,6 @@ int gemm_pack(PackedB *p, const float *b, int k, int n, int ldb) {
     p->n = n;
     p->data = data;
     return 0;
-}
-
-void gemm_pack_free(PackedB *p) {
-    free(p->data);
-    p->data = NULL;
-}
-
-/* Task grid: row blocks of MC, column groups of whole panels; at least MIN_TASKS where the shape
- * allows it (small maps at batch 1 split along the columns). */
-static void task_grid(const GemmJob *g, int *row_blocks, int *groups, int *per_group) {
-    int np = panels(g->b->n);
-    *row_blocks = (g->m + MC - 1) / MC;
-    int want = (MIN_TASKS + *row_blocks - 1) / *row_blocks;
-    int by_size = (np + MAX_PANELS_PER_TASK - 1) / MAX_PANELS_PER_TASK;
-    int ng = want > by_size ? want : by_size;
-    if (ng > np) ng = np;
-    *per_group = (np + ng - 1) / ng;
-    *groups = (np + *per_group - 1) / *per_group;
-}
-
-int gemm_tasks_per_row_block(const GemmJob *g) {
-    int rb, ng, pg;
-    task_grid(g, &rb, &ng, &pg);
-    return ng;
-}
-
-int gemm_tasks(const GemmJob *g) {
-    int rb, ng, pg;
-    if (g->m <= 0) return 0;
-    task_grid(g, &rb, &ng, &pg);
-    return rb * ng;
 }
 
 typedef struct {
@@ -214,13 +181,12 @@ TARGET static void panel_rows(const GemmJob *g, int r0, int r1, int col, int nr,
     }
 }
 
-void gemm_run_task(const GemmJob *g, int task) {
-    int rb, ng, pg, nkb, kc_base;
-    task_grid(g, &rb, &ng, &pg);
+/* Task `task` of the grid (gemm_kernels.h) with 16-column panels. */
+void gemm_avx2_run_task(const GemmJob *g, int task) {
+    int nkb, kc_base, r0, r1, j0, j1;
     k_blocks(g->b->k, &nkb, &kc_base);
     int np = panels(g->b->n), n = g->b->n, k = g->b->k;
-    int r0 = task / ng * MC, r1 = r0 + MC < g->m ? r0 + MC : g->m;
-    int j0 = task % ng * pg, j1 = j0 + pg < np ? j0 + pg : np;
+    gemm_task_bounds(g, NR, task, &r0, &r1, &j0, &j1);
     if (nkb == 1) { /* one block of k: 6 rows of A against every panel, so C fills row by row */
         for (int r = r0; r < r1; r += MR)
             for (int j = j0; j < j1; j++) {
@@ -240,20 +206,11 @@ void gemm_run_task(const GemmJob *g, int task) {
     }
 }
 
-int gemm_available(void) { /* asked while a model loads: reads the environment each time */
-    const char *v = getenv("COVIDX_GEMM");
-    if (v && strcmp(v, "openblas") == 0) return 0;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
 #else /* no AVX2 kernel on this architecture: callers use OpenBLAS */
 
-void gemm_run_task(const GemmJob *g, int task) {
+void gemm_avx2_run_task(const GemmJob *g, int task) { /* never picked: gemm_kernel_runs() says 0 */
     (void)g;
     (void)task;
 }
-
-int gemm_available(void) { return 0; }
 
 #endif

@@ -1,0 +1,191 @@
+/* gemm_dispatch.c: the one table of GEMM kernels, and the choice among them at run time (see
+ * gemm.h). The choice reads the CPU's features (cpu.c) and COVIDX_GEMM each time it is asked,
+ * which is while a model loads or changes precision; a packed matrix remembers its kernel. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu.h"
+#include "gemm_kernels.h"
+
+#if defined(__linux__) && defined(__x86_64__)
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+typedef struct {
+    const char *name;
+    int nr;         /* columns per packed panel */
+    int bf16;       /* weights packed as bf16 */
+    int emulated;   /* plain C: runs anywhere */
+    GemmPackFn pack;
+    GemmTaskFn run_task;
+} KernelDef;
+
+static const KernelDef KERNELS[GEMM_NKERNELS] = {
+    [GEMM_OPENBLAS] = {"openblas", 16, 0, 0, NULL, NULL},
+    [GEMM_AVX2] = {"avx2", 16, 0, 0, gemm_avx2_pack, gemm_avx2_run_task},
+    [GEMM_AVX512] = {"avx512", 32, 0, 0, gemm_avx512_pack, gemm_avx512_run_task},
+    [GEMM_AVX512_EMU] = {"avx512-emu", 32, 0, 1, gemm_avx512_pack_emu, gemm_avx512_run_task_emu},
+    [GEMM_AMX] = {"amx", 32, 1, 0, gemm_bf16_pack, gemm_amx_run_task},
+    [GEMM_AMX_EMU] = {"amx-emu", 32, 1, 1, gemm_bf16_pack, gemm_amx_run_task_emu},
+    [GEMM_AVX512BF16] = {"avx512bf16", 32, 1, 0, gemm_bf16_pack, gemm_avx512bf16_run_task},
+    [GEMM_AVX512BF16_EMU] = {"avx512bf16-emu", 32, 1, 1, gemm_bf16_pack, gemm_avx512bf16_run_task_emu},
+};
+
+static int valid(int kernel) { return kernel >= 0 && kernel < GEMM_NKERNELS; }
+
+const char *gemm_kernel_name(int kernel) { return valid(kernel) ? KERNELS[kernel].name : "?"; }
+int gemm_kernel_is_bf16(int kernel) { return valid(kernel) && KERNELS[kernel].bf16; }
+int gemm_kernel_nr(int kernel) { return valid(kernel) ? KERNELS[kernel].nr : 16; }
+
+int gemm_kernel_by_name(const char *name) {
+    for (int i = 0; i < GEMM_NKERNELS; i++)
+        if (strcmp(name, KERNELS[i].name) == 0) return i;
+    return -1;
+}
+
+int gemm_kernel_runs(int kernel) {
+    if (!valid(kernel)) return 0;
+    if (KERNELS[kernel].emulated || kernel == GEMM_OPENBLAS) return 1;
+    CpuFeatures f = cpu_features();
+    switch (kernel) {
+    case GEMM_AVX2: return f.avx2 && f.fma;
+    case GEMM_AVX512: return f.avx512f;
+    case GEMM_AMX: return f.amx_tile && f.amx_bf16 && f.amx_palette && f.avx512f;
+    case GEMM_AVX512BF16: return f.avx512f && f.avx512_bf16;
+    default: return 0;
+    }
+}
+
+/* COVIDX_GEMM as a ceiling: 0 openblas, 1 avx2, 2 avx512, 3 amx (no limit); *emu the emulated
+ * kernel asked for, or -1. */
+static int ceiling(int *emu) {
+    const char *v = getenv("COVIDX_GEMM");
+    *emu = -1;
+    if (!v) return 3;
+    if (strcmp(v, "openblas") == 0) return 0;
+    if (strcmp(v, "avx2") == 0) return 1;
+    if (strcmp(v, "avx512") == 0) return 2;
+    if (strcmp(v, "avx512-emu") == 0) *emu = GEMM_AVX512_EMU;
+    if (strcmp(v, "amx-emu") == 0) *emu = GEMM_AMX_EMU;
+    if (strcmp(v, "avx512bf16-emu") == 0) *emu = GEMM_AVX512BF16_EMU;
+    return 3; /* "auto", "amx", an emulated kernel, or anything else: no limit */
+}
+
+int gemm_fp32_kernel(void) {
+    int emu, top = ceiling(&emu);
+    if (emu == GEMM_AVX512_EMU) return emu;
+    if (top >= 2 && gemm_kernel_runs(GEMM_AVX512)) return GEMM_AVX512;
+    if (top >= 1 && gemm_kernel_runs(GEMM_AVX2)) return GEMM_AVX2;
+    return GEMM_OPENBLAS;
+}
+
+int gemm_available(void) { return gemm_fp32_kernel() != GEMM_OPENBLAS; }
+
+int gemm_bf16_kernel(const char **why) {
+    int emu, top = ceiling(&emu);
+    const char *reason = NULL;
+    int k;
+    if (emu == GEMM_AMX_EMU || emu == GEMM_AVX512BF16_EMU) {
+        k = emu;
+    } else if (top >= 3 && gemm_kernel_runs(GEMM_AMX)) {
+        k = GEMM_AMX;
+    } else if (top >= 2 && gemm_kernel_runs(GEMM_AVX512BF16)) {
+        k = GEMM_AVX512BF16;
+        reason = top < 3 ? "COVIDX_GEMM=avx512 rules out AMX; bf16 runs on AVX512_BF16"
+                         : "this CPU has no AMX-BF16; bf16 runs on AVX512_BF16";
+    } else {
+        k = gemm_fp32_kernel();
+        reason = top < 2 && (gemm_kernel_runs(GEMM_AMX) || gemm_kernel_runs(GEMM_AVX512BF16))
+                     ? "COVIDX_GEMM rules out the bf16 kernels; the model runs in fp32"
+                     : "this CPU has neither AMX-BF16 nor AVX512_BF16; the model runs in fp32";
+    }
+    if (why) *why = reason;
+    return k;
+}
+
+#if defined(__linux__) && defined(__x86_64__)
+#define ARCH_GET_XCOMP_PERM 0x1022
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static pthread_mutex_t amx_lock = PTHREAD_MUTEX_INITIALIZER;
+static int amx_state; /* 0 not asked, 1 granted, -errno refused */
+
+/* Asks Linux once per process for the AMX tile data state; 0 when granted, else -errno. */
+static int amx_request(void) {
+    pthread_mutex_lock(&amx_lock);
+    if (amx_state == 0) {
+        unsigned long perm = 0;
+        if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0)
+            amx_state = -(errno ? errno : EPERM);
+        else if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &perm) != 0 || !(perm & (1UL << XFEATURE_XTILEDATA)))
+            amx_state = -EPERM;
+        else
+            amx_state = 1;
+    }
+    int rc = amx_state > 0 ? 0 : amx_state;
+    pthread_mutex_unlock(&amx_lock);
+    return rc;
+}
+#else
+static int amx_request(void) { return -ENOSYS; }
+#endif
+
+int gemm_bf16_enable(int kernel, const char **why) {
+    if (kernel != GEMM_AMX) return kernel;
+    int rc = amx_request();
+    if (rc == 0) return kernel;
+    if (gemm_kernel_runs(GEMM_AVX512BF16)) {
+        if (why)
+            *why = rc == -ENOSPC ? "Linux refused AMX (a thread's sigaltstack is too small); bf16 runs on AVX512_BF16"
+                                 : "Linux refused AMX (arch_prctl failed: kernel older than 5.16?); bf16 runs on AVX512_BF16";
+        return GEMM_AVX512BF16;
+    }
+    if (why)
+        *why = rc == -ENOSPC ? "Linux refused AMX (a thread's sigaltstack is too small); the model runs in fp32"
+                             : "Linux refused AMX (arch_prctl failed: kernel older than 5.16?); the model runs in fp32";
+    return gemm_fp32_kernel();
+}
+
+int gemm_pack_kernel(PackedB *p, int kernel, const float *b, int k, int n, int ldb) {
+    p->data = NULL;
+    p->bf16 = NULL;
+    p->k = k;
+    p->n = n;
+    p->kernel = kernel;
+    if (!valid(kernel) || !KERNELS[kernel].pack) return -1;
+    return KERNELS[kernel].pack(p, b, k, n, ldb) == 0 ? 0 : -1;
+}
+
+int gemm_pack(PackedB *p, const float *b, int k, int n, int ldb) {
+    return gemm_pack_kernel(p, gemm_fp32_kernel(), b, k, n, ldb);
+}
+
+void gemm_pack_free(PackedB *p) {
+    free(p->data);
+    free(p->bf16);
+    p->data = NULL;
+    p->bf16 = NULL;
+}
+
+int gemm_tasks_per_row_block(const GemmJob *g) {
+    int rb, ng, pg;
+    gemm_grid(g, gemm_kernel_nr(g->b->kernel), &rb, &ng, &pg);
+    return ng;
+}
+
+int gemm_tasks(const GemmJob *g) {
+    int rb, ng, pg;
+    if (g->m <= 0) return 0;
+    gemm_grid(g, gemm_kernel_nr(g->b->kernel), &rb, &ng, &pg);
+    return rb * ng;
+}
+
+void gemm_run_task(const GemmJob *g, int task) {
+    int kernel = g->b->kernel;
+    if (valid(kernel) && KERNELS[kernel].run_task) KERNELS[kernel].run_task(g, task);
+}
