@@ -10,6 +10,7 @@ work=${COVIDX_TRAIN_DIR:-/tmp/covidx-train}
 #    out): progressive resizing, 8 epochs at 96x96, 5 at 160x160, 3 at 224x224, then batchnorm
 #    re-estimated at 224x224; a checkpoint per epoch (rerun with --resume to continue)
 python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$work" "$@"
+cp "$work/train-log.json" weights/covid_resnet50.train-log.json
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training features
 python weights/package_model.py --work "$work" --data "$data/train" --data "$data/train-extra" \
