@@ -89,7 +89,9 @@ def config():
         "threads": get_num_threads(),
         "cpus": cpu["cpus"],
         "cpu_features": [k for k in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if cpu[k]],
-        "warning": "; ".join(w for w in (kernel_warning(blas["corename"], cpu), gemm_env_warning(env)) if w) or None,
+        # OpenBLAS's kernel only matters where it runs the convolutions (COVIDX_GEMM=openblas, or no AVX2)
+        "warning": "; ".join(w for w in (kernel_warning(blas["corename"], cpu) if kernels["fp32"] == "openblas" else None,
+                                         gemm_env_warning(env)) if w) or None,
     }
 
 
