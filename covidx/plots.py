@@ -34,9 +34,8 @@ def _figure_class():
     Figure made without pyplot prints as '<Figure size ... with 1 Axes>' unless the inline
     backend is on)."""
     global _notebook_figure
-    if _notebook_figure is None:
-        base = require_matplotlib()
-
+    base = require_matplotlib()  # each time: matplotlib may have gone since the class was made
+    if _notebook_figure is None or _notebook_figure.__bases__[0] is not base:
         class NotebookFigure(base):
             def _repr_png_(self):
                 return figure_png(self, dpi=self.dpi)
