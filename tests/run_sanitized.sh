@@ -22,7 +22,9 @@ for kernel in avx2 avx512 avx512-emu amx amx-emu avx512bf16 avx512bf16-emu; do
 done
 (cd "$work" && COVIDX_SANITIZE=1 "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
 cd "$work"
-export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
+# libstdc++ too: a wheel that links it statically (matplotlib's ft2font) throws C++ exceptions that
+# ASan's __cxa_throw interceptor cannot forward unless the shared libstdc++ is loaded first
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 PYTHONPATH="$work" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests/test_engine.py" "$root/tests/test_model_files.py" \
     "$root/tests/test_modes.py" "$root/tests/test_unfamiliar.py" -k "not benchmark and not shipped"
