@@ -95,17 +95,21 @@ def test_avx512_kernel_matches_avx2_and_plain_loops(monkeypatch):
     np.testing.assert_array_equal(fn, fe)  # the real kernel and its emulated build: the same bits
 
 
-def test_fp32_results_do_not_depend_on_threads():
-    x = images(2, 64, seed=4)
-    m = backbone()
+def feature_maps_on_1_and_2_threads(m, x):
+    """m's feature maps of x computed with 1 engine thread, then with 2 (the count restored after)."""
     try:
         covidx.set_num_threads(1)
         one = m.feature_map(x)
         covidx.set_num_threads(2)
-        two = m.feature_map(x)
+        return one, m.feature_map(x)
     finally:
         covidx.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    np.testing.assert_array_equal(one, two)
+
+
+def test_fp32_results_do_not_depend_on_threads():
+    x = images(2, 64, seed=4)
+    m = backbone()
+    np.testing.assert_array_equal(*feature_maps_on_1_and_2_threads(m, x))
 
 
 def test_bf16_on_emulated_amx_is_close_to_fp32(monkeypatch):
@@ -169,14 +173,7 @@ def test_bf16_results_do_not_depend_on_threads(monkeypatch):
     m = backbone(seed=6)
     m.set_precision("bf16")
     assert m.precision_info()["running"] == "bf16"
-    try:
-        covidx.set_num_threads(1)
-        one = m.feature_map(x)
-        covidx.set_num_threads(2)
-        two = m.feature_map(x)
-    finally:
-        covidx.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(*feature_maps_on_1_and_2_threads(m, x))
 
 
 def test_bf16_without_a_bf16_kernel_warns_and_runs_fp32(monkeypatch):
