@@ -22,17 +22,6 @@
 #include "gemm_kernels.h"
 #include "vec512.h"
 
-#ifdef COVIDX_AVX512_EMU
-#define FN(name) name##_emu
-#define BUILD 1
-#elif defined(__x86_64__) && defined(__GNUC__)
-#define FN(name) name
-#define BUILD 1
-#else
-#define FN(name) name
-#define BUILD 0
-#endif
-
 #define MR 12   /* rows per register tile */
 #define NR 32   /* columns per register tile and per packed panel (two zmm vectors) */
 #define KC 192  /* rows of B per block: a 24 KiB panel, within a 32 or 48 KiB L1 */
@@ -72,7 +61,7 @@ int FN(gemm_avx512_pack)(PackedB *p, const float *b, int k, int n, int ldb) {
     return 0;
 }
 
-#if BUILD
+#if V512_BUILD
 
 typedef struct {
     const float *bias;     /* at the tile's first column (never NULL: zeros where there is none) */

@@ -12,18 +12,7 @@
 #include "gemm_bf16.h"
 #include "vec512.h"
 
-#ifdef COVIDX_AVX512_EMU
-#define FN(name) name##_emu
-#define BUILD 1
-#elif defined(__x86_64__) && defined(__GNUC__)
-#define FN(name) name
-#define BUILD 1
-#else
-#define FN(name) name
-#define BUILD 0
-#endif
-
-#if BUILD
+#if V512_BUILD
 
 #define MR 8
 

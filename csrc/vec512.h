@@ -15,8 +15,12 @@
 #define V512_TARGET
 #define V512BF16_TARGET
 #define V512_UNROLL(n) /* the emulation gains nothing from unrolling, and compiles far faster */
+#define FN(name) name##_emu /* a kernel's functions in its emulated build */
+#define V512_BUILD 1
 #elif defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#define FN(name) name
+#define V512_BUILD 1
 #include <stdint.h>
 #define V512_TARGET __attribute__((target("avx512f")))
 #define V512BF16_TARGET __attribute__((target("avx512f,avx512bf16")))
@@ -40,6 +44,11 @@ V512_INLINE V512_TARGET V16i vi_set1(uint32_t x) { return _mm512_set1_epi32((int
 V512_INLINE V512BF16_TARGET V16 v_dpbf16(V16 acc, V16i a, V16i b) {
     return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
 }
+#endif
+
+#ifndef V512_BUILD /* not x86-64: the kernels written over this layer are not built */
+#define FN(name) name
+#define V512_BUILD 0
 #endif
 
 #endif
