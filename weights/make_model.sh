@@ -10,7 +10,21 @@ work=${COVIDX_TRAIN_DIR:-/tmp/covidx-train}
 #    out): progressive resizing, 8 epochs at 96x96, 5 at 160x160, 3 at 224x224, then batchnorm
 #    re-estimated at 224x224; a checkpoint per epoch (rerun with --resume to continue)
 python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$work" "$@"
-cp "$work/train-log.json" weights/covid_resnet50.train-log.json
+cp "$work/train-log.json" weights/covid_resnet50.stage1-train-log.json
+# 1b. continued from stage 1's weights with a second, lower learning-rate cycle (peak 4e-4):
+#     7 epochs at 160x160, then 224x224; the cycle is planned for 5 epochs at 224x224 and the run
+#     ends after 2 of them (the --resume call: same checkpoint, schedule cut to 2, so the loop
+#     stops and the batchnorm re-estimation at 224x224 and the choice follow). The shipped run
+#     started from the previous shipped file unpacked back to train.py's weights
+#     (weights/unpack_model.py: float16 weights, temperature unfolded), stage 1's final.pt having
+#     been lost; from a fresh stage 1, its final.pt is the start.
+cont="$work/continued"
+python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$cont" --init "$work/final.pt" \
+    --schedule 160:7,224:5 --lr 4e-4 --stop-after 9
+python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$cont" --init "$work/final.pt" \
+    --schedule 160:7,224:2 --lr 4e-4 --resume
+cp "$cont/train-log.json" weights/covid_resnet50.train-log.json
+work=$cont
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training features
 python weights/package_model.py --work "$work" --data "$data/train" --data "$data/train-extra" \

@@ -308,6 +308,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
     ap.add_argument("--init", help="start from these weights (an earlier stage's final.pt) instead of from scratch")
+    ap.add_argument("--stop-after", type=int, default=0, help="end after this many epochs, with their checkpoint "
+                    "(continue with --resume, perhaps with a shorter --schedule)")
     ap.add_argument("--time-steps", type=int, default=0, help="only time this many steps at each size")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -385,6 +387,9 @@ def main():
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "gen": gen.get_state(), "log": json.dumps(log), "epoch": epoch + 1}, ckpt_path + ".tmp")
         os.replace(ckpt_path + ".tmp", ckpt_path)
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            print("stopped after epoch %d (checkpoint in %s)" % (epoch + 1, ckpt_path), flush=True)
+            return
     if args.time_steps:
         return
 

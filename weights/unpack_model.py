@@ -1,0 +1,77 @@
+"""A shipped covidx model file back to train.py's weights (development-only; needs torch): the
+start of a continued training run (train.py --init) when the earlier run's final.pt is not at hand.
+
+The Keras-named tensors go back into the PyTorch network of train.py (HWIO kernels -> OIHW, (in,
+out) Dense -> (out, in)), in float32 (the file stores float16), and the calibration temperature
+that package_model.py folded into the last Dense layer is taken out again (kernel * T, bias * T),
+so that training continues from the network's own logits.
+
+    python weights/unpack_model.py weights/covid_resnet50.safetensors /tmp/covidx-train/shipped.pt
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import train  # noqa: E402
+
+
+def read_safetensors(path):
+    """({name: float32 array}, metadata) of a safetensors file, read without pickle."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header.pop("__metadata__", {})
+    dtypes = {"F16": np.float16, "F32": np.float32, "BF16": None}
+    out = {}
+    for name, info in header.items():
+        lo, hi = info["data_offsets"]
+        dt = dtypes[info["dtype"]]
+        if dt is None:
+            raise ValueError("%s: bf16 tensors are not handled here" % name)
+        out[name] = np.frombuffer(data[lo:hi], dtype=dt).reshape(info["shape"]).astype(np.float32)
+    return out, meta
+
+
+def unpack(path):
+    import torch
+    from torch import nn
+
+    tensors, meta = read_safetensors(path)
+    calibration = json.loads(meta.get("calibration", "{}"))
+    t = float(calibration.get("temperature", 1.0))
+    net = train.build_model(0)
+    with torch.no_grad():
+        for name, m in net.keras_named_modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.from_numpy(tensors[name + "/kernel"]).permute(3, 2, 0, 1))
+                if m.bias is not None:
+                    m.bias.copy_(torch.from_numpy(tensors[name + "/bias"]))
+            else:
+                for w, dst in [("gamma", m.weight), ("beta", m.bias), ("moving_mean", m.running_mean),
+                               ("moving_variance", m.running_var)]:
+                    dst.copy_(torch.from_numpy(tensors[name + "/" + w]))
+        for name, layer in zip(train.HEAD_NAMES, net.head):
+            scale = t if name == calibration.get("folded_into") else 1.0
+            layer.weight.copy_(torch.from_numpy(tensors[name + "/kernel"]).T * scale)
+            layer.bias.copy_(torch.from_numpy(tensors[name + "/bias"]) * scale)
+    return net, t
+
+
+def main():
+    import torch
+
+    src, dst = sys.argv[1], sys.argv[2]
+    net, t = unpack(src)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save({"state": net.state_dict(), "chosen": "unpacked from %s (temperature %.4f unfolded)"
+                % (os.path.basename(src), t)}, dst)
+    print("wrote %s (temperature %.4f unfolded)" % (dst, t))
+
+
+if __name__ == "__main__":
+    main()
