@@ -22,6 +22,10 @@ fuzz() {  # fuzz TARGET CORPUS [libFuzzer flags]
     if ! "$python" "$root/tests/fuzz/$target" "$work/$corpus" -max_total_time="$seconds" -max_len=65536 \
             -timeout=10 -rss_limit_mb=1536 "$@" > "$work/$corpus.log" 2>&1; then
         tail -60 "$work/$corpus.log"
+        # the input itself, so that a finding in a throw-away checkout can be replayed elsewhere
+        for f in "$work"/crash-* "$work"/oom-* "$work"/timeout-* "$work"/leak-* "$work"/slow-unit-*; do
+            [ -f "$f" ] && echo "fuzz: input $(basename "$f") (base64): $(base64 -w0 "$f")"
+        done
         echo "fuzz: $target on the $corpus corpus: FINDING (above)"
         return 1
     fi
