@@ -14,51 +14,35 @@ import sys
 
 import numpy as np
 
+from covidx import safetensors_io
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import train  # noqa: E402
-
-
-def read_safetensors(path):
-    """({name: float32 array}, metadata) of a safetensors file, read without pickle."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-        data = f.read()
-    meta = header.pop("__metadata__", {})
-    dtypes = {"F16": np.float16, "F32": np.float32, "BF16": None}
-    out = {}
-    for name, info in header.items():
-        lo, hi = info["data_offsets"]
-        dt = dtypes[info["dtype"]]
-        if dt is None:
-            raise ValueError("%s: bf16 tensors are not handled here" % name)
-        out[name] = np.frombuffer(data[lo:hi], dtype=dt).reshape(info["shape"]).astype(np.float32)
-    return out, meta
 
 
 def unpack(path):
     import torch
     from torch import nn
 
-    tensors, meta = read_safetensors(path)
+    tensors, meta = safetensors_io.load(path)  # the file's checked reader; float16 arrays
     calibration = json.loads(meta.get("calibration", "{}"))
     t = float(calibration.get("temperature", 1.0))
     net = train.build_model(0)
     with torch.no_grad():
         for name, m in net.keras_named_modules():
             if isinstance(m, nn.Conv2d):
-                m.weight.copy_(torch.from_numpy(tensors[name + "/kernel"]).permute(3, 2, 0, 1))
+                m.weight.copy_(torch.from_numpy(tensors[name + "/kernel"].astype(np.float32)).permute(3, 2, 0, 1))
                 if m.bias is not None:
-                    m.bias.copy_(torch.from_numpy(tensors[name + "/bias"]))
+                    m.bias.copy_(torch.from_numpy(tensors[name + "/bias"].astype(np.float32)))
             else:
                 for w, dst in [("gamma", m.weight), ("beta", m.bias), ("moving_mean", m.running_mean),
                                ("moving_variance", m.running_var)]:
-                    dst.copy_(torch.from_numpy(tensors[name + "/" + w]))
+                    dst.copy_(torch.from_numpy(tensors[name + "/" + w].astype(np.float32)))
         for name, layer in zip(train.HEAD_NAMES, net.head):
             scale = t if name == calibration.get("folded_into") else 1.0
-            layer.weight.copy_(torch.from_numpy(tensors[name + "/kernel"]).T * scale)
-            layer.bias.copy_(torch.from_numpy(tensors[name + "/bias"]) * scale)
+            layer.weight.copy_(torch.from_numpy(tensors[name + "/kernel"].astype(np.float32)).T * scale)
+            layer.bias.copy_(torch.from_numpy(tensors[name + "/bias"].astype(np.float32)) * scale)
     return net, t
 
 
