@@ -210,6 +210,21 @@ def test_unwritten_gigabyte_dense_kernel_is_refused(tmp_path):
     refused(path, "implausibly large tensor (2048, 131072)")
 
 
+def test_oversized_chunk_is_refused(tmp_path):
+    """conv1's 7x7x3x64 kernel (37.6 KB) stored as a resizable dataset in one chunk of 100000x7x3x64
+    floats (538 MB of zeros, 0.5 MB compressed): libhdf5 allocates and fills the whole chunk to read
+    the kernel out of it."""
+    h5py = pytest.importorskip("h5py")
+    path = keras3_weights(tmp_path / "big_chunk.weights.h5", [2], backbone_written=True, head_written=True)
+    with h5py.File(path, "r+") as f:
+        group = f["layers/conv2d/vars"]
+        del group["0"]
+        group.create_dataset("0", data=np.zeros((7, 7, 3, 64), np.float32), maxshape=(None, 7, 3, 64),
+                             chunks=(100000, 7, 3, 64), compression="gzip")
+    assert os.path.getsize(path) < 4_000_000
+    refused(path, "chunks (100000, 7, 3, 64) of 537600000 bytes for 37632 bytes of data")
+
+
 # --- paths and files that are not files --------------------------------------------------------------
 
 

@@ -28,6 +28,9 @@ MAX_PATH_BYTES = 512
 MAX_PATH_PARTS = 16
 # deflate, shuffle, fletcher32, and h5py's own lzf: the filters h5py always has
 STANDARD_FILTERS = {1, 2, 3, 32000}
+# h5py's own chunk guess stays under 1 MiB even for a resizable dataset, whose chunks may be larger
+# than its data
+MAX_CHUNK_SLACK_BYTES = 1 << 20
 H5PY_HINT = "pip install h5py (or pip install 'covidx[keras]')"
 
 
@@ -286,12 +289,19 @@ class H5File:
 
     def _check_chunks(self, dataset, plist, count, nbytes, label):
         """Chunked data must be there: every chunk written (libhdf5 returns fill values for the
-        others, so a small file could declare gigabytes), and without filters, all its bytes."""
+        others, so a small file could declare gigabytes), and without filters, all its bytes.
+        A chunk may not be much larger than the data: libhdf5 allocates and fills a whole chunk to
+        read any part of it, so a 7x7x3x64 kernel in one 4 GB compressed chunk of zeros (a few MB
+        of file) would cost 4 GB."""
         if not count:
             return
         chunks = dataset.chunks
         if not chunks or len(chunks) != len(dataset.shape) or min(chunks) < 1:
             fail(self.where, "%s: malformed chunk layout %s" % (label, chunks))
+        chunk_bytes = int(np.prod(chunks, dtype=np.float64)) * dataset.dtype.itemsize
+        if chunk_bytes > max(nbytes, MAX_CHUNK_SLACK_BYTES):
+            fail(self.where, "%s: stored in chunks %s of %d bytes for %d bytes of data (a damaged or hostile "
+                             "file)" % (label, tuple(chunks), chunk_bytes, nbytes))
         expected = 1
         for n, c in zip(dataset.shape, chunks):
             expected *= -(-n // c)
