@@ -23,19 +23,8 @@ python weights/train.py --data "$data/train" --data "$data/train-extra" --work "
     --schedule 160:7,224:5 --lr 4e-4 --stop-after 9
 python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$cont" --init "$work/final.pt" \
     --schedule 160:7,224:2 --lr 4e-4 --resume
-cp "$cont/train-log.json" weights/covid_resnet50.stage1b-train-log.json
-# 1c. continued again from stage 1b's weights at 224x224 only, a third cycle with peak 2e-4,
-#     planned for 3 epochs and ended after 2 of them (as in 1b: --stop-after, then --resume with
-#     the schedule cut to 2). The shipped run started from the stage-1b shipped file unpacked
-#     (weights/unpack_model.py) and was stopped by hand after its second checkpoint, which is
-#     what --stop-after 2 does.
-cont2="$work/continued2"
-python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$cont2" --init "$cont/final.pt" \
-    --schedule 224:3 --lr 2e-4 --stop-after 2
-python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$cont2" --init "$cont/final.pt" \
-    --schedule 224:2 --lr 2e-4 --resume
-cp "$cont2/train-log.json" weights/covid_resnet50.train-log.json
-work=$cont2
+cp "$cont/train-log.json" weights/covid_resnet50.train-log.json
+work=$cont
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training features
 python weights/package_model.py --work "$work" --data "$data/train" --data "$data/train-extra" \
