@@ -27,9 +27,9 @@ def main():
         raise SystemExit("the shipped model has no out-of-distribution statistics")
     base = np.stack([img_to_array(load_img(p, target_size=(224, 224))) for p, _ in sample_files()]) / 255.0
     x = np.ascontiguousarray(np.resize(base, (args.images,) + base.shape[1:]), np.float32)
-    print("covidx %s, Python %s, %s, %d threads; statistics: %d components"
+    print("covidx %s, Python %s, %s, %d threads; statistics: %s (%d components)"
           % (covidx.__version__, platform.python_version(), platform.processor() or platform.machine(),
-             covidx.get_num_threads(), model.unfamiliar.components))
+             covidx.get_num_threads(), ", ".join(model.unfamiliar.features), model.unfamiliar.components))
     print("CPU features: %s" % ", ".join(k for k, v in covidx._core.cpu_info().items() if v is True))
     for batch in args.batches:
         n = max(batch, args.images // batch * batch)

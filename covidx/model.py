@@ -14,7 +14,7 @@ from .progbar import Progbar
 
 FORMAT = "covidx"
 FORMAT_VERSION = 1
-OUTPUTS = {"head": 0, "features": 1, "feature_map": 2}
+OUTPUTS = {"head": 0, "features": 1, "feature_map": 2, "descriptor": 3}
 STATISTICS = ("moving_mean", "moving_variance")  # weights that never train
 
 
@@ -166,7 +166,7 @@ class Model:
         if self._unfamiliar is not None:
             head = {"%s/%s" % (d["name"], w) for d in self.architecture.get("head", []) for w in ("kernel", "bias")}
             if all(np.array_equal(weights[k], self._weights[k]) for k in weights if k not in head):
-                engine.set_unfamiliar(*self._unfamiliar_args())
+                engine.set_unfamiliar(self._unfamiliar.engine_args())
             else:  # statistics of the old backbone's features would be wrong for the new one
                 import warnings
 
@@ -298,11 +298,7 @@ class Model:
         if stats is not None and self.architecture.get("pooling") is None:
             raise ValueError("set_unfamiliar: the model has no global pooling")
         self._unfamiliar = stats
-        self._engine.set_unfamiliar(*self._unfamiliar_args()) if stats is not None else self._engine.set_unfamiliar(None)
-
-    def _unfamiliar_args(self):
-        u = self._unfamiliar
-        return u.basis, u.variances, u.residual_variance, u.means, u.threshold
+        self._engine.set_unfamiliar(self._unfamiliar.engine_args()) if stats is not None else self._engine.set_unfamiliar(None)
 
     def _check_unfamiliar(self):
         if self._unfamiliar is None:
@@ -518,6 +514,14 @@ class Model:
     def features(self, x, batch_size=None):
         """The globally pooled backbone features (batch, 2048)."""
         return self._run(x, batch_size, "features")
+
+    def descriptors(self, x, batch_size=None):
+        """What the out-of-distribution statistics are fitted to (batch, 9856): the pooled
+        features, then each channel's mean and std after the stem and at the end of each stage
+        (covidx.unfamiliar.FEATURE_SETS says where each set lies)."""
+        if self.architecture.get("pooling") is None:
+            raise ValueError("descriptors: the model has no global pooling")
+        return self._run(x, batch_size, "descriptor")
 
     def feature_map(self, x, batch_size=None):
         """The last block's output (batch, h/32, w/32, 2048)."""

@@ -1,18 +1,24 @@
 """Out-of-distribution statistics: how unlike the training images an input is.
 
-The C engine scores every image in the same forward pass that classifies it, from its globally
-pooled backbone features f (2048 values): the Mahalanobis distance to the nearest class mean
-under a covariance shared by the classes (Lee et al., NeurIPS 2018), that covariance modelled as
-probabilistic PCA (the leading principal directions with their own variances, one variance for
-the rest, which keeps it well-conditioned however few the images):
+The C engine scores every image in the same forward pass that classifies it. Besides the
+globally pooled backbone features (2048 values) the pass can keep a descriptor of the image's
+intermediate activations: the mean and the std of every channel after the stem and at the end of
+each of the four stages (feature statistics; an image of another kind, a CT slice or a
+photograph, moves them long before the pooled features notice). Each part of the statistics is a
+Gaussian model of one of these feature sets: the Mahalanobis distance to the nearest class mean
+under a covariance shared by the classes (Lee et al., NeurIPS 2018, who also combine layers),
+that covariance modelled as probabilistic PCA (the leading principal directions with their own
+variances, one variance for the rest, which keeps it well-conditioned however few the images):
 
     Sigma = V diag(lambda) V^T + sigma2 (I - V V^T)
-    distance(f) = min over classes c of sqrt((f - mu_c)^T Sigma^-1 (f - mu_c))
+    distance_part(f) = min over classes c of sqrt((f - mu_c)^T Sigma^-1 (f - mu_c))
+    score = max over parts of distance_part / threshold_part
 
-The score is that distance divided by a threshold: the `quantile` (0.99 by default) of the
-distances of held-out training images. A score above 1 flags an image as unfamiliar, so about
-1% of images like the training images are flagged. An unflagged image is not a guarantee that
-the model is right about it; a flagged one is an image the model has seen nothing like.
+Each part's threshold is its own `quantile` (0.99 by default) of the distances of held-out
+training images, scaled by one common factor so that the combined score is above 1 for a
+fraction 1 - quantile of those images: about 1% of images like the training images are flagged.
+An unflagged image is not a guarantee that the model is right about it; a flagged one is an image
+unlike anything the model was trained on.
 
     stats = covidx.fit_unfamiliar(model, train_generator)      # fits and attaches to model
     probs, scores = model.predict(x, return_unfamiliar=True)   # scores > 1: unfamiliar
@@ -24,38 +30,63 @@ import json
 
 import numpy as np
 
-FEATURES = "avg_pool"
-TENSORS = ("unfamiliar/basis", "unfamiliar/variances", "unfamiliar/means")
+from . import _core
+
+# Feature sets a part can model: name -> (offset, size) in the engine's descriptor.
+_TAP_NAMES = ("stem_stats", "stage1_stats", "stage2_stats", "stage3_stats", "stage4_stats")
+_TAP_CHANNELS = (64, 256, 512, 1024, 2048)
+FEATURE_SETS = {"avg_pool": (0, 2048)}
+FEATURE_SETS.update({name: (off, 2 * c) for name, off, c in zip(_TAP_NAMES, _core.DESCRIPTOR_TAP_OFFSETS,
+                                                                 _TAP_CHANNELS)})
+DESCRIPTOR_SIZE = _core.DESCRIPTOR_FLOATS
+# What fit_unfamiliar models by default, with the principal directions each keeps. Many
+# directions, not just those that hold most of the variance: an unfamiliar image shows most
+# where training images vary least. The stem's and the first stage's statistics are left out:
+# they follow the acquisition and processing of a file (other hospitals' frontal X-rays move
+# them as much as CT slices do), which is not what the flag is for.
+DEFAULT_PARTS = {"avg_pool": 128, "stage2_stats": 128, "stage3_stats": 128}
 MAX_COMPONENTS = 256
 
 
-class UnfamiliarStats:
-    """The fitted statistics: basis V (2048, r), variances lambda (r,), residual_variance sigma2,
-    class means (k, 2048), threshold (a distance), and how they were fitted (info)."""
+class GaussianPart:
+    """One part: feature (a FEATURE_SETS name), basis V (d, r), variances lambda (r,),
+    residual_variance sigma2, class means (k, d), threshold (a distance)."""
 
-    def __init__(self, basis, variances, residual_variance, means, threshold, info=None):
+    def __init__(self, feature, basis, variances, residual_variance, means, threshold):
+        if feature not in FEATURE_SETS:
+            raise ValueError("unfamiliar statistics: unknown feature set %r (expected one of %s)"
+                             % (feature, ", ".join(FEATURE_SETS)))
+        self.feature = feature
         self.basis = np.ascontiguousarray(basis, np.float32)
         self.variances = np.ascontiguousarray(variances, np.float64)
         self.residual_variance = float(residual_variance)
         self.means = np.ascontiguousarray(means, np.float32)
         self.threshold = float(threshold)
-        self.info = dict(info or {})
-        d = self.basis.shape[0] if self.basis.ndim == 2 else -1
-        if self.basis.ndim != 2 or d != 2048 or self.variances.shape != (self.basis.shape[1],) or \
-                self.means.ndim != 2 or self.means.shape[1] != d or len(self.means) < 1:
-            raise ValueError("unfamiliar statistics: expected basis (2048, r), variances (r,) and means (classes, "
-                             "2048), got %s, %s and %s" % (self.basis.shape, self.variances.shape, self.means.shape))
+        size = FEATURE_SETS[feature][1]
+        if self.basis.ndim != 2 or self.basis.shape[0] != size or self.basis.shape[1] > min(size, MAX_COMPONENTS) or \
+                self.variances.shape != (self.basis.shape[1],) or self.means.ndim != 2 or \
+                self.means.shape[1] != size or len(self.means) < 1:
+            raise ValueError("unfamiliar statistics %s: expected basis (%d, r <= %d), variances (r,) and means "
+                             "(classes, %d), got %s, %s and %s" % (feature, size, min(size, MAX_COMPONENTS), size,
+                                                                  self.basis.shape, self.variances.shape,
+                                                                  self.means.shape))
         values = [self.basis, self.variances, self.means, np.array([self.residual_variance, self.threshold])]
         if not all(np.isfinite(v).all() for v in values) or not (self.variances > 0).all() or \
                 self.residual_variance <= 0 or self.threshold <= 0:
-            raise ValueError("unfamiliar statistics: values must be finite, variances and the threshold positive")
+            raise ValueError("unfamiliar statistics %s: values must be finite, variances and the threshold positive"
+                             % feature)
 
     @property
     def components(self):
         return self.basis.shape[1]
 
+    def select(self, descriptors):
+        """This part's feature set (n, d) from descriptors (n, DESCRIPTOR_SIZE)."""
+        off, size = FEATURE_SETS[self.feature]
+        return np.asarray(descriptors)[:, off:off + size]
+
     def distances(self, features):
-        """Distances (n,) of pooled features (n, 2048) to the nearest class, in float64 (NumPy)."""
+        """Distances (n,) of this part's features (n, d) to the nearest class, in float64 (NumPy)."""
         f = np.asarray(features, np.float64)
         best = np.full(len(f), np.inf)
         v = self.basis.astype(np.float64)
@@ -66,44 +97,105 @@ class UnfamiliarStats:
             best = np.minimum(best, (q * q / self.variances).sum(1) + resid / self.residual_variance)
         return np.sqrt(best)
 
+    def engine_args(self):
+        return (FEATURE_SETS[self.feature][0], self.basis, self.variances, self.residual_variance, self.means,
+                self.threshold)
+
+
+class UnfamiliarStats:
+    """The fitted statistics: parts (GaussianPart, one per feature set) and how they were fitted
+    (info). scores(descriptors) is the engine's score in NumPy."""
+
+    def __init__(self, parts, info=None):
+        parts = list(parts)
+        if not 1 <= len(parts) <= 8 or not all(isinstance(p, GaussianPart) for p in parts):
+            raise ValueError("unfamiliar statistics: expected 1 to 8 parts")
+        if len({p.feature for p in parts}) != len(parts):
+            raise ValueError("unfamiliar statistics: a feature set appears twice")
+        self.parts = parts
+        self.info = dict(info or {})
+
+    @property
+    def components(self):
+        return sum(p.components for p in self.parts)
+
+    @property
+    def features(self):
+        return [p.feature for p in self.parts]
+
+    def part_scores(self, descriptors):
+        """(n, parts): each part's distance over its threshold, in float64 (NumPy)."""
+        return np.stack([p.distances(p.select(descriptors)) / p.threshold for p in self.parts], axis=1)
+
+    def scores(self, descriptors):
+        """(n,) the score of descriptors (n, DESCRIPTOR_SIZE): the largest part score."""
+        return self.part_scores(descriptors).max(1)
+
+    def engine_args(self):
+        return [p.engine_args() for p in self.parts]
+
     # --- in model files --------------------------------------------------------------------------
 
     def to_file(self):
         """(tensors, metadata value) for a covidx model file."""
-        meta = dict(self.info, residual_variance=self.residual_variance, threshold=self.threshold,
-                    features=FEATURES, components=self.components)
-        return dict(zip(TENSORS, (self.basis, self.variances.astype(np.float32), self.means))), json.dumps(meta)
+        tensors, parts = {}, []
+        for p in self.parts:
+            key = "unfamiliar/%s/" % p.feature
+            tensors.update({key + "basis": p.basis, key + "variances": p.variances.astype(np.float32),
+                            key + "means": p.means})
+            parts.append({"features": p.feature, "residual_variance": p.residual_variance, "threshold": p.threshold,
+                          "components": p.components})
+        return tensors, json.dumps(dict(self.info, parts=parts))
 
     @classmethod
     def from_file(cls, tensors, meta_json, path):
         try:
             meta = json.loads(meta_json)
-            if not isinstance(meta, dict) or meta.get("features") != FEATURES:
-                raise ValueError("expected statistics of the %s features" % FEATURES)
-            missing = [k for k in TENSORS if k not in tensors]
-            if missing:
-                raise ValueError("missing tensor %r" % missing[0])
-            info = {k: v for k, v in meta.items() if k not in ("residual_variance", "threshold", "features",
+            if not isinstance(meta, dict):
+                raise ValueError("expected a JSON object")
+            if "parts" not in meta:  # files of covidx <= 0.4: one part, the pooled features
+                meta = dict(meta, parts=[{k: meta.get(k) for k in ("features", "residual_variance", "threshold")}])
+                tensors = {"unfamiliar/%s/%s" % (meta["parts"][0]["features"], k[len("unfamiliar/"):]): v
+                           for k, v in tensors.items()}
+            if not isinstance(meta["parts"], list):
+                raise ValueError("'parts' is not a list")
+            parts, used = [], set()
+            for entry in meta["parts"]:
+                if not isinstance(entry, dict) or not isinstance(entry.get("features"), str):
+                    raise ValueError("a part without its feature set")
+                key = "unfamiliar/%s/" % entry["features"]
+                missing = [key + k for k in ("basis", "variances", "means") if key + k not in tensors]
+                if missing:
+                    raise ValueError("missing tensor %r" % missing[0])
+                used.update(key + k for k in ("basis", "variances", "means"))
+                parts.append(GaussianPart(entry["features"], tensors[key + "basis"], tensors[key + "variances"],
+                                          entry.get("residual_variance"), tensors[key + "means"],
+                                          entry.get("threshold")))
+            extra = sorted(set(tensors) - used)
+            if extra:
+                raise ValueError("unexpected tensor %r" % extra[0])
+            info = {k: v for k, v in meta.items() if k not in ("parts", "residual_variance", "threshold", "features",
                                                                  "components")}
-            return cls(tensors["unfamiliar/basis"], tensors["unfamiliar/variances"], meta.get("residual_variance"),
-                       tensors["unfamiliar/means"], meta.get("threshold"), info)
-        except (TypeError, ValueError) as e:
+            return cls(parts, info)
+        except (TypeError, ValueError, KeyError) as e:
             raise ValueError("%s: bad out-of-distribution statistics (%s)" % (path, e)) from None
 
     def __repr__(self):
-        return "<UnfamiliarStats: %d classes, %d components, threshold %.4g (%s quantile of %s held-out images)>" % (
-            len(self.means), self.components, self.threshold, self.info.get("quantile"), self.info.get("held_out"))
+        return "<UnfamiliarStats: %s; %d classes, %d components (%s quantile of %s held-out images)>" % (
+            ", ".join(p.feature for p in self.parts), len(self.parts[0].means), self.components,
+            self.info.get("quantile"), self.info.get("held_out"))
 
 
-def _features_and_labels(model, data, batch_size):
-    """Pooled features (n, 2048) and integer labels (n,) of arrays (x, y) or a labelled iterator."""
+def _descriptors_and_labels(model, data, batch_size):
+    """Descriptors (n, DESCRIPTOR_SIZE) and integer labels (n,) of arrays (x, y) or a labelled
+    iterator."""
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
         x, y = data
         y = np.asarray(y)
         labels = y.argmax(1) if y.ndim == 2 else y.astype(np.int64)
         if len(labels) != len(x):
             raise ValueError("fit_unfamiliar: %d images but %d labels" % (len(x), len(labels)))
-        return model.features(x, batch_size=batch_size), labels
+        return model._run(x, batch_size, "descriptor"), labels
     from . import evaluation
 
     source, _, iterator = evaluation.batch_source(data, None, batch_size, None)
@@ -118,7 +210,7 @@ def _features_and_labels(model, data, batch_size):
         if ok is not None:
             bx, by = bx[ok], by[ok]
         if len(bx):
-            feats.append(model._forward(bx, "features"))
+            feats.append(model._forward(bx, "descriptor"))
             labels.append(by)
     if iterator is not None and hasattr(iterator, "on_epoch_end"):
         iterator.on_epoch_end()
@@ -136,9 +228,10 @@ def _holdout_split(labels, fraction, seed):
     return held
 
 
-def fit(features, labels, holdout_features, quantile=0.99, variance_kept=0.95, max_components=MAX_COMPONENTS):
-    """UnfamiliarStats from pooled features (n, 2048) with integer labels, the threshold from
-    holdout_features (m, 2048)."""
+def fit_part(feature, features, labels, components):
+    """A GaussianPart (threshold 1) of one feature set (n, d) with integer labels, keeping
+    `components` principal directions (fewer where the images or the dimensions are fewer), and
+    the fraction of the within-class variance they hold."""
     f = np.asarray(features, np.float64)
     labels = np.asarray(labels)
     classes = np.unique(labels)
@@ -152,37 +245,64 @@ def fit(features, labels, holdout_features, quantile=0.99, variance_kept=0.95, m
     lam = np.maximum(lam, 0.0)
     total = lam.sum()
     if not total > 0:
-        raise ValueError("fit_unfamiliar: the features do not vary within the classes")
-    r = int(np.searchsorted(np.cumsum(lam) / total, variance_kept) + 1)
-    r = max(1, min(r, max_components, len(f) - len(classes) - 1, f.shape[1] - 1))
+        raise ValueError("fit_unfamiliar: the %s features do not vary within the classes" % feature)
+    r = max(1, min(int(components), MAX_COMPONENTS, len(f) - len(classes) - 1, f.shape[1] - 1))
     floor = lam[0] * 1e-9
     sigma2 = max(float(lam[r:].mean()), floor)
-    stats = UnfamiliarStats(vec[:, :r], np.maximum(lam[:r], floor), sigma2, means, 1.0)
-    held = stats.distances(holdout_features)
-    stats.threshold = float(np.quantile(held, quantile))
-    stats.info = {"quantile": quantile, "fitted_on": int(len(f)), "held_out": int(len(held)),
-                  "variance_kept": variance_kept, "explained": float(lam[:r].sum() / total)}
+    return GaussianPart(feature, vec[:, :r], np.maximum(lam[:r], floor), sigma2, means, 1.0), \
+        float(lam[:r].sum() / total)
+
+
+def fit(descriptors, labels, holdout_descriptors, quantile=0.99, parts=None):
+    """UnfamiliarStats from descriptors (n, DESCRIPTOR_SIZE) with integer labels, the thresholds
+    from holdout_descriptors (m, DESCRIPTOR_SIZE). parts: {feature set: components}
+    (DEFAULT_PARTS). Each part's threshold is its `quantile` of the held-out distances times one
+    common factor, chosen so that a fraction 1 - quantile of the held-out images score above 1."""
+    parts = dict(DEFAULT_PARTS if parts is None else parts)
+    unknown = [k for k in parts if k not in FEATURE_SETS]
+    if unknown or not parts:
+        raise ValueError("fit_unfamiliar: parts: expected feature sets among %s, got %r" % (", ".join(FEATURE_SETS),
+                                                                                            list(parts)))
+    fitted, explained = [], {}
+    for feature, components in parts.items():
+        if not isinstance(components, (int, np.integer)) or isinstance(components, bool) or components < 1:
+            raise ValueError("fit_unfamiliar: parts[%r]: expected a number of components >= 1, got %r"
+                             % (feature, components))
+        off, size = FEATURE_SETS[feature]
+        part, explained[feature] = fit_part(feature, np.asarray(descriptors)[:, off:off + size], labels, components)
+        part.threshold = float(np.quantile(part.distances(part.select(holdout_descriptors)), quantile))
+        if not part.threshold > 0:
+            raise ValueError("fit_unfamiliar: the held-out %s distances are all zero" % feature)
+        fitted.append(part)
+    stats = UnfamiliarStats(fitted)
+    common = float(np.quantile(stats.scores(holdout_descriptors), quantile))
+    for part in fitted:
+        part.threshold *= common
+    stats.info = {"quantile": quantile, "fitted_on": int(len(descriptors)), "held_out": int(len(holdout_descriptors)),
+                  "explained": explained}
     return stats
 
 
-def fit_unfamiliar(model, data, holdout=None, *, quantile=0.99, batch_size=32, holdout_fraction=0.1, seed=0):
+def fit_unfamiliar(model, data, holdout=None, *, quantile=0.99, batch_size=32, holdout_fraction=0.1, seed=0,
+                   parts=None):
     """Fits the out-of-distribution statistics of `model` on training images and attaches them
     (model.unfamiliar); model.save keeps them. data: a labelled image iterator
-    (flow_from_directory) or (images, labels). The threshold is the `quantile` of the distances
-    of `holdout` (images held out from the fit, same kinds as data); without it, a stratified
-    `holdout_fraction` of data is held out. Returns the UnfamiliarStats."""
+    (flow_from_directory) or (images, labels). The thresholds come from `holdout` (images held out
+    from the fit, same kinds as data): a fraction 1 - `quantile` of them is flagged. Without it, a
+    stratified `holdout_fraction` of data is held out. parts: {feature set: principal directions
+    kept} (covidx.unfamiliar.DEFAULT_PARTS; FEATURE_SETS lists the sets). Returns the UnfamiliarStats."""
     if model.architecture.get("pooling") is None:
         raise ValueError("fit_unfamiliar: the model has no global pooling (its statistics are of pooled features)")
     if not 0.5 <= quantile < 1:
         raise ValueError("quantile: expected a number in [0.5, 1), got %r" % (quantile,))
-    feats, labels = _features_and_labels(model, data, batch_size)
+    feats, labels = _descriptors_and_labels(model, data, batch_size)
     if holdout is None:
         held = _holdout_split(labels, holdout_fraction, seed)
         if not held.any() or held.all():
             raise ValueError("fit_unfamiliar: too few images to hold out %.0f%%" % (100 * holdout_fraction))
         hold_feats, feats, labels = feats[held], feats[~held], labels[~held]
     else:
-        hold_feats, _ = _features_and_labels(model, holdout, batch_size)
-    stats = fit(feats, labels, hold_feats, quantile=quantile)
+        hold_feats, _ = _descriptors_and_labels(model, holdout, batch_size)
+    stats = fit(feats, labels, hold_feats, quantile=quantile, parts=parts)
     model.set_unfamiliar(stats)
     return stats

@@ -285,6 +285,59 @@ void global_pool(const float *x, int n, int h, int w, int c, int use_max, float 
     }
 }
 
+/* --- channel statistics ----------------------------------------------------------------------- */
+
+#define STATS_MAX_CHANNELS 2048
+#define STATS_BLOCK 32 /* pixels summed in float before each double update: vectorisable, and
+                        * short enough that float rounding stays far below what the scores see */
+
+typedef struct {
+    const float *x;
+    int hw, c;
+    float *out;
+    size_t stride;
+} ChannelStats;
+
+/* One image. Values are shifted by the first pixel's before squaring, so a near-constant channel
+ * does not lose its variance to cancellation in E[x^2] - E[x]^2. */
+static void channel_stats_task(void *arg, int img) {
+    const ChannelStats *s = arg;
+    const float *x = s->x + (size_t)img * s->hw * s->c;
+    int c = s->c;
+    double sum[STATS_MAX_CHANNELS], sq[STATS_MAX_CHANNELS];
+    float bs[STATS_MAX_CHANNELS], bq[STATS_MAX_CHANNELS];
+    const float *shift = x;
+    for (int ch = 0; ch < c; ch++) sum[ch] = sq[ch] = 0.0;
+    for (int p0 = 0; p0 < s->hw; p0 += STATS_BLOCK) {
+        int p1 = p0 + STATS_BLOCK < s->hw ? p0 + STATS_BLOCK : s->hw;
+        for (int ch = 0; ch < c; ch++) bs[ch] = bq[ch] = 0.0f;
+        for (int p = p0; p < p1; p++) {
+            const float *v = x + (size_t)p * c;
+            for (int ch = 0; ch < c; ch++) {
+                float d = v[ch] - shift[ch];
+                bs[ch] += d;
+                bq[ch] += d * d;
+            }
+        }
+        for (int ch = 0; ch < c; ch++) sum[ch] += bs[ch], sq[ch] += bq[ch];
+    }
+    float *o = s->out + (size_t)img * s->stride;
+    for (int ch = 0; ch < c; ch++) {
+        double m = sum[ch] / s->hw, var = sq[ch] / s->hw - m * m;
+        o[ch] = (float)(m + shift[ch]);
+        o[c + ch] = (float)sqrt(var > 0.0 ? var : 0.0);
+    }
+}
+
+void channel_stats(const float *x, int n, int h, int w, int c, float *out, size_t stride) {
+    if (c > STATS_MAX_CHANNELS) { /* not in ResNet50; the plain loops have no such limit */
+        channel_stats_ref(x, n, h, w, c, out, stride);
+        return;
+    }
+    ChannelStats s = {x, h * w, c, out, stride};
+    pool_run(n, channel_stats_task, &s);
+}
+
 /* --- dense ------------------------------------------------------------------------------------- */
 
 void activate_rows(float *x, int n, int c, int act) {

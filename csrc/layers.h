@@ -43,6 +43,11 @@ void standardize_images(const float *x, int n, int h, int w, int c, double eps, 
 /* x (n, h, w, c) -> out (n, c): mean (or max) over the spatial positions. */
 void global_pool(const float *x, int n, int h, int w, int c, int use_max, float *out);
 
+/* x (n, h, w, c) -> out rows of `stride` floats, one per image: [mean (c), std (c)] of each
+ * channel over the spatial positions (population std). The out-of-distribution statistics of
+ * intermediate layers (unfamiliar.h) are fitted to these. */
+void channel_stats(const float *x, int n, int h, int w, int c, float *out, size_t stride);
+
 enum Activation { ACT_LINEAR = 0, ACT_RELU = 1, ACT_SOFTMAX = 2, ACT_SIGMOID = 3 };
 
 /* x (n, cin) -> out (n, cout) = act(x . w + bias); w (cin, cout), also packed for gemm.c where
@@ -55,6 +60,7 @@ void conv2d_ref(const Conv *c, const float *x, int n, int h, int w, float *out,
                 const float *residual, int relu);
 void dense_ref(const float *x, int n, int cin, int cout, const float *w, const float *bias, int act,
                float *out);
+void channel_stats_ref(const float *x, int n, int h, int w, int c, float *out, size_t stride);
 
 /* In place over rows of length c: softmax or logistic sigmoid (shared by both versions). */
 void activate_rows(float *x, int n, int c, int act);

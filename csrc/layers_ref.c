@@ -1,5 +1,6 @@
 /* layers_ref.c: the same layers as direct loops with double accumulators. Slow and obvious; the
  * tests run the whole network through these to check the GEMM/im2col/epilogue machinery. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "layers.h"
@@ -38,4 +39,19 @@ void dense_ref(const float *x, int n, int cin, int cout, const float *w, const f
             out[(size_t)r * cout + j] = (float)(act == ACT_RELU && acc < 0.0 ? 0.0 : acc);
         }
     activate_rows(out, n, cout, act);
+}
+
+void channel_stats_ref(const float *x, int n, int h, int w, int c, float *out, size_t stride) {
+    size_t hw = (size_t)h * w;
+    for (int img = 0; img < n; img++) {
+        const float *s = x + (size_t)img * hw * c;
+        for (int ch = 0; ch < c; ch++) {
+            double mean = 0.0, var = 0.0;
+            for (size_t p = 0; p < hw; p++) mean += s[p * c + ch];
+            mean /= (double)hw;
+            for (size_t p = 0; p < hw; p++) var += (s[p * c + ch] - mean) * (s[p * c + ch] - mean);
+            out[(size_t)img * stride + ch] = (float)mean;
+            out[(size_t)img * stride + c + ch] = (float)sqrt(var / (double)hw);
+        }
+    }
 }

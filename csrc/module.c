@@ -5,10 +5,11 @@
  *              moving_variance) in canonical order (conv1, then per block _1, _2, _3, [_0])
  *       dense: tuples (name, kernel (in, out), bias (out,), activation code)
  *       input_norm_eps > 0: each image is standardised before the first convolution
- *   Engine.set_unfamiliar(basis (2048, r), variances (r,), residual_variance, means (k, 2048),
- *                         threshold), or set_unfamiliar(None) to drop the statistics
+ *   Engine.set_unfamiliar([(offset, basis (d, r), variances (r,), residual_variance, means (k, d),
+ *                           threshold), ...]), or set_unfamiliar(None) to drop the statistics
  *   Engine.forward(x, output=0, reference=False, unfamiliar=False) -> ndarray, or
- *       (ndarray, scores (n,)) with unfamiliar=True
+ *       (ndarray, scores (n,)) with unfamiliar=True; output 3: the descriptor (resnet50.h)
+ *   DESCRIPTOR_FLOATS, DESCRIPTOR_TAP_OFFSETS: its size and where each tap's statistics start
  *
  * The Python layer converts user input; this layer checks again and never trusts it. All compute
  * runs without the GIL, under one process-wide lock (the thread pool serves one forward at a time). */
@@ -262,12 +263,12 @@ static PyObject *Engine_forward(EngineObject *self, PyObject *args, PyObject *kw
         PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
         return NULL;
     }
-    if (output < OUT_HEAD || output > OUT_FEATURE_MAP) {
-        PyErr_Format(PyExc_ValueError, "output: expected 0, 1 or 2, got %d", output);
+    if (output < OUT_HEAD || output > OUT_DESCRIPTOR) {
+        PyErr_Format(PyExc_ValueError, "output: expected 0, 1, 2 or 3, got %d", output);
         return NULL;
     }
-    if (want_scores && (self->net.unfamiliar.d == 0 || output == OUT_FEATURE_MAP || self->net.pooling == POOL_NONE)) {
-        PyErr_SetString(PyExc_ValueError, self->net.unfamiliar.d == 0
+    if (want_scores && (self->net.nunfamiliar == 0 || output == OUT_FEATURE_MAP || self->net.pooling == POOL_NONE)) {
+        PyErr_SetString(PyExc_ValueError, self->net.nunfamiliar == 0
                                               ? "unfamiliar: this engine has no out-of-distribution statistics"
                                               : "unfamiliar: needs a pooled output (not the feature map)");
         return NULL;
@@ -324,65 +325,83 @@ static PyObject *Engine_forward(EngineObject *self, PyObject *args, PyObject *kw
     return pair;
 }
 
-static PyObject *Engine_set_unfamiliar(EngineObject *self, PyObject *args) {
-    PyObject *ob, *ov = NULL, *om = NULL;
+/* One part of the statistics from (offset, basis (d, r), variances (r,), residual_variance,
+ * means (k, d), threshold). 0, or -1 with a Python exception set. */
+static int unfamiliar_part_from(PyObject *item, int index, Unfamiliar *u) {
+    int offset = 0;
+    PyObject *ob, *ov, *om;
     double resid = 0.0, threshold = 0.0;
-    if (!PyArg_ParseTuple(args, "O|OdOd", &ob, &ov, &resid, &om, &threshold)) return NULL;
-    if (!self->built) {
-        PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
-        return NULL;
-    }
-    if (ob == Py_None) {
-        pthread_mutex_lock(&g_compute);
-        unfamiliar_free(&self->net.unfamiliar);
-        pthread_mutex_unlock(&g_compute);
-        Py_RETURN_NONE;
-    }
-    if (!ov || !om) {
-        PyErr_SetString(PyExc_TypeError, "set_unfamiliar: expected (basis, variances, residual_variance, means, "
-                        "threshold) or None");
-        return NULL;
+    if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "iOOdOd", &offset, &ob, &ov, &resid, &om, &threshold)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "unfamiliar part %d: expected (offset, basis, variances, residual_variance, "
+                     "means, threshold)", index);
+        return -1;
     }
     PyArrayObject *basis = as_f32(ob, 2, "unfamiliar basis"), *var = NULL, *means = NULL;
-    PyObject *result = NULL;
-    if (!basis) return NULL;
+    int result = -1;
+    if (!basis) return -1;
     if (!PyArray_Check(ov)) {
-        PyErr_SetString(PyExc_TypeError, "unfamiliar variances: expected a numeric numpy array");
+        PyErr_Format(PyExc_TypeError, "unfamiliar part %d variances: expected a numeric numpy array", index);
         goto done;
     }
     var = (PyArrayObject *)PyArray_FROM_OTF(ov, NPY_FLOAT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     if (!var || !(means = as_f32(om, 2, "unfamiliar means"))) goto done;
     npy_intp d = PyArray_DIM(basis, 0), r = PyArray_DIM(basis, 1), k = PyArray_DIM(means, 0);
-    if (d != 2048 || PyArray_NDIM(var) != 1 || PyArray_DIM(var, 0) != r || PyArray_DIM(means, 1) != d || k < 1 ||
-        k > (1 << 20) || r > d) {
-        PyErr_Format(PyExc_ValueError, "unfamiliar statistics: expected basis (2048, r <= 2048), variances (r,) and "
-                     "means (classes, 2048), got basis (%zd, %zd) and means (%zd, %zd)", (Py_ssize_t)d,
-                     (Py_ssize_t)r, (Py_ssize_t)k, (Py_ssize_t)PyArray_DIM(means, 1));
+    if (offset < 0 || d < 1 || offset + d > DESCRIPTOR_FLOATS || PyArray_NDIM(var) != 1 || PyArray_DIM(var, 0) != r ||
+        PyArray_DIM(means, 1) != d || k < 1 || k > (1 << 20) || r > d || r > 2048) {
+        PyErr_Format(PyExc_ValueError, "unfamiliar part %d: expected offset + d <= %d, basis (d, r <= min(d, 2048)), "
+                     "variances (r,) and means (classes, d), got offset %d, basis (%zd, %zd), variances of %zd and "
+                     "means (%zd, %zd)", index, DESCRIPTOR_FLOATS, offset, (Py_ssize_t)d, (Py_ssize_t)r,
+                     (Py_ssize_t)PyArray_DIM(var, 0), (Py_ssize_t)k, (Py_ssize_t)PyArray_DIM(means, 1));
         goto done;
     }
-    Unfamiliar u;
-    int rc = unfamiliar_init(&u, (int)d, (int)r, (int)k, PyArray_DATA(basis), PyArray_DATA(var), resid,
+    int rc = unfamiliar_init(u, offset, (int)d, (int)r, (int)k, PyArray_DATA(basis), PyArray_DATA(var), resid,
                              PyArray_DATA(means), threshold);
     if (rc == -1) {
         PyErr_NoMemory();
         goto done;
     }
     if (rc != 0) {
-        PyErr_SetString(PyExc_ValueError, "unfamiliar statistics: values must be finite, variances and the "
-                        "threshold positive");
+        PyErr_Format(PyExc_ValueError, "unfamiliar part %d: values must be finite, variances and the threshold "
+                     "positive", index);
         goto done;
     }
-    pthread_mutex_lock(&g_compute); /* never swapped under a running forward pass */
-    unfamiliar_free(&self->net.unfamiliar);
-    self->net.unfamiliar = u;
-    pthread_mutex_unlock(&g_compute);
-    result = Py_None;
-    Py_INCREF(result);
+    result = 0;
 done:
     Py_DECREF(basis);
     Py_XDECREF(var);
     Py_XDECREF(means);
     return result;
+}
+
+static PyObject *Engine_set_unfamiliar(EngineObject *self, PyObject *arg) {
+    if (!self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
+        return NULL;
+    }
+    if (arg == Py_None) {
+        pthread_mutex_lock(&g_compute);
+        net_set_unfamiliar(&self->net, NULL, 0);
+        pthread_mutex_unlock(&g_compute);
+        Py_RETURN_NONE;
+    }
+    if (!PyList_Check(arg) || PyList_GET_SIZE(arg) < 1 || PyList_GET_SIZE(arg) > UNFAMILIAR_MAX_PARTS) {
+        PyErr_Format(PyExc_TypeError, "set_unfamiliar: expected None or a list of 1 to %d parts (offset, basis, "
+                     "variances, residual_variance, means, threshold)", UNFAMILIAR_MAX_PARTS);
+        return NULL;
+    }
+    Unfamiliar parts[UNFAMILIAR_MAX_PARTS];
+    int nparts = (int)PyList_GET_SIZE(arg);
+    for (int i = 0; i < nparts; i++) {
+        if (unfamiliar_part_from(PyList_GET_ITEM(arg, i), i, &parts[i]) != 0) {
+            for (int j = 0; j < i; j++) unfamiliar_free(&parts[j]);
+            return NULL;
+        }
+    }
+    pthread_mutex_lock(&g_compute); /* never swapped under a running forward pass */
+    net_set_unfamiliar(&self->net, parts, nparts);
+    pthread_mutex_unlock(&g_compute);
+    Py_RETURN_NONE;
 }
 
 /* set_precision('fp32' | 'bf16') -> (kernel name, note or None). bf16: the convolutions' weights
@@ -431,10 +450,12 @@ static PyObject *Engine_workspace_bytes(EngineObject *self, PyObject *Py_UNUSED(
 static PyMethodDef Engine_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Engine_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(x, output=0, reference=False, unfamiliar=False): x float32 (n, h, w, 3) -> outputs.\n"
-     "output: 0 head, 1 pooled features, 2 last feature map. reference: run the plain layers.\n"
+     "output: 0 head, 1 pooled features, 2 last feature map, 3 descriptor (pooled features, then the mean\n"
+     "and std of each channel after the stem and each stage). reference: run the plain layers.\n"
      "unfamiliar: also return each image's out-of-distribution score, (outputs, scores)."},
-    {"set_unfamiliar", (PyCFunction)Engine_set_unfamiliar, METH_VARARGS,
-     "set_unfamiliar(basis, variances, residual_variance, means, threshold), or set_unfamiliar(None)."},
+    {"set_unfamiliar", (PyCFunction)Engine_set_unfamiliar, METH_O,
+     "set_unfamiliar([(offset, basis, variances, residual_variance, means, threshold), ...]) or set_unfamiliar(None):\n"
+     "the out-of-distribution statistics, a Gaussian per part over descriptor[offset:offset + d]."},
     {"set_precision", (PyCFunction)Engine_set_precision, METH_O,
      "set_precision('fp32' | 'bf16') -> (kernel, note or None): the convolutions' arithmetic."},
     {"workspace_bytes", (PyCFunction)Engine_workspace_bytes, METH_NOARGS,
@@ -532,6 +553,30 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(&EngineType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* where each tap's channel statistics start in the descriptor (output 3) */
+    PyObject *offsets = PyTuple_New(DESCRIPTOR_TAPS);
+    if (!offsets) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    for (int t = 0; t < DESCRIPTOR_TAPS; t++) {
+        PyObject *v = PyLong_FromLong(resnet50_descriptor_offset(t));
+        if (!v) {
+            Py_DECREF(offsets);
+            Py_DECREF(m);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(offsets, t, v);
+    }
+    if (PyModule_AddObject(m, "DESCRIPTOR_TAP_OFFSETS", offsets) < 0) {
+        Py_DECREF(offsets);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "DESCRIPTOR_FLOATS", DESCRIPTOR_FLOATS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -92,6 +92,7 @@ static void plan_free(Plan *p) {
     free(p->normalized);
     free(p->scratch);
     free(p->pooled);
+    free(p->descriptor);
     free(p->hidden[0]);
     free(p->hidden[1]);
     memset(p, 0, sizeof(*p));
@@ -113,8 +114,22 @@ void net_free(Net *net) {
         free(net->head[i].bias);
         gemm_pack_free(&net->head[i].packed);
     }
-    unfamiliar_free(&net->unfamiliar);
+    net_set_unfamiliar(net, NULL, 0);
     plan_free(&net->plan);
+}
+
+void net_set_unfamiliar(Net *net, Unfamiliar *parts, int nparts) {
+    for (int i = 0; i < net->nunfamiliar; i++) unfamiliar_free(&net->unfamiliar[i]);
+    for (int i = 0; i < nparts; i++) net->unfamiliar[i] = parts[i];
+    net->nunfamiliar = nparts;
+}
+
+static const int TAP_CHANNELS[DESCRIPTOR_TAPS] = {64, 256, 512, 1024, 2048};
+
+int resnet50_descriptor_offset(int tap) {
+    int off = 2048;
+    for (int t = 0; t < tap; t++) off += 2 * TAP_CHANNELS[t];
+    return off;
 }
 
 int net_set_bf16(Net *net, int kernel) {
@@ -192,9 +207,10 @@ static int plan_ensure(Net *net, int n, int h, int w) {
     p->scratch = malloc(sizeof(float) * (scratch ? scratch : 1));
     p->normalized = net->input_norm_eps > 0.0 ? malloc(sizeof(float) * (size_t)n * h * w * 3) : NULL;
     p->pooled = malloc(sizeof(float) * (size_t)n * 2048);
+    p->descriptor = malloc(sizeof(float) * (size_t)n * DESCRIPTOR_FLOATS);
     p->hidden[0] = malloc(sizeof(float) * (size_t)n * units);
     p->hidden[1] = malloc(sizeof(float) * (size_t)n * units);
-    int ok = p->scratch && p->pooled && p->hidden[0] && p->hidden[1] && (p->normalized || net->input_norm_eps <= 0.0);
+    int ok = p->scratch && p->pooled && p->descriptor && p->hidden[0] && p->hidden[1] && (p->normalized || net->input_norm_eps <= 0.0);
     for (int i = 0; i < 4; i++) ok = ok && p->act[i];
     if (!ok) {
         plan_free(p);
@@ -221,11 +237,31 @@ static void run_conv(const Conv *c, const float *x, int n, int h, int w, float *
         conv2d(c, x, n, h, w, out, residual, relu, scratch);
 }
 
+/* The statistics of one tap's activations x (n, h, w, c) into the descriptor rows. */
+static void tap(const Plan *p, int t, const float *x, int n, int h, int w, int c, int reference) {
+    float *dst = p->descriptor + resnet50_descriptor_offset(t);
+    (reference ? channel_stats_ref : channel_stats)(x, n, h, w, c, dst, DESCRIPTOR_FLOATS);
+}
+
+/* The taps the scores read (bit t: tap t), from where each part's slice lies. */
+static unsigned taps_read_by_scores(const Net *net) {
+    unsigned mask = 0;
+    for (int t = 0; t < DESCRIPTOR_TAPS; t++) {
+        int lo = resnet50_descriptor_offset(t), hi = lo + 2 * TAP_CHANNELS[t];
+        for (int i = 0; i < net->nunfamiliar; i++) {
+            const Unfamiliar *u = &net->unfamiliar[i];
+            if (u->offset < hi && u->offset + u->d > lo) mask |= 1u << t;
+        }
+    }
+    return mask;
+}
+
 static int forward_batch(Net *net, const float *x, int n, int h, int w, int output, int reference,
                          float *out, float *scores) {
     if (plan_ensure(net, n, h, w) != 0) return -1;
     Plan *p = &net->plan;
     float **buf = p->act;
+    unsigned taps = output == OUT_DESCRIPTOR ? (1u << DESCRIPTOR_TAPS) - 1 : scores ? taps_read_by_scores(net) : 0;
 
     /* input standardisation (n, h, w, 3), where the network begins with it */
     if (net->input_norm_eps > 0.0) {
@@ -239,6 +275,7 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
     maxpool2d(buf[0], n, h, w, 64, 3, 2, 1, buf[1]);
     h = out_size(h, 3, 2, 1), w = out_size(w, 3, 2, 1);
     int cur = 1, c = 64;
+    if (taps & 1u) tap(p, 0, buf[1], n, h, w, 64, reference);
 
     /* 16 bottleneck blocks: out = relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x)) */
     for (int b = 0; b < RESNET50_NBLOCKS; b++) {
@@ -255,6 +292,8 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
         }
         run_conv(&bl->c3, buf[t2], n, h2, w2, buf[t1], shortcut, 1, p->scratch, reference);
         cur = t1, h = h2, w = w2, c = bl->c3.cout;
+        int t = b == 2 ? 1 : b == 6 ? 2 : b == 12 ? 3 : b == 15 ? 4 : 0; /* the last block of a stage */
+        if (t && (taps & (1u << t))) tap(p, t, buf[cur], n, h, w, c, reference);
     }
     if (resnet50_interrupt) return -2;
     if (output == OUT_FEATURE_MAP || (net->pooling == POOL_NONE && output == OUT_HEAD)) {
@@ -264,8 +303,17 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
 
     /* global pooling (n, 2048), then the Dense head */
     global_pool(buf[cur], n, h, w, c, net->pooling == POOL_MAX, p->pooled);
-    if (scores) /* the out-of-distribution score, from the same pooled features */
-        (reference ? unfamiliar_score_ref : unfamiliar_score)(&net->unfamiliar, p->pooled, n, scores);
+    if (scores || output == OUT_DESCRIPTOR) { /* the out-of-distribution score, from the same pass */
+        for (int i = 0; i < n; i++)
+            memcpy(p->descriptor + (size_t)i * DESCRIPTOR_FLOATS, p->pooled + (size_t)i * 2048, sizeof(float) * 2048);
+        if (scores)
+            (reference ? unfamiliar_score_ref : unfamiliar_score)(net->unfamiliar, net->nunfamiliar, p->descriptor,
+                                                                  DESCRIPTOR_FLOATS, n, scores);
+    }
+    if (output == OUT_DESCRIPTOR) {
+        memcpy(out, p->descriptor, sizeof(float) * (size_t)n * DESCRIPTOR_FLOATS);
+        return 0;
+    }
     if (output == OUT_FEATURES || net->nhead == 0) {
         memcpy(out, p->pooled, sizeof(float) * (size_t)n * c);
         return 0;
@@ -289,7 +337,8 @@ int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3])
         dims[2] = 2048;
         return 3;
     }
-    dims[0] = output == OUT_FEATURES || net->nhead == 0 ? 2048 : net->head[net->nhead - 1].cout;
+    dims[0] = output == OUT_DESCRIPTOR ? DESCRIPTOR_FLOATS
+              : output == OUT_FEATURES || net->nhead == 0 ? 2048 : net->head[net->nhead - 1].cout;
     return 1;
 }
 

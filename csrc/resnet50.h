@@ -15,7 +15,13 @@
 
 enum Variant { VARIANT_V1 = 1, VARIANT_V1_5 = 2 };
 enum Pooling { POOL_NONE = 0, POOL_AVG = 1, POOL_MAX = 2 };
-enum Output { OUT_HEAD = 0, OUT_FEATURES = 1, OUT_FEATURE_MAP = 2 };
+enum Output { OUT_HEAD = 0, OUT_FEATURES = 1, OUT_FEATURE_MAP = 2, OUT_DESCRIPTOR = 3 };
+
+/* An image's descriptor, what out-of-distribution statistics are fitted to: the pooled features,
+ * then the mean and std of each channel (channel_stats) after the stem's max pool (64 channels)
+ * and at the end of each of the four stages (256, 512, 1024, 2048). */
+#define DESCRIPTOR_TAPS 5
+#define DESCRIPTOR_FLOATS (2048 + 2 * (64 + 256 + 512 + 1024 + 2048))
 
 /* Shape of one convolution, in canonical order: conv1, then per block _1, _2, _3, [_0]. */
 typedef struct {
@@ -41,6 +47,7 @@ typedef struct {
     float *normalized; /* (n, h, w, 3) standardised input, where the network has that layer */
     float *scratch;  /* im2col panel */
     float *pooled;   /* (n, 2048) */
+    float *descriptor; /* (n, DESCRIPTOR_FLOATS), where a pass computes it */
     float *hidden[2];
 } Plan;
 
@@ -51,7 +58,8 @@ typedef struct {
     Block blocks[RESNET50_NBLOCKS];
     DenseLayer head[MAX_DENSE];
     int nhead;
-    Unfamiliar unfamiliar; /* out-of-distribution statistics of the pooled features (d == 0: none) */
+    Unfamiliar unfamiliar[UNFAMILIAR_MAX_PARTS]; /* out-of-distribution statistics, by part */
+    int nunfamiliar;                             /* parts in use (0: none) */
     Plan plan;
     int sub_batch; /* images per pass through the network (0: SUB_BATCH) */
     int bf16_kernel; /* the bf16 mode's kernel (enum GemmKernel, its weights in each conv's
@@ -92,10 +100,18 @@ int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3])
  * then returns -2 (its output is not valid). Cleared by the caller before each pass. */
 extern volatile sig_atomic_t resnet50_interrupt;
 
+/* Offset of each tap's statistics in the descriptor (the pooled features are at 0). */
+int resnet50_descriptor_offset(int tap);
+
+/* Replaces the out-of-distribution statistics with nparts parts (taken over: the caller's copies
+ * must not be freed), or drops them (nparts 0). */
+void net_set_unfamiliar(Net *net, Unfamiliar *parts, int nparts);
+
 /* x (n, h, w, 3) -> out: OUT_HEAD (n, units of the last Dense layer, or 2048 without a head),
- * OUT_FEATURES (n, 2048) pooled, OUT_FEATURE_MAP (n, ho, wo, 2048). reference != 0 runs the
- * plain layers. scores (n) or NULL: the out-of-distribution score of each image, from the same
- * pass (needs net->unfamiliar and a pooled output). Returns 0, -1 when the buffers cannot be
+ * OUT_FEATURES (n, 2048) pooled, OUT_FEATURE_MAP (n, ho, wo, 2048), OUT_DESCRIPTOR (n,
+ * DESCRIPTOR_FLOATS). reference != 0 runs the plain layers. scores (n) or NULL: the
+ * out-of-distribution score of each image, from the same pass (needs net->unfamiliar and a
+ * pooled output). Returns 0, -1 when the buffers cannot be
  * allocated, -2 when interrupted. */
 int resnet50_forward(Net *net, const float *x, int n, int h, int w, int output, int reference,
                      float *out, float *scores);

@@ -17,10 +17,10 @@ void unfamiliar_free(Unfamiliar *u) {
     memset(u, 0, sizeof(*u));
 }
 
-int unfamiliar_init(Unfamiliar *u, int d, int r, int k, const float *basis, const double *variances,
+int unfamiliar_init(Unfamiliar *u, int offset, int d, int r, int k, const float *basis, const double *variances,
                     double resid_var, const float *means, double threshold) {
     memset(u, 0, sizeof(*u));
-    if (d < 1 || k < 1 || r < 0 || r > d || r > MAX_RANK) return -2;
+    if (d < 1 || k < 1 || r < 0 || r > d || r > MAX_RANK || offset < 0) return -2;
     if (!(resid_var > 0.0) || !isfinite(resid_var) || !(threshold > 0.0) || !isfinite(threshold)) return -2;
     for (size_t i = 0; i < (size_t)d * r; i++)
         if (!isfinite(basis[i])) return -2;
@@ -47,23 +47,22 @@ int unfamiliar_init(Unfamiliar *u, int d, int r, int k, const float *basis, cons
             for (int j = 0; j < r; j++) p[j] += m * basis[(size_t)i * r + j];
         }
     }
-    u->d = d, u->r = r, u->k = k;
+    u->offset = offset, u->d = d, u->r = r, u->k = k;
     u->inv_resid = 1.0 / resid_var;
     u->threshold = threshold;
     return 0;
 }
 
 typedef struct {
-    const Unfamiliar *u;
-    const float *features;
+    const Unfamiliar *parts;
+    int nparts;
+    const float *descriptors;
+    size_t stride;
     float *scores;
 } ScoreJob;
 
-/* One image: q_f = V^T f once, then per class q = q_f - V^T mu_c. */
-static void score_task(void *arg, int img) {
-    const ScoreJob *job = arg;
-    const Unfamiliar *u = job->u;
-    const float *f = job->features + (size_t)img * u->d;
+/* One part, one image: q_f = V^T f once, then per class q = q_f - V^T mu_c. */
+static double part_score(const Unfamiliar *u, const float *f) {
     double qf[MAX_RANK];
     for (int j = 0; j < u->r; j++) qf[j] = 0.0;
     for (int i = 0; i < u->d; i++) {
@@ -86,32 +85,54 @@ static void score_task(void *arg, int img) {
         double d2 = pc + resid * u->inv_resid;
         best = d2 < best ? d2 : best;
     }
-    job->scores[img] = (float)(sqrt(best) / u->threshold);
+    return sqrt(best) / u->threshold;
 }
 
-void unfamiliar_score(const Unfamiliar *u, const float *features, int n, float *scores) {
-    ScoreJob job = {u, features, scores};
+static void score_task(void *arg, int img) {
+    const ScoreJob *job = arg;
+    const float *row = job->descriptors + (size_t)img * job->stride;
+    double worst = 0.0;
+    for (int p = 0; p < job->nparts; p++) {
+        double s = part_score(&job->parts[p], row + job->parts[p].offset);
+        worst = s > worst ? s : worst;
+    }
+    job->scores[img] = (float)worst;
+}
+
+void unfamiliar_score(const Unfamiliar *parts, int nparts, const float *descriptors, size_t stride, int n,
+                      float *scores) {
+    ScoreJob job = {parts, nparts, descriptors, stride, scores};
     pool_run(n, score_task, &job);
 }
 
-void unfamiliar_score_ref(const Unfamiliar *u, const float *features, int n, float *scores) {
-    for (int img = 0; img < n; img++) {
-        const float *f = features + (size_t)img * u->d;
-        double best = INFINITY;
-        for (int c = 0; c < u->k; c++) {
-            const float *mu = u->means + (size_t)c * u->d;
-            double g2 = 0.0, q2 = 0.0, pc = 0.0;
-            for (int i = 0; i < u->d; i++) g2 += ((double)f[i] - mu[i]) * ((double)f[i] - mu[i]);
-            for (int j = 0; j < u->r; j++) {
-                double q = 0.0;
-                for (int i = 0; i < u->d; i++) q += ((double)f[i] - mu[i]) * u->basis[(size_t)i * u->r + j];
-                q2 += q * q;
-                pc += q * q * u->inv_var[j];
-            }
-            double resid = g2 - q2 > 0.0 ? g2 - q2 : 0.0;
-            double d2 = pc + resid * u->inv_resid;
-            best = d2 < best ? d2 : best;
+static double part_score_ref(const Unfamiliar *u, const float *f) {
+    double best = INFINITY;
+    for (int c = 0; c < u->k; c++) {
+        const float *mu = u->means + (size_t)c * u->d;
+        double g2 = 0.0, q2 = 0.0, pc = 0.0;
+        for (int i = 0; i < u->d; i++) g2 += ((double)f[i] - mu[i]) * ((double)f[i] - mu[i]);
+        for (int j = 0; j < u->r; j++) {
+            double q = 0.0;
+            for (int i = 0; i < u->d; i++) q += ((double)f[i] - mu[i]) * u->basis[(size_t)i * u->r + j];
+            q2 += q * q;
+            pc += q * q * u->inv_var[j];
         }
-        scores[img] = (float)(sqrt(best) / u->threshold);
+        double resid = g2 - q2 > 0.0 ? g2 - q2 : 0.0;
+        double d2 = pc + resid * u->inv_resid;
+        best = d2 < best ? d2 : best;
+    }
+    return sqrt(best) / u->threshold;
+}
+
+void unfamiliar_score_ref(const Unfamiliar *parts, int nparts, const float *descriptors, size_t stride, int n,
+                          float *scores) {
+    for (int img = 0; img < n; img++) {
+        const float *row = descriptors + (size_t)img * stride;
+        double worst = 0.0;
+        for (int p = 0; p < nparts; p++) {
+            double s = part_score_ref(&parts[p], row + parts[p].offset);
+            worst = s > worst ? s : worst;
+        }
+        scores[img] = (float)worst;
     }
 }

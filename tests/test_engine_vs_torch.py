@@ -88,6 +88,28 @@ def test_issue_example_runs_and_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("size", [(224, 224), (97, 131)])
+def test_descriptor_matches_torch(size):
+    """The descriptor the out-of-distribution statistics read (pooled features; each channel's
+    mean and std after the stem and at the end of each stage), fast and plain, against the float64
+    torch reference with the same weights."""
+    from covidx.unfamiliar import FEATURE_SETS
+
+    ref, model = build_pair("v1", "articles", seed=3, size=size)
+    x = xrays(*size)
+    with torch.no_grad():
+        want = copy.deepcopy(ref).double().descriptor(torch.from_numpy(x).double()).numpy()
+    assert want.shape == (8, covidx._core.DESCRIPTOR_FLOATS)
+    for batch in (1, 5, 8):
+        got = model.descriptors(x[:batch])
+        for name, (off, size_) in FEATURE_SETS.items():  # each set to its own scale
+            w, g = want[:batch, off:off + size_], got[:, off:off + size_]
+            assert w.std() > 0, name  # the reference varies, so a match proves something
+            assert np.abs(g - w).max() <= 1e-4 * np.abs(w).max(), name
+    plain = model._engine.forward(x[:2], output=3, reference=True)
+    assert np.abs(plain - want[:2]).max() <= 1e-4 * np.abs(want[:2]).max()
+
+
+@pytest.mark.parametrize("size", [(224, 224), (97, 131)])
 def test_input_standardisation_matches_torch(size):
     """A network that standardises each image first (Keras's LayerNormalization over height, width
     and channels): covidx against the float64 torch reference with the same layer, and the

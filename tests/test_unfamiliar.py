@@ -1,5 +1,6 @@
 """The out-of-distribution score: the engine's value against an independent NumPy computation of
-the Mahalanobis distance from the same features, the threshold, files, and the API around it."""
+the Mahalanobis distances from the same features (the descriptor itself is checked against
+PyTorch in test_engine_vs_torch.py), the thresholds, files, and the API around it."""
 import os
 import warnings
 
@@ -10,7 +11,7 @@ import covidx
 from covidx.applications.resnet50 import ResNet50
 from covidx.data import sample_files
 from covidx.preprocessing.image import img_to_array, load_img
-from covidx.unfamiliar import UnfamiliarStats
+from covidx.unfamiliar import DEFAULT_PARTS, FEATURE_SETS, GaussianPart, UnfamiliarStats
 
 SIZE = 64
 
@@ -40,17 +41,27 @@ def fitted():
     return model, stats, (x, y), (hx, hy)
 
 
-def numpy_distances(stats, features):
+def numpy_distances(part, features):
     """The textbook formula with the full covariance matrix: Sigma = V diag(lambda) V^T +
     sigma2 (I - V V^T), d_c^2 = (f - mu_c)^T Sigma^-1 (f - mu_c), minimum over classes."""
-    v = stats.basis.astype(np.float64)
+    v = part.basis.astype(np.float64)
     proj = v @ v.T
-    sigma = v @ np.diag(stats.variances) @ v.T + stats.residual_variance * (np.eye(len(v)) - proj)
+    sigma = v @ np.diag(part.variances) @ v.T + part.residual_variance * (np.eye(len(v)) - proj)
     best = np.full(len(features), np.inf)
-    for mu in stats.means.astype(np.float64):
+    for mu in part.means.astype(np.float64):
         g = features.astype(np.float64) - mu
         best = np.minimum(best, np.einsum("ij,ij->i", g, np.linalg.solve(sigma, g.T).T))
     return np.sqrt(best)
+
+
+def numpy_scores(stats, descriptors):
+    """The largest over the parts of each part's distance (its slice of the descriptor) over its
+    threshold."""
+    per_part = []
+    for part in stats.parts:
+        off, size = FEATURE_SETS[part.feature]
+        per_part.append(numpy_distances(part, descriptors[:, off:off + size]) / part.threshold)
+    return np.max(per_part, axis=0)
 
 
 def test_score_matches_numpy_mahalanobis(fitted):
@@ -59,7 +70,9 @@ def test_score_matches_numpy_mahalanobis(fitted):
     x[-4:] = np.random.default_rng(4).uniform(0, 1, x[-4:].shape)  # noise images: far away
     probs, scores = model.predict(x, return_unfamiliar=True, verbose=0)
     np.testing.assert_array_equal(probs, model.predict(x, verbose=0))  # the same forward pass, same outputs
-    want = numpy_distances(stats, model.features(x)) / stats.threshold
+    descriptors = model.descriptors(x)
+    np.testing.assert_array_equal(descriptors[:, :2048], model.features(x))  # the pooled features come first
+    want = numpy_scores(stats, descriptors)
     assert scores.shape == (24,) and scores.dtype == np.float32
     np.testing.assert_allclose(scores, want, rtol=1e-4)
     # the plain C reference agrees too
@@ -77,7 +90,17 @@ def test_threshold_is_the_held_out_quantile(fitted):
     assert np.mean(held > 1) <= 0.01 + 1.0 / len(hx)
     assert abs(np.quantile(held, 0.99) - 1.0) < 1e-4
     assert stats.info["fitted_on"] == len(x) and stats.info["held_out"] == len(hx)
-    assert 1 <= stats.components <= 256 and stats.means.shape == (2, 2048)
+    assert stats.features == list(DEFAULT_PARTS)
+    for part in stats.parts:
+        size = FEATURE_SETS[part.feature][1]
+        # as many directions as asked, or as the 96 images allow (96 - 2 classes - 1)
+        assert part.components == min(DEFAULT_PARTS[part.feature], 93) and part.means.shape == (2, size)
+        # each part's threshold is its own 99th percentile times one common factor (>= 1)
+        d = numpy_distances(part, part.select(model.descriptors(hx)))
+        assert part.threshold >= np.quantile(d, 0.99) * (1 - 1e-5)
+    factors = [p.threshold / np.quantile(numpy_distances(p, p.select(model.descriptors(hx))), 0.99)
+               for p in stats.parts]
+    np.testing.assert_allclose(factors, factors[0], rtol=1e-4)
 
 
 def test_statistics_travel_with_the_file(fitted, tmp_path):
@@ -85,11 +108,41 @@ def test_statistics_travel_with_the_file(fitted, tmp_path):
     path = tmp_path / "with_stats.safetensors"
     model.save(path, dtype="float16")
     back = covidx.load_model(path)
-    assert back.unfamiliar is not None and back.unfamiliar.threshold == stats.threshold
-    np.testing.assert_array_equal(back.unfamiliar.basis, stats.basis)  # float32 even in a float16 file
+    assert back.unfamiliar is not None and back.unfamiliar.features == stats.features
+    for got_part, part in zip(back.unfamiliar.parts, stats.parts):
+        assert got_part.threshold == part.threshold and got_part.residual_variance == part.residual_variance
+        np.testing.assert_array_equal(got_part.basis, part.basis)  # float32 even in a float16 file
+        np.testing.assert_array_equal(got_part.means, part.means)
     # the same statistics give the same scores for the (float16-rounded) model's own features
     _, got = back.predict(hx[:6], return_unfamiliar=True, verbose=0)
-    np.testing.assert_allclose(got, numpy_distances(stats, back.features(hx[:6])) / stats.threshold, rtol=1e-4)
+    np.testing.assert_allclose(got, numpy_scores(stats, back.descriptors(hx[:6])), rtol=1e-4)
+
+
+def test_single_part_files_of_earlier_versions_load(fitted, tmp_path):
+    """A file whose statistics are one part of the pooled features under the earlier names
+    (unfamiliar/basis, ...; metadata with features 'avg_pool') loads and scores as that part."""
+    import json
+
+    from covidx import safetensors_io
+
+    model, stats, _, (hx, _) = fitted
+    path = tmp_path / "new.safetensors"
+    model.save(path)
+    tensors, meta = safetensors_io.load(str(path))
+    pooled = stats.parts[0]
+    assert pooled.feature == "avg_pool"
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("unfamiliar/")}
+    tensors.update({"unfamiliar/basis": pooled.basis, "unfamiliar/variances": pooled.variances.astype(np.float32),
+                    "unfamiliar/means": pooled.means})
+    meta["unfamiliar"] = json.dumps({"features": "avg_pool", "residual_variance": pooled.residual_variance,
+                                     "threshold": pooled.threshold, "components": pooled.components,
+                                     "quantile": 0.99})
+    old = tmp_path / "old.safetensors"
+    safetensors_io.save(str(old), tensors, meta)
+    back = covidx.load_model(old)
+    assert back.unfamiliar.features == ["avg_pool"] and back.unfamiliar.info["quantile"] == 0.99
+    _, got = back.predict(hx[:5], return_unfamiliar=True, verbose=0)
+    np.testing.assert_allclose(got, numpy_distances(pooled, back.features(hx[:5])) / pooled.threshold, rtol=1e-4)
 
 
 def test_model_without_statistics_says_so(tmp_path):
@@ -113,7 +166,7 @@ def test_changed_backbone_drops_the_statistics_head_change_keeps_them(fitted):
     model.set_weights(changed_head)
     assert model.unfamiliar is stats
     _, scores = model.predict(hx[:3], return_unfamiliar=True, verbose=0)
-    np.testing.assert_allclose(scores, numpy_distances(stats, model.features(hx[:3])) / stats.threshold, rtol=1e-4)
+    np.testing.assert_allclose(scores, numpy_scores(stats, model.descriptors(hx[:3])), rtol=1e-4)
     changed_backbone = list(weights)
     changed_backbone[0] = weights[0] * 1.01
     with pytest.warns(UserWarning, match="statistics were dropped"):
@@ -163,21 +216,38 @@ def test_fit_on_a_labelled_iterator_matches_arrays(tmp_path):
     from_iterator = covidx.fit_unfamiliar(model, it, holdout=(xs[:10], ys[:10]))
     from_arrays = covidx.fit_unfamiliar(model, (xs, ys), holdout=(xs[:10], ys[:10]))
     # features equal to float rounding (the batches differ: 7 against 32 images)
-    scale = np.abs(from_arrays.means).max()
-    np.testing.assert_allclose(from_iterator.means, from_arrays.means, rtol=0, atol=1e-5 * scale)
-    assert from_iterator.threshold == pytest.approx(from_arrays.threshold, rel=1e-3)
+    for a, b in zip(from_iterator.parts, from_arrays.parts):
+        scale = np.abs(b.means).max()
+        np.testing.assert_allclose(a.means, b.means, rtol=0, atol=1e-5 * scale)
+        assert a.threshold == pytest.approx(b.threshold, rel=1e-3)
     with pytest.raises(ValueError, match="labels"):
         covidx.fit_unfamiliar(model, ImageDataGenerator().flow_from_directory(tmp_path, target_size=(SIZE, SIZE),
                                                                               class_mode=None))
 
 
-def test_bad_statistics_are_refused():
+def test_bad_statistics_are_refused(fitted):
     with pytest.raises(ValueError, match="expected basis"):
-        UnfamiliarStats(np.zeros((10, 2)), np.ones(2), 1.0, np.zeros((2, 10)), 1.0)
+        GaussianPart("avg_pool", np.zeros((10, 2)), np.ones(2), 1.0, np.zeros((2, 10)), 1.0)
+    with pytest.raises(ValueError, match="expected basis"):  # the stem's statistics are 128 values
+        GaussianPart("stem_stats", np.zeros((2048, 2)), np.ones(2), 1.0, np.zeros((2, 2048)), 1.0)
+    with pytest.raises(ValueError, match="unknown feature set"):
+        GaussianPart("stage9_stats", np.zeros((128, 2)), np.ones(2), 1.0, np.zeros((2, 128)), 1.0)
     with pytest.raises(ValueError, match="finite"):
-        UnfamiliarStats(np.zeros((2048, 2)), np.array([1.0, np.nan]), 1.0, np.zeros((2, 2048)), 1.0)
+        GaussianPart("avg_pool", np.zeros((2048, 2)), np.array([1.0, np.nan]), 1.0, np.zeros((2, 2048)), 1.0)
     with pytest.raises(ValueError, match="positive"):
-        UnfamiliarStats(np.zeros((2048, 2)), np.ones(2), 1.0, np.zeros((2, 2048)), 0.0)
+        GaussianPart("avg_pool", np.zeros((2048, 2)), np.ones(2), 1.0, np.zeros((2, 2048)), 0.0)
+    part = GaussianPart("stem_stats", np.eye(128, 2), np.ones(2), 1.0, np.zeros((2, 128)), 1.0)
+    with pytest.raises(ValueError, match="twice"):
+        UnfamiliarStats([part, part])
+    # the engine checks again (a slice past the descriptor's end, mismatched shapes)
+    model = fitted[0]
+    with pytest.raises(ValueError, match="offset"):
+        model._engine.set_unfamiliar([(9856 - 64,) + part.engine_args()[1:]])
+    with pytest.raises(TypeError, match="part 0"):
+        model._engine.set_unfamiliar([("x",)])
+    with pytest.raises(TypeError, match="list"):
+        model._engine.set_unfamiliar(part.engine_args())
+    model.set_unfamiliar(fitted[1])  # the model's engine was never changed by the refused calls
 
 
 # --- where users see it: covidx predict / evaluate and the HTML report --------------------------

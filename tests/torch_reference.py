@@ -69,6 +69,23 @@ class TorchResNet50(nn.Module):
                 x = block(x)
         return x.mean(dim=(2, 3))
 
+    def descriptor(self, x):
+        """x NHWC -> covidx's descriptor (n, 9856): the pooled features, then the mean and the
+        (population) std of each channel after the stem's max pool and at the end of each stage."""
+        if self.input_norm_eps is not None:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) / torch.sqrt(var + self.input_norm_eps)
+        x = x.permute(0, 3, 1, 2)
+        x = nn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 3, 2, padding=1)
+        taps = [x]
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+            taps.append(x)
+        stats = [torch.cat([t.mean(dim=(2, 3)), t.std(dim=(2, 3), unbiased=False)], 1) for t in taps]
+        return torch.cat([x.mean(dim=(2, 3))] + stats, 1)
+
     def logits_and_output(self, x):
         x = self.features(x)
         for i, (layer, act) in enumerate(zip(self.head, self.activations)):

@@ -8,8 +8,9 @@ covidx ships, done by covidx itself.
    images train.py held out; never a measuring set) by minimising their negative log-likelihood,
    then folded into the last Dense layer (kernel / T, bias / T: softmax(z / T) exactly), so that
    every runtime that reads the file (covidx, Keras, ONNX) gives the calibrated probabilities.
-3. Out-of-distribution statistics (covidx.fit_unfamiliar) of the pooled features of the
-   training images the network was trained on, the threshold from the held-out tenth.
+3. Out-of-distribution statistics (covidx.fit_unfamiliar, weights/refit_unfamiliar.py) of the
+   training images the network was trained on, fitted on the float16 file's own weights, the
+   thresholds from the held-out tenth.
 
     python weights/package_model.py --work /tmp/covidx-train --data .../train --data .../train-extra \
         --out weights/covid_resnet50.safetensors
@@ -28,6 +29,7 @@ from covidx.applications.resnet50 import ResNet50
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from refit_unfamiliar import refit, summary  # noqa: E402
 from train import CLASSES, HEAD, HEAD_NAMES, INPUT_NORM_EPS, holdout_mask, load_folders  # noqa: E402
 
 
@@ -128,10 +130,9 @@ def main():
     model.calibration = {"method": "temperature", "temperature": t, "folded_into": HEAD_NAMES[-1],
                          "fitted_on": "the held-out tenth of the training images (%d)" % int(val.sum())}
 
-    stats = covidx.fit_unfamiliar(model, (x[~val].astype(np.float32) * np.float32(1 / 255), y[~val]),
-                                  holdout=(xva, y[val]))
-    print("out-of-distribution statistics: %r" % stats, flush=True)
     model.save(args.out, dtype="float16")
+    stats = refit(args.out, x, y, val)
+    print("out-of-distribution statistics: %r" % stats, flush=True)
     back = covidx.load_model(args.out)
     p16 = back.predict(xva, verbose=0)
     p32 = model.predict(xva, verbose=0)
@@ -139,7 +140,7 @@ def main():
            "held_out_accuracy": float(np.mean(p16.argmax(1) == y[val])),
            "float16_vs_float32": {"max_abs_prob_diff": float(np.abs(p16 - p32).max()),
                                   "same_class": float(np.mean(p16.argmax(1) == p32.argmax(1)))},
-           "unfamiliar": dict(stats.info, components=stats.components, threshold=stats.threshold),
+           "unfamiliar": summary(stats),
            "minutes": round((time.time() - t0) / 60, 1)}
     print(json.dumps(log, indent=1))
     with open(os.path.splitext(args.out)[0] + ".package-log.json", "w") as f:
