@@ -26,7 +26,10 @@ python weights/train.py --data "$data/train" --data "$data/train-extra" --work "
 cp "$cont/train-log.json" weights/covid_resnet50.train-log.json
 work=$cont
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
-#    out-of-distribution statistics of the training features
+#    out-of-distribution statistics of the training images (weights/refit_unfamiliar.py, on the
+#    float16 file's weights). The shipped file's statistics were refit alone, its weights
+#    unchanged, when the statistics gained the stage-2 and stage-3 parts:
+#    python weights/refit_unfamiliar.py --data "$data/train" --data "$data/train-extra"
 python weights/package_model.py --work "$work" --data "$data/train" --data "$data/train-extra" \
     --out weights/covid_resnet50.safetensors
 # 3. the model card's figures, computed by covidx from the stored file
