@@ -1,14 +1,15 @@
 """Out-of-distribution statistics: how unlike the training images an input is.
 
 The C engine scores every image in the same forward pass that classifies it. Besides the
-globally pooled backbone features (2048 values) the pass can keep a descriptor of the image's
-intermediate activations: the mean and the std of every channel after the stem and at the end of
-each of the four stages (feature statistics; an image of another kind, a CT slice or a
-photograph, moves them long before the pooled features notice). Each part of the statistics is a
-Gaussian model of one of these feature sets: the Mahalanobis distance to the nearest class mean
-under a covariance shared by the classes (Lee et al., NeurIPS 2018, who also combine layers),
-that covariance modelled as probabilistic PCA (the leading principal directions with their own
-variances, one variance for the rest, which keeps it well-conditioned however few the images):
+globally pooled backbone features (2048 values) the pass can keep a descriptor of the image:
+the mean and the std of every channel after the stem and at the end of each of the four stages
+(feature statistics), the last feature map on a 3x3 grid (what the network sees, and where) and
+an 8x8 thumbnail of the standardised input (the layout of light and dark). Each part of the
+statistics is a Gaussian model of one of these feature sets: the Mahalanobis distance to the
+nearest class mean under a covariance shared by the classes (Lee et al., NeurIPS 2018, who also
+combine layers), that covariance modelled as probabilistic PCA (the leading principal directions
+with their own variances, one variance for the rest, which keeps it well-conditioned however few
+the images); the grid's cells are first projected onto their own leading principal directions:
 
     Sigma = V diag(lambda) V^T + sigma2 (I - V V^T)
     distance_part(f) = min over classes c of sqrt((f - mu_c)^T Sigma^-1 (f - mu_c))
@@ -32,27 +33,45 @@ import numpy as np
 
 from . import _core
 
-# Feature sets a part can model: name -> (offset, size) in the engine's descriptor.
-_TAP_NAMES = ("stem_stats", "stage1_stats", "stage2_stats", "stage3_stats", "stage4_stats")
-_TAP_CHANNELS = (64, 256, 512, 1024, 2048)
-FEATURE_SETS = {"avg_pool": (0, 2048)}
-FEATURE_SETS.update({name: (off, 2 * c) for name, off, c in zip(_TAP_NAMES, _core.DESCRIPTOR_TAP_OFFSETS,
-                                                                 _TAP_CHANNELS)})
+# Feature sets a part can model: name -> (offset, size) in the engine's descriptor, each tap's
+# values running up to where the next begins.
+_TAP_NAMES = ("stem_stats", "stage1_stats", "stage2_stats", "stage3_stats", "stage4_stats", "layout", "thumbnail")
 DESCRIPTOR_SIZE = _core.DESCRIPTOR_FLOATS
+_BOUNDS = (0,) + tuple(_core.DESCRIPTOR_TAP_OFFSETS) + (DESCRIPTOR_SIZE,)
+FEATURE_SETS = {name: (lo, hi - lo) for name, lo, hi in zip(("avg_pool",) + _TAP_NAMES, _BOUNDS, _BOUNDS[1:])}
+# Feature sets that are cells of channels ("layout": the last feature map on a 3x3 grid): a part
+# of these first projects each cell onto the leading principal directions of the training
+# images' cells (PROJECTED_CHANNELS of them), so that its Gaussian is over 9 x 32 values.
+CELLS = {"layout": 9}
+PROJECTED_CHANNELS = 32
+
+
+def _select(feature, descriptors):
+    """One feature set (n, d) of descriptors (n, DESCRIPTOR_SIZE)."""
+    off, size = FEATURE_SETS[feature]
+    return np.asarray(descriptors)[:, off:off + size]
+
+
 # What fit_unfamiliar models by default, with the principal directions each keeps. Many
 # directions, not just those that hold most of the variance: an unfamiliar image shows most
-# where training images vary least. The stem's and the first stage's statistics are left out:
-# they follow the acquisition and processing of a file (other hospitals' frontal X-rays move
-# them as much as CT slices do), which is not what the flag is for.
-DEFAULT_PARTS = {"avg_pool": 128, "stage2_stats": 128, "stage3_stats": 128}
+# where training images vary least. Two complementary views of where things are in the image:
+# the last feature map on a 3x3 grid (what the network sees, and where: a lateral view or a CT
+# slice puts familiar textures in unfamiliar places) and an 8x8 thumbnail of the standardised
+# input (the layout of light and dark). Channel statistics of the stem and the stages are left
+# out: they follow the acquisition and processing of a file (other hospitals' frontal X-rays
+# move them as much as CT slices do), and every part spends some of the 1% false-alarm budget.
+DEFAULT_PARTS = {"layout": 128, "thumbnail": 32}
 MAX_COMPONENTS = 256
 
 
 class GaussianPart:
     """One part: feature (a FEATURE_SETS name), basis V (d, r), variances lambda (r,),
-    residual_variance sigma2, class means (k, d), threshold (a distance)."""
+    residual_variance sigma2, class means (k, d), threshold (a distance); for a feature set of
+    cells (CELLS), also projection P (cin, cout) and projection_mean m (cin,): each cell x of the
+    slice becomes P^T (x - m), and d = cells * cout."""
 
-    def __init__(self, feature, basis, variances, residual_variance, means, threshold):
+    def __init__(self, feature, basis, variances, residual_variance, means, threshold, projection=None,
+                 projection_mean=None):
         if feature not in FEATURE_SETS:
             raise ValueError("unfamiliar statistics: unknown feature set %r (expected one of %s)"
                              % (feature, ", ".join(FEATURE_SETS)))
@@ -62,7 +81,23 @@ class GaussianPart:
         self.residual_variance = float(residual_variance)
         self.means = np.ascontiguousarray(means, np.float32)
         self.threshold = float(threshold)
+        self.projection = self.projection_mean = None
         size = FEATURE_SETS[feature][1]
+        cells = CELLS.get(feature)
+        if cells is not None:
+            if projection is None or projection_mean is None:
+                raise ValueError("unfamiliar statistics %s: expected a projection of its cells" % feature)
+            self.projection = np.ascontiguousarray(projection, np.float32)
+            self.projection_mean = np.ascontiguousarray(projection_mean, np.float32)
+            cin = size // cells
+            if self.projection.ndim != 2 or self.projection.shape[0] != cin or self.projection_mean.shape != (cin,) \
+                    or not 1 <= self.projection.shape[1] <= cin:
+                raise ValueError("unfamiliar statistics %s: expected projection (%d, cout) and projection_mean (%d,), "
+                                 "got %s and %s" % (feature, cin, cin, self.projection.shape,
+                                                    self.projection_mean.shape))
+            size = cells * self.projection.shape[1]
+        elif projection is not None or projection_mean is not None:
+            raise ValueError("unfamiliar statistics %s: a projection is only for %s" % (feature, ", ".join(CELLS)))
         if self.basis.ndim != 2 or self.basis.shape[0] != size or self.basis.shape[1] > min(size, MAX_COMPONENTS) or \
                 self.variances.shape != (self.basis.shape[1],) or self.means.ndim != 2 or \
                 self.means.shape[1] != size or len(self.means) < 1:
@@ -71,6 +106,8 @@ class GaussianPart:
                                                                   self.basis.shape, self.variances.shape,
                                                                   self.means.shape))
         values = [self.basis, self.variances, self.means, np.array([self.residual_variance, self.threshold])]
+        if self.projection is not None:
+            values += [self.projection, self.projection_mean]
         if not all(np.isfinite(v).all() for v in values) or not (self.variances > 0).all() or \
                 self.residual_variance <= 0 or self.threshold <= 0:
             raise ValueError("unfamiliar statistics %s: values must be finite, variances and the threshold positive"
@@ -81,13 +118,21 @@ class GaussianPart:
         return self.basis.shape[1]
 
     def select(self, descriptors):
-        """This part's feature set (n, d) from descriptors (n, DESCRIPTOR_SIZE)."""
-        off, size = FEATURE_SETS[self.feature]
-        return np.asarray(descriptors)[:, off:off + size]
+        """This part's feature set (n, size) from descriptors (n, DESCRIPTOR_SIZE)."""
+        return _select(self.feature, descriptors)
+
+    def project(self, features):
+        """The part's Gaussian's variables (n, d) from its feature set (n, size), in float64."""
+        f = np.asarray(features, np.float64)
+        if self.projection is None:
+            return f
+        cells = CELLS[self.feature]
+        x = f.reshape(len(f), cells, -1) - self.projection_mean.astype(np.float64)
+        return (x @ self.projection.astype(np.float64)).reshape(len(f), -1)
 
     def distances(self, features):
-        """Distances (n,) of this part's features (n, d) to the nearest class, in float64 (NumPy)."""
-        f = np.asarray(features, np.float64)
+        """Distances (n,) of this part's feature set (n, size) to the nearest class, in float64 (NumPy)."""
+        f = self.project(features)
         best = np.full(len(f), np.inf)
         v = self.basis.astype(np.float64)
         for mu in self.means.astype(np.float64):
@@ -98,8 +143,11 @@ class GaussianPart:
         return np.sqrt(best)
 
     def engine_args(self):
-        return (FEATURE_SETS[self.feature][0], self.basis, self.variances, self.residual_variance, self.means,
+        args = (FEATURE_SETS[self.feature][0], self.basis, self.variances, self.residual_variance, self.means,
                 self.threshold)
+        if self.projection is not None:
+            args += (self.projection, self.projection_mean, CELLS[self.feature])
+        return args
 
 
 class UnfamiliarStats:
@@ -143,6 +191,8 @@ class UnfamiliarStats:
             key = "unfamiliar/%s/" % p.feature
             tensors.update({key + "basis": p.basis, key + "variances": p.variances.astype(np.float32),
                             key + "means": p.means})
+            if p.projection is not None:
+                tensors.update({key + "projection": p.projection, key + "projection_mean": p.projection_mean})
             parts.append({"features": p.feature, "residual_variance": p.residual_variance, "threshold": p.threshold,
                           "components": p.components})
         return tensors, json.dumps(dict(self.info, parts=parts))
@@ -153,7 +203,7 @@ class UnfamiliarStats:
             meta = json.loads(meta_json)
             if not isinstance(meta, dict):
                 raise ValueError("expected a JSON object")
-            if "parts" not in meta:  # files of covidx <= 0.4: one part, the pooled features
+            if "parts" not in meta:  # files saved before the statistics had parts: the pooled features only
                 meta = dict(meta, parts=[{k: meta.get(k) for k in ("features", "residual_variance", "threshold")}])
                 tensors = {"unfamiliar/%s/%s" % (meta["parts"][0]["features"], k[len("unfamiliar/"):]): v
                            for k, v in tensors.items()}
@@ -168,9 +218,11 @@ class UnfamiliarStats:
                 if missing:
                     raise ValueError("missing tensor %r" % missing[0])
                 used.update(key + k for k in ("basis", "variances", "means"))
+                projection = [tensors.get(key + k) for k in ("projection", "projection_mean")]
+                used.update(key + k for k in ("projection", "projection_mean") if key + k in tensors)
                 parts.append(GaussianPart(entry["features"], tensors[key + "basis"], tensors[key + "variances"],
                                           entry.get("residual_variance"), tensors[key + "means"],
-                                          entry.get("threshold")))
+                                          entry.get("threshold"), *projection))
             extra = sorted(set(tensors) - used)
             if extra:
                 raise ValueError("unexpected tensor %r" % extra[0])
@@ -228,10 +280,27 @@ def _holdout_split(labels, fraction, seed):
     return held
 
 
+def fit_projection(feature, features):
+    """The projection of a feature set of cells (n, cells * cin): the PROJECTED_CHANNELS leading
+    principal directions (cin, cout) of all the images' cells together, and their mean (cin,)."""
+    cells = CELLS[feature]
+    x = np.asarray(features, np.float64).reshape(-1, np.shape(features)[1] // cells)
+    mean = x.mean(0)
+    cov = (x - mean).T @ (x - mean) / max(1, len(x) - 1)
+    lam, vec = np.linalg.eigh(cov)
+    cout = min(PROJECTED_CHANNELS, x.shape[1])
+    return vec[:, ::-1][:, :cout], mean
+
+
 def fit_part(feature, features, labels, components):
-    """A GaussianPart (threshold 1) of one feature set (n, d) with integer labels, keeping
+    """A GaussianPart (threshold 1) of one feature set (n, size) with integer labels, keeping
     `components` principal directions (fewer where the images or the dimensions are fewer), and
     the fraction of the within-class variance they hold."""
+    projection = projection_mean = None
+    if feature in CELLS:
+        projection, projection_mean = fit_projection(feature, features)
+        x = np.asarray(features, np.float64).reshape(len(features), CELLS[feature], -1) - projection_mean
+        features = (x @ projection).reshape(len(features), -1)
     f = np.asarray(features, np.float64)
     labels = np.asarray(labels)
     classes = np.unique(labels)
@@ -249,8 +318,8 @@ def fit_part(feature, features, labels, components):
     r = max(1, min(int(components), MAX_COMPONENTS, len(f) - len(classes) - 1, f.shape[1] - 1))
     floor = lam[0] * 1e-9
     sigma2 = max(float(lam[r:].mean()), floor)
-    return GaussianPart(feature, vec[:, :r], np.maximum(lam[:r], floor), sigma2, means, 1.0), \
-        float(lam[:r].sum() / total)
+    return GaussianPart(feature, vec[:, :r], np.maximum(lam[:r], floor), sigma2, means, 1.0, projection,
+                        projection_mean), float(lam[:r].sum() / total)
 
 
 def fit(descriptors, labels, holdout_descriptors, quantile=0.99, parts=None):
@@ -268,8 +337,7 @@ def fit(descriptors, labels, holdout_descriptors, quantile=0.99, parts=None):
         if not isinstance(components, (int, np.integer)) or isinstance(components, bool) or components < 1:
             raise ValueError("fit_unfamiliar: parts[%r]: expected a number of components >= 1, got %r"
                              % (feature, components))
-        off, size = FEATURE_SETS[feature]
-        part, explained[feature] = fit_part(feature, np.asarray(descriptors)[:, off:off + size], labels, components)
+        part, explained[feature] = fit_part(feature, _select(feature, descriptors), labels, components)
         part.threshold = float(np.quantile(part.distances(part.select(holdout_descriptors)), quantile))
         if not part.threshold > 0:
             raise ValueError("fit_unfamiliar: the held-out %s distances are all zero" % feature)

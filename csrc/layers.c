@@ -338,6 +338,78 @@ void channel_stats(const float *x, int n, int h, int w, int c, float *out, size_
     pool_run(n, channel_stats_task, &s);
 }
 
+/* --- grid pooling and thumbnails -------------------------------------------------------------- */
+
+/* Where cell i of g along an axis of size len begins and ends (adaptive pooling's cut). */
+static void cell_range(int i, int g, int len, int *lo, int *hi) {
+    *lo = (int)((long long)i * len / g);
+    *hi = (int)(((long long)(i + 1) * len + g - 1) / g);
+}
+
+typedef struct {
+    const float *x;
+    int h, w, c, g;
+    double eps;
+    float *out;
+    size_t stride;
+} GridJob;
+
+static void grid_pool_task(void *arg, int img) {
+    const GridJob *j = arg;
+    const float *x = j->x + (size_t)img * j->h * j->w * j->c;
+    float *o = j->out + (size_t)img * j->stride;
+    for (int gy = 0; gy < j->g; gy++)
+        for (int gx = 0; gx < j->g; gx++) {
+            int y0, y1, x0, x1;
+            cell_range(gy, j->g, j->h, &y0, &y1);
+            cell_range(gx, j->g, j->w, &x0, &x1);
+            double area = (double)(y1 - y0) * (x1 - x0);
+            float *dst = o + (size_t)(gy * j->g + gx) * j->c;
+            for (int ch = 0; ch < j->c; ch++) {
+                double acc = 0.0;
+                for (int y = y0; y < y1; y++)
+                    for (int xx = x0; xx < x1; xx++) acc += x[((size_t)y * j->w + xx) * j->c + ch];
+                dst[ch] = (float)(acc / area);
+            }
+        }
+}
+
+void grid_pool(const float *x, int n, int h, int w, int c, int g, float *out, size_t stride) {
+    GridJob j = {x, h, w, c, g, 0.0, out, stride};
+    pool_run(n, grid_pool_task, &j);
+}
+
+static void thumbnail_task(void *arg, int img) {
+    const GridJob *j = arg;
+    size_t hw = (size_t)j->h * j->w, count = hw * j->c;
+    const float *x = j->x + (size_t)img * count;
+    double mean = 0.0, var = 0.0;
+    for (size_t i = 0; i < count; i++) mean += x[i];
+    mean /= (double)count;
+    for (size_t i = 0; i < count; i++) var += (x[i] - mean) * (x[i] - mean);
+    double inv_std = 1.0 / sqrt(var / (double)count + j->eps);
+    float *o = j->out + (size_t)img * j->stride;
+    for (int gy = 0; gy < j->g; gy++)
+        for (int gx = 0; gx < j->g; gx++) {
+            int y0, y1, x0, x1;
+            cell_range(gy, j->g, j->h, &y0, &y1);
+            cell_range(gx, j->g, j->w, &x0, &x1);
+            double acc = 0.0;
+            for (int y = y0; y < y1; y++)
+                for (int xx = x0; xx < x1; xx++) {
+                    const float *v = x + ((size_t)y * j->w + xx) * j->c;
+                    for (int ch = 0; ch < j->c; ch++) acc += v[ch];
+                }
+            double cell_mean = acc / ((double)(y1 - y0) * (x1 - x0) * j->c);
+            o[gy * j->g + gx] = (float)((cell_mean - mean) * inv_std);
+        }
+}
+
+void thumbnail(const float *x, int n, int h, int w, int c, int g, double eps, float *out, size_t stride) {
+    GridJob j = {x, h, w, c, g, eps, out, stride};
+    pool_run(n, thumbnail_task, &j);
+}
+
 /* --- dense ------------------------------------------------------------------------------------- */
 
 void activate_rows(float *x, int n, int c, int act) {

@@ -48,6 +48,19 @@ void global_pool(const float *x, int n, int h, int w, int c, int use_max, float 
  * intermediate layers (unfamiliar.h) are fitted to these. */
 void channel_stats(const float *x, int n, int h, int w, int c, float *out, size_t stride);
 
+/* x (n, h, w, c) -> out rows of `stride` floats, one per image: the mean of x over each cell of a
+ * g x g grid, cell after cell in row-major order, each c values (g * g * c). Cells are cut as
+ * PyTorch's adaptive_avg_pool2d cuts them (rows floor(i h / g) to ceil((i + 1) h / g), overlapping
+ * where g does not divide h). Keeps where features lie, which global pooling discards. One
+ * version: plain loops with double accumulators, a negligible share of the pass. */
+void grid_pool(const float *x, int n, int h, int w, int c, int g, float *out, size_t stride);
+
+/* x (n, h, w, c) -> out rows of `stride` floats: each image standardised over all its values,
+ * (x - mean) / sqrt(var + eps), averaged over its channels and pooled to a g x g grid as in
+ * grid_pool (g * g values): a thumbnail of where the image is light and dark, whatever its
+ * brightness and contrast. One version, as grid_pool. */
+void thumbnail(const float *x, int n, int h, int w, int c, int g, double eps, float *out, size_t stride);
+
 enum Activation { ACT_LINEAR = 0, ACT_RELU = 1, ACT_SOFTMAX = 2, ACT_SIGMOID = 3 };
 
 /* x (n, cin) -> out (n, cout) = act(x . w + bias); w (cin, cout), also packed for gemm.c where

@@ -9,7 +9,7 @@
  *                           threshold), ...]), or set_unfamiliar(None) to drop the statistics
  *   Engine.forward(x, output=0, reference=False, unfamiliar=False) -> ndarray, or
  *       (ndarray, scores (n,)) with unfamiliar=True; output 3: the descriptor (resnet50.h)
- *   DESCRIPTOR_FLOATS, DESCRIPTOR_TAP_OFFSETS: its size and where each tap's statistics start
+ *   DESCRIPTOR_FLOATS, DESCRIPTOR_TAP_OFFSETS: its size and where each tap's values start
  *
  * The Python layer converts user input; this layer checks again and never trusts it. All compute
  * runs without the GIL, under one process-wide lock (the thread pool serves one forward at a time). */
@@ -326,18 +326,21 @@ static PyObject *Engine_forward(EngineObject *self, PyObject *args, PyObject *kw
 }
 
 /* One part of the statistics from (offset, basis (d, r), variances (r,), residual_variance,
- * means (k, d), threshold). 0, or -1 with a Python exception set. */
+ * means (k, d), threshold), and for a projected part (unfamiliar.h) also (projection (cin, cout),
+ * projection_mean (cin,), cells) with cells * cout == d. 0, or -1 with a Python exception set. */
 static int unfamiliar_part_from(PyObject *item, int index, Unfamiliar *u) {
-    int offset = 0;
-    PyObject *ob, *ov, *om;
+    int offset = 0, cells = 0;
+    PyObject *ob, *ov, *om, *op = NULL, *opm = NULL;
     double resid = 0.0, threshold = 0.0;
-    if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "iOOdOd", &offset, &ob, &ov, &resid, &om, &threshold)) {
+    if (!PyTuple_Check(item) ||
+        !PyArg_ParseTuple(item, "iOOdOd|OOi", &offset, &ob, &ov, &resid, &om, &threshold, &op, &opm, &cells) ||
+        (op && !cells)) {
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "unfamiliar part %d: expected (offset, basis, variances, residual_variance, "
-                     "means, threshold)", index);
+                     "means, threshold[, projection, projection_mean, cells])", index);
         return -1;
     }
-    PyArrayObject *basis = as_f32(ob, 2, "unfamiliar basis"), *var = NULL, *means = NULL;
+    PyArrayObject *basis = as_f32(ob, 2, "unfamiliar basis"), *var = NULL, *means = NULL, *proj = NULL, *pmean = NULL;
     int result = -1;
     if (!basis) return -1;
     if (!PyArray_Check(ov)) {
@@ -346,17 +349,33 @@ static int unfamiliar_part_from(PyObject *item, int index, Unfamiliar *u) {
     }
     var = (PyArrayObject *)PyArray_FROM_OTF(ov, NPY_FLOAT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     if (!var || !(means = as_f32(om, 2, "unfamiliar means"))) goto done;
+    if (op && (!(proj = as_f32(op, 2, "unfamiliar projection")) || !(pmean = as_f32(opm, 1, "unfamiliar projection mean"))))
+        goto done;
     npy_intp d = PyArray_DIM(basis, 0), r = PyArray_DIM(basis, 1), k = PyArray_DIM(means, 0);
-    if (offset < 0 || d < 1 || offset + d > DESCRIPTOR_FLOATS || PyArray_NDIM(var) != 1 || PyArray_DIM(var, 0) != r ||
-        PyArray_DIM(means, 1) != d || k < 1 || k > (1 << 20) || r > d || r > 2048) {
+    npy_intp cin = proj ? PyArray_DIM(proj, 0) : d, cout = proj ? PyArray_DIM(proj, 1) : d;
+    npy_intp span = proj ? (npy_intp)cells * cin : d;
+    if (offset < 0 || d < 1 || span > DESCRIPTOR_FLOATS - offset || PyArray_NDIM(var) != 1 ||
+        PyArray_DIM(var, 0) != r || PyArray_DIM(means, 1) != d || k < 1 || k > (1 << 20) || r > d || r > 2048) {
         PyErr_Format(PyExc_ValueError, "unfamiliar part %d: expected offset + d <= %d, basis (d, r <= min(d, 2048)), "
                      "variances (r,) and means (classes, d), got offset %d, basis (%zd, %zd), variances of %zd and "
                      "means (%zd, %zd)", index, DESCRIPTOR_FLOATS, offset, (Py_ssize_t)d, (Py_ssize_t)r,
                      (Py_ssize_t)PyArray_DIM(var, 0), (Py_ssize_t)k, (Py_ssize_t)PyArray_DIM(means, 1));
         goto done;
     }
+    if (proj && (cells < 1 || cells > DESCRIPTOR_FLOATS || cin < 1 || (npy_intp)cells * cout != d ||
+                 d > UNFAMILIAR_MAX_PROJECTED || PyArray_DIM(pmean, 0) != cin)) {
+        PyErr_Format(PyExc_ValueError, "unfamiliar part %d: expected a projection (cin, cout) with cells * cout == d "
+                     "<= %d and a mean of cin values, got %d cells, projection (%zd, %zd), mean of %zd, d %zd", index,
+                     UNFAMILIAR_MAX_PROJECTED, cells, (Py_ssize_t)cin, (Py_ssize_t)cout,
+                     (Py_ssize_t)PyArray_DIM(pmean, 0), (Py_ssize_t)d);
+        goto done;
+    }
     int rc = unfamiliar_init(u, offset, (int)d, (int)r, (int)k, PyArray_DATA(basis), PyArray_DATA(var), resid,
                              PyArray_DATA(means), threshold);
+    if (rc == 0 && proj) {
+        rc = unfamiliar_project(u, cells, (int)cin, PyArray_DATA(proj), PyArray_DATA(pmean));
+        if (rc != 0) unfamiliar_free(u);
+    }
     if (rc == -1) {
         PyErr_NoMemory();
         goto done;
@@ -371,6 +390,8 @@ done:
     Py_DECREF(basis);
     Py_XDECREF(var);
     Py_XDECREF(means);
+    Py_XDECREF(proj);
+    Py_XDECREF(pmean);
     return result;
 }
 
@@ -451,10 +472,12 @@ static PyMethodDef Engine_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Engine_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(x, output=0, reference=False, unfamiliar=False): x float32 (n, h, w, 3) -> outputs.\n"
      "output: 0 head, 1 pooled features, 2 last feature map, 3 descriptor (pooled features, then the mean\n"
-     "and std of each channel after the stem and each stage). reference: run the plain layers.\n"
+     "and std of each channel after the stem and each stage, the last feature map on a 3x3 grid and an\n"
+     "8x8 thumbnail of the input). reference: run the plain layers.\n"
      "unfamiliar: also return each image's out-of-distribution score, (outputs, scores)."},
     {"set_unfamiliar", (PyCFunction)Engine_set_unfamiliar, METH_O,
-     "set_unfamiliar([(offset, basis, variances, residual_variance, means, threshold), ...]) or set_unfamiliar(None):\n"
+     "set_unfamiliar([(offset, basis, variances, residual_variance, means, threshold[, projection,\n"
+     "projection_mean, cells]), ...]) or set_unfamiliar(None):\n"
      "the out-of-distribution statistics, a Gaussian per part over descriptor[offset:offset + d]."},
     {"set_precision", (PyCFunction)Engine_set_precision, METH_O,
      "set_precision('fp32' | 'bf16') -> (kernel, note or None): the convolutions' arithmetic."},

@@ -124,11 +124,13 @@ void net_set_unfamiliar(Net *net, Unfamiliar *parts, int nparts) {
     net->nunfamiliar = nparts;
 }
 
-static const int TAP_CHANNELS[DESCRIPTOR_TAPS] = {64, 256, 512, 1024, 2048};
+/* Floats each tap adds to the descriptor (resnet50.h). */
+static const int TAP_FLOATS[DESCRIPTOR_TAPS] = {2 * 64, 2 * 256, 2 * 512, 2 * 1024, 2 * 2048,
+                                                LAYOUT_GRID * LAYOUT_GRID * 2048, THUMBNAIL_GRID * THUMBNAIL_GRID};
 
 int resnet50_descriptor_offset(int tap) {
     int off = 2048;
-    for (int t = 0; t < tap; t++) off += 2 * TAP_CHANNELS[t];
+    for (int t = 0; t < tap; t++) off += TAP_FLOATS[t];
     return off;
 }
 
@@ -237,7 +239,7 @@ static void run_conv(const Conv *c, const float *x, int n, int h, int w, float *
         conv2d(c, x, n, h, w, out, residual, relu, scratch);
 }
 
-/* The statistics of one tap's activations x (n, h, w, c) into the descriptor rows. */
+/* The statistics of one channel-statistics tap's activations x (n, h, w, c) into the descriptor rows. */
 static void tap(const Plan *p, int t, const float *x, int n, int h, int w, int c, int reference) {
     float *dst = p->descriptor + resnet50_descriptor_offset(t);
     (reference ? channel_stats_ref : channel_stats)(x, n, h, w, c, dst, DESCRIPTOR_FLOATS);
@@ -247,10 +249,10 @@ static void tap(const Plan *p, int t, const float *x, int n, int h, int w, int c
 static unsigned taps_read_by_scores(const Net *net) {
     unsigned mask = 0;
     for (int t = 0; t < DESCRIPTOR_TAPS; t++) {
-        int lo = resnet50_descriptor_offset(t), hi = lo + 2 * TAP_CHANNELS[t];
+        int lo = resnet50_descriptor_offset(t), hi = lo + TAP_FLOATS[t];
         for (int i = 0; i < net->nunfamiliar; i++) {
             const Unfamiliar *u = &net->unfamiliar[i];
-            if (u->offset < hi && u->offset + u->d > lo) mask |= 1u << t;
+            if (u->offset < hi && u->offset + u->span > lo) mask |= 1u << t;
         }
     }
     return mask;
@@ -262,6 +264,11 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
     Plan *p = &net->plan;
     float **buf = p->act;
     unsigned taps = output == OUT_DESCRIPTOR ? (1u << DESCRIPTOR_TAPS) - 1 : scores ? taps_read_by_scores(net) : 0;
+
+    /* the input's thumbnail (n, 8 x 8), from the image as given */
+    if (taps & (1u << TAP_THUMBNAIL))
+        thumbnail(x, n, h, w, 3, THUMBNAIL_GRID, THUMBNAIL_EPS, p->descriptor + resnet50_descriptor_offset(TAP_THUMBNAIL),
+                  DESCRIPTOR_FLOATS);
 
     /* input standardisation (n, h, w, 3), where the network begins with it */
     if (net->input_norm_eps > 0.0) {
@@ -275,7 +282,7 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
     maxpool2d(buf[0], n, h, w, 64, 3, 2, 1, buf[1]);
     h = out_size(h, 3, 2, 1), w = out_size(w, 3, 2, 1);
     int cur = 1, c = 64;
-    if (taps & 1u) tap(p, 0, buf[1], n, h, w, 64, reference);
+    if (taps & (1u << TAP_STEM)) tap(p, TAP_STEM, buf[1], n, h, w, 64, reference);
 
     /* 16 bottleneck blocks: out = relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x)) */
     for (int b = 0; b < RESNET50_NBLOCKS; b++) {
@@ -295,6 +302,10 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
         int t = b == 2 ? 1 : b == 6 ? 2 : b == 12 ? 3 : b == 15 ? 4 : 0; /* the last block of a stage */
         if (t && (taps & (1u << t))) tap(p, t, buf[cur], n, h, w, c, reference);
     }
+    /* the last feature map on a 3x3 grid (n, 9 x 2048) */
+    if (taps & (1u << TAP_LAYOUT))
+        grid_pool(buf[cur], n, h, w, c, LAYOUT_GRID, p->descriptor + resnet50_descriptor_offset(TAP_LAYOUT),
+                  DESCRIPTOR_FLOATS);
     if (resnet50_interrupt) return -2;
     if (output == OUT_FEATURE_MAP || (net->pooling == POOL_NONE && output == OUT_HEAD)) {
         memcpy(out, buf[cur], sizeof(float) * (size_t)n * h * w * c);

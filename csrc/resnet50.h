@@ -17,11 +17,18 @@ enum Variant { VARIANT_V1 = 1, VARIANT_V1_5 = 2 };
 enum Pooling { POOL_NONE = 0, POOL_AVG = 1, POOL_MAX = 2 };
 enum Output { OUT_HEAD = 0, OUT_FEATURES = 1, OUT_FEATURE_MAP = 2, OUT_DESCRIPTOR = 3 };
 
-/* An image's descriptor, what out-of-distribution statistics are fitted to: the pooled features,
- * then the mean and std of each channel (channel_stats) after the stem's max pool (64 channels)
- * and at the end of each of the four stages (256, 512, 1024, 2048). */
-#define DESCRIPTOR_TAPS 5
-#define DESCRIPTOR_FLOATS (2048 + 2 * (64 + 256 + 512 + 1024 + 2048))
+/* An image's descriptor, what out-of-distribution statistics are fitted to: the pooled features
+ * (2048), then its taps: the mean and std of each channel (channel_stats) after the stem's max
+ * pool (64 channels) and at the end of each of the four stages (256, 512, 1024, 2048); the last
+ * feature map pooled to a 3x3 grid (grid_pool: where things are, 9 x 2048); and a thumbnail of
+ * the input (thumbnail: 8x8, standardised with epsilon 1e-5). */
+#define DESCRIPTOR_TAPS 7
+enum Tap { TAP_STEM = 0, TAP_STAGE4 = 4, TAP_LAYOUT = 5, TAP_THUMBNAIL = 6 };
+#define LAYOUT_GRID 3
+#define THUMBNAIL_GRID 8
+#define THUMBNAIL_EPS 1e-5
+#define DESCRIPTOR_FLOATS (2048 + 2 * (64 + 256 + 512 + 1024 + 2048) + LAYOUT_GRID * LAYOUT_GRID * 2048 + \
+                           THUMBNAIL_GRID * THUMBNAIL_GRID)
 
 /* Shape of one convolution, in canonical order: conv1, then per block _1, _2, _3, [_0]. */
 typedef struct {
@@ -100,7 +107,7 @@ int resnet50_output_shape(const Net *net, int h, int w, int output, int dims[3])
  * then returns -2 (its output is not valid). Cleared by the caller before each pass. */
 extern volatile sig_atomic_t resnet50_interrupt;
 
-/* Offset of each tap's statistics in the descriptor (the pooled features are at 0). */
+/* Offset of each tap's values in the descriptor (the pooled features are at 0). */
 int resnet50_descriptor_offset(int tap);
 
 /* Replaces the out-of-distribution statistics with nparts parts (taken over: the caller's copies

@@ -90,8 +90,9 @@ def test_issue_example_runs_and_round_trips(tmp_path):
 @pytest.mark.parametrize("size", [(224, 224), (97, 131)])
 def test_descriptor_matches_torch(size):
     """The descriptor the out-of-distribution statistics read (pooled features; each channel's
-    mean and std after the stem and at the end of each stage), fast and plain, against the float64
-    torch reference with the same weights."""
+    mean and std after the stem and at the end of each stage; the last feature map on a 3x3 grid;
+    the input's 8x8 thumbnail), fast and plain, against the float64 torch reference with the same
+    weights (at 97x131 the grid's cells overlap unevenly)."""
     from covidx.unfamiliar import FEATURE_SETS
 
     ref, model = build_pair("v1", "articles", seed=3, size=size)

@@ -11,7 +11,7 @@ import covidx
 from covidx.applications.resnet50 import ResNet50
 from covidx.data import sample_files
 from covidx.preprocessing.image import img_to_array, load_img
-from covidx.unfamiliar import DEFAULT_PARTS, FEATURE_SETS, GaussianPart, UnfamiliarStats
+from covidx.unfamiliar import CELLS, DEFAULT_PARTS, FEATURE_SETS, PROJECTED_CHANNELS, GaussianPart, UnfamiliarStats
 
 SIZE = 64
 
@@ -41,9 +41,23 @@ def fitted():
     return model, stats, (x, y), (hx, hy)
 
 
+def numpy_projected(part, features):
+    """A projected part's variables: each of its cells x (the grid's 9 cells, one after the other in
+    the descriptor) -> P^T (x - m), the cells' results side by side."""
+    f = features.astype(np.float64)
+    if part.projection is None:
+        return f
+    cin = part.projection.shape[0]
+    assert f.shape[1] == 9 * cin
+    p, m = part.projection.astype(np.float64), part.projection_mean.astype(np.float64)
+    return np.concatenate([(f[:, i * cin:(i + 1) * cin] - m) @ p for i in range(9)], axis=1)
+
+
 def numpy_distances(part, features):
     """The textbook formula with the full covariance matrix: Sigma = V diag(lambda) V^T +
-    sigma2 (I - V V^T), d_c^2 = (f - mu_c)^T Sigma^-1 (f - mu_c), minimum over classes."""
+    sigma2 (I - V V^T), d_c^2 = (f - mu_c)^T Sigma^-1 (f - mu_c), minimum over classes (f: the
+    part's slice of the descriptor, projected where the part has a projection)."""
+    features = numpy_projected(part, features)
     v = part.basis.astype(np.float64)
     proj = v @ v.T
     sigma = v @ np.diag(part.variances) @ v.T + part.residual_variance * (np.eye(len(v)) - proj)
@@ -93,8 +107,11 @@ def test_threshold_is_the_held_out_quantile(fitted):
     assert stats.features == list(DEFAULT_PARTS)
     for part in stats.parts:
         size = FEATURE_SETS[part.feature][1]
-        # as many directions as asked, or as the 96 images allow (96 - 2 classes - 1)
-        assert part.components == min(DEFAULT_PARTS[part.feature], 93) and part.means.shape == (2, size)
+        if part.feature in CELLS:  # the grid's cells, each projected onto its leading directions
+            assert part.projection.shape == (size // CELLS[part.feature], PROJECTED_CHANNELS)
+            size = CELLS[part.feature] * PROJECTED_CHANNELS
+        # as many directions as asked, or as the 96 images (or the dimensions) allow
+        assert part.components == min(DEFAULT_PARTS[part.feature], 93, size - 1) and part.means.shape == (2, size)
         # each part's threshold is its own 99th percentile times one common factor (>= 1)
         d = numpy_distances(part, part.select(model.descriptors(hx)))
         assert part.threshold >= np.quantile(d, 0.99) * (1 - 1e-5)
@@ -125,11 +142,13 @@ def test_single_part_files_of_earlier_versions_load(fitted, tmp_path):
 
     from covidx import safetensors_io
 
-    model, stats, _, (hx, _) = fitted
+    from covidx.unfamiliar import fit
+
+    model, _, (x, y), (hx, hy) = fitted
     path = tmp_path / "new.safetensors"
     model.save(path)
     tensors, meta = safetensors_io.load(str(path))
-    pooled = stats.parts[0]
+    pooled = fit(model.descriptors(x), y, model.descriptors(hx), parts={"avg_pool": 128}).parts[0]
     assert pooled.feature == "avg_pool"
     tensors = {k: v for k, v in tensors.items() if not k.startswith("unfamiliar/")}
     tensors.update({"unfamiliar/basis": pooled.basis, "unfamiliar/variances": pooled.variances.astype(np.float32),
@@ -242,7 +261,27 @@ def test_bad_statistics_are_refused(fitted):
     # the engine checks again (a slice past the descriptor's end, mismatched shapes)
     model = fitted[0]
     with pytest.raises(ValueError, match="offset"):
-        model._engine.set_unfamiliar([(9856 - 64,) + part.engine_args()[1:]])
+        model._engine.set_unfamiliar([(covidx._core.DESCRIPTOR_FLOATS - 64,) + part.engine_args()[1:]])
+    # a projected part: its cells must fit the descriptor, cells * cout equal d, the mean cin long
+    layout = fitted[1].parts[0]
+    assert layout.feature == "layout"
+    args = layout.engine_args()
+    with pytest.raises(ValueError, match="offset"):
+        model._engine.set_unfamiliar([(covidx._core.DESCRIPTOR_FLOATS - 2048 * 8,) + args[1:]])
+    with pytest.raises(ValueError, match="cells"):
+        model._engine.set_unfamiliar([args[:8] + (8,)])
+    with pytest.raises(ValueError, match="cells"):
+        model._engine.set_unfamiliar([args[:7] + (args[7][:100], 9)])
+    with pytest.raises(TypeError, match="part 0"):
+        model._engine.set_unfamiliar([args[:7]])  # a projection without its cells
+    with pytest.raises(ValueError, match="projection"):
+        GaussianPart("layout", layout.basis, layout.variances, 1.0, layout.means, 1.0)
+    with pytest.raises(ValueError, match="projection"):
+        GaussianPart("layout", layout.basis, layout.variances, 1.0, layout.means, 1.0, layout.projection[:100],
+                     layout.projection_mean)
+    with pytest.raises(ValueError, match="projection is only for"):
+        GaussianPart("stem_stats", np.eye(128, 2), np.ones(2), 1.0, np.zeros((2, 128)), 1.0, layout.projection,
+                     layout.projection_mean)
     with pytest.raises(TypeError, match="part 0"):
         model._engine.set_unfamiliar([("x",)])
     with pytest.raises(TypeError, match="list"):

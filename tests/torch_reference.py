@@ -70,11 +70,16 @@ class TorchResNet50(nn.Module):
         return x.mean(dim=(2, 3))
 
     def descriptor(self, x):
-        """x NHWC -> covidx's descriptor (n, 9856): the pooled features, then the mean and the
-        (population) std of each channel after the stem's max pool and at the end of each stage."""
+        """x NHWC -> covidx's descriptor (n, 28352): the pooled features, the mean and the
+        (population) std of each channel after the stem's max pool and at the end of each stage,
+        the last feature map on a 3x3 grid (adaptive_avg_pool2d, cell-major) and the input's 8x8
+        thumbnail (the image standardised with epsilon 1e-5, averaged over channels and
+        adaptive-average-pooled)."""
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True)
+        thumb = nn.functional.adaptive_avg_pool2d(((x - mean) / torch.sqrt(var + 1e-5)).mean(3, keepdim=True)
+                                                  .permute(0, 3, 1, 2), 8).flatten(1)
         if self.input_norm_eps is not None:
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            var = ((x - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) / torch.sqrt(var + self.input_norm_eps)
         x = x.permute(0, 3, 1, 2)
         x = nn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 3, 2, padding=1)
@@ -84,7 +89,8 @@ class TorchResNet50(nn.Module):
                 x = block(x)
             taps.append(x)
         stats = [torch.cat([t.mean(dim=(2, 3)), t.std(dim=(2, 3), unbiased=False)], 1) for t in taps]
-        return torch.cat([x.mean(dim=(2, 3))] + stats, 1)
+        layout = nn.functional.adaptive_avg_pool2d(x, 3).permute(0, 2, 3, 1).flatten(1)
+        return torch.cat([x.mean(dim=(2, 3))] + stats + [layout, thumb], 1)
 
     def logits_and_output(self, x):
         x = self.features(x)
