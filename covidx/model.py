@@ -516,8 +516,9 @@ class Model:
         return self._run(x, batch_size, "features")
 
     def descriptors(self, x, batch_size=None):
-        """What the out-of-distribution statistics are fitted to (batch, 9856): the pooled
-        features, then each channel's mean and std after the stem and at the end of each stage
+        """What the out-of-distribution statistics are fitted to (batch, 28352): the pooled
+        features, then each channel's mean and std after the stem and at the end of each stage,
+        the last feature map on a 3x3 grid and an 8x8 thumbnail of the input
         (covidx.unfamiliar.FEATURE_SETS says where each set lies)."""
         if self.architecture.get("pooling") is None:
             raise ValueError("descriptors: the model has no global pooling")

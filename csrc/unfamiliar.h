@@ -1,7 +1,8 @@
 /* unfamiliar.h: how unlike the training images an input is, from what the network computed.
  *
- * The network's descriptor of an image (resnet50.h, DESCRIPTOR_FLOATS) holds its pooled features
- * and the mean and std of every channel at the stem and at the end of each stage. Each part of
+ * The network's descriptor of an image (resnet50.h, DESCRIPTOR_FLOATS) holds its pooled features,
+ * the mean and std of every channel at the stem and at the end of each stage, the last feature map
+ * on a 3x3 grid and a thumbnail of the input. Each part of
  * the statistics is a Gaussian model of one slice f (d values from `offset`) of it: one mean per
  * class (or one for all) with a covariance shared by the classes (Lee et al., NeurIPS 2018),
  * modelled as probabilistic PCA: r principal directions V (d, r) with variances lambda_j, and one
