@@ -23,8 +23,16 @@ python weights/train.py --data "$data/train" --data "$data/train-extra" --work "
     --schedule 160:7,224:5 --lr 4e-4 --stop-after 9
 python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$cont" --init "$work/final.pt" \
     --schedule 160:7,224:2 --lr 4e-4 --resume
-cp "$cont/train-log.json" weights/covid_resnet50.train-log.json
-work=$cont
+cp "$cont/train-log.json" weights/covid_resnet50.stage1b-train-log.json
+# 1d. a third learning-rate cycle from stage 1b's weights, longer and from a higher peak (5e-4):
+#     10 epochs at 128x128, 6 at 160x160, 4 at 224x224, then batchnorm re-estimated at 224x224.
+#     The shipped run started from stage 1b's shipped file unpacked back to train.py's weights
+#     (python weights/unpack_model.py <that file> "$cont/final.pt").
+third="$work/third"
+python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$third" --init "$cont/final.pt" \
+    --schedule 128:10,160:6,224:4 --lr 5e-4
+cp "$third/train-log.json" weights/covid_resnet50.train-log.json
+work=$third
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training images (weights/refit_unfamiliar.py, on the
 #    float16 file's weights). The shipped file's statistics were refit alone, its weights
