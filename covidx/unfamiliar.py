@@ -54,13 +54,13 @@ def _select(feature, descriptors):
 
 # What fit_unfamiliar models by default, with the principal directions each keeps. Many
 # directions, not just those that hold most of the variance: an unfamiliar image shows most
-# where training images vary least. Two complementary views of where things are in the image:
-# the last feature map on a 3x3 grid (what the network sees, and where: a lateral view or a CT
-# slice puts familiar textures in unfamiliar places) and an 8x8 thumbnail of the standardised
-# input (the layout of light and dark). Channel statistics of the stem and the stages are left
-# out: they follow the acquisition and processing of a file (other hospitals' frontal X-rays
-# move them as much as CT slices do), and every part spends some of the 1% false-alarm budget.
-DEFAULT_PARTS = {"layout": 128, "thumbnail": 32}
+# where training images vary least. The default is where things are in the image: the last
+# feature map on a 3x3 grid (what the network sees, and where; a lateral view or a CT slice puts
+# familiar textures in unfamiliar places, which the pooled features cannot tell). Other sets can
+# be added with parts=, but every part spends some of the 1% false-alarm budget, and channel
+# statistics of the stem and the stages follow the acquisition and processing of a file (other
+# hospitals' frontal X-rays move them as much as CT slices do), which is not what the flag is for.
+DEFAULT_PARTS = {"layout": 128}
 MAX_COMPONENTS = 256
 
 

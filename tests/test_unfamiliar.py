@@ -98,6 +98,30 @@ def test_score_matches_numpy_mahalanobis(fitted):
     np.testing.assert_allclose(model.predict(x[5:9], return_unfamiliar=True, verbose=0)[1], scores[5:9], rtol=1e-5)
 
 
+def test_every_feature_set_scores_like_numpy(fitted):
+    """A part of each feature set (pooled features, the channel statistics of the stem and every
+    stage, the grid of the last feature map, the thumbnail): the engine's scores, fast and plain,
+    against the NumPy formula."""
+    model, _, (x, y), (hx, hy) = fitted
+    stats = covidx.unfamiliar.fit(model.descriptors(x), y, model.descriptors(hx),
+                                  parts={name: 8 for name in FEATURE_SETS})
+    assert stats.features == list(FEATURE_SETS) and len(stats.parts) == 8
+    try:
+        model.set_unfamiliar(stats)
+        probe, _ = images(12, seed=9)
+        probe[-3:] = np.random.default_rng(10).uniform(0, 1, probe[-3:].shape)
+        _, scores = model.predict(probe, return_unfamiliar=True, verbose=0)
+        want = numpy_scores(stats, model.descriptors(probe))
+        np.testing.assert_allclose(scores, want, rtol=1e-4)
+        _, ref_scores = model._engine.forward(probe, reference=True, unfamiliar=True)
+        np.testing.assert_allclose(ref_scores, want, rtol=1e-4)
+        # each part decides for some image: the maximum is not always the same part's
+        parts = np.stack([numpy_distances(p, p.select(model.descriptors(probe))) / p.threshold for p in stats.parts])
+        assert len(set(parts.argmax(0))) > 1
+    finally:
+        model.set_unfamiliar(fitted[1])
+
+
 def test_threshold_is_the_held_out_quantile(fitted):
     model, stats, (x, y), (hx, hy) = fitted
     _, held = model.predict(hx, return_unfamiliar=True, verbose=0)
