@@ -35,8 +35,8 @@ cp "$third/train-log.json" weights/covid_resnet50.train-log.json
 work=$third
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training images (weights/refit_unfamiliar.py, on the
-#    float16 file's weights). The shipped file's statistics were refit alone, its weights
-#    unchanged, when the statistics gained the stage-2 and stage-3 parts:
+#    float16 file's weights; fit_unfamiliar's default parts). After a change to the statistics'
+#    method, refit an existing file alone, its weights unchanged:
 #    python weights/refit_unfamiliar.py --data "$data/train" --data "$data/train-extra"
 python weights/package_model.py --work "$work" --data "$data/train" --data "$data/train-extra" \
     --out weights/covid_resnet50.safetensors
