@@ -345,6 +345,32 @@ def test_save_chooses_the_format_by_extension(articles, tmp_path):
         torchvision_style.save(tmp_path / "v15.keras")
 
 
+def test_safetensors_whose_header_length_starts_like_a_pickle(articles, tmp_path):
+    """A safetensors file starts with its header's length (8 bytes, little-endian); for one length
+    in 256 the first byte is 0x80, a pickle's first byte. Such a file is still read as safetensors
+    (the header padded with spaces, as the format allows, to such a length)."""
+    import struct
+
+    model = covidx_articles(articles)
+    model.save(tmp_path / "m.safetensors")
+    raw = (tmp_path / "m.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    pad = (0x80 - n) % 256
+    padded = struct.pack("<Q", n + pad) + raw[8:8 + n] + b" " * pad + raw[8 + n:]
+    assert padded[:1] == b"\x80"
+    (tmp_path / "padded.safetensors").write_bytes(padded)
+    assert covidx.formats.sniff(str(tmp_path / "padded.safetensors")) == "safetensors"
+    back = covidx.load_model(tmp_path / "padded.safetensors")
+    for a, b in zip(back.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    backbone = ResNet50(weights=str(tmp_path / "padded.safetensors"), include_top=False)
+    for a, b in zip(backbone.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # a pickle is still a pickle
+    (tmp_path / "p.pt").write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    assert covidx.formats.sniff(str(tmp_path / "p.pt")) == "pickle"
+
+
 def test_model_checkpoint_writes_keras_files(articles, tmp_path):
     from covidx.keras.callbacks import ModelCheckpoint
     from covidx import training
