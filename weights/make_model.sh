@@ -31,8 +31,14 @@ cp "$cont/train-log.json" weights/covid_resnet50.stage1b-train-log.json
 third="$work/third"
 python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$third" --init "$cont/final.pt" \
     --schedule 128:10,160:6,224:4 --lr 5e-4
-cp "$third/train-log.json" weights/covid_resnet50.train-log.json
-work=$third
+cp "$third/train-log.json" weights/covid_resnet50.stage1d-train-log.json
+# 1e. a fourth cycle from stage 1d's weights, shorter and from a lower peak (4e-4): 6 epochs at
+#     128x128, 4 at 160x160, 3 at 224x224, then batchnorm re-estimated at 224x224.
+fourth="$work/fourth"
+python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$fourth" --init "$third/final.pt" \
+    --schedule 128:6,160:4,224:3 --lr 4e-4
+cp "$fourth/train-log.json" weights/covid_resnet50.train-log.json
+work=$fourth
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training images (weights/refit_unfamiliar.py, on the
 #    float16 file's weights; fit_unfamiliar's default parts). After a change to the statistics'
