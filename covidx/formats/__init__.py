@@ -35,21 +35,12 @@ def sniff(path):
         return "hdf5"
     if head.startswith(b"PK\x03\x04"):
         return "zip"
-    # A safetensors file starts with its header's length, whose first byte is 0x80 for one
-    # length in 256, as a pickle's first byte is: the length must then also fit the file.
-    if head[:1] == b"\x80" and not _safetensors_header_fits(path, head):
+    safetensors = safetensors_io.looks_like_safetensors(path)
+    # A safetensors file starts with its header's length, whose first byte is 0x80 (a pickle's
+    # first byte) for one length in 256: such a file is a pickle only if the length does not fit.
+    if head[:1] == b"\x80" and not (safetensors and 8 + struct.unpack("<Q", head)[0] <= os.path.getsize(path)):
         return "pickle"
-    if safetensors_io.looks_like_safetensors(path):
-        return "safetensors"
-    return None
-
-
-def _safetensors_header_fits(path, head):
-    from .. import safetensors_io
-
-    if len(head) < 8 or not safetensors_io.looks_like_safetensors(path):
-        return False
-    return 8 + struct.unpack("<Q", head)[0] <= os.path.getsize(path)
+    return "safetensors" if safetensors else None
 
 
 def _zip_kind(path):
