@@ -12,6 +12,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -819,9 +821,6 @@ def test_randomly_damaged_hdf5_never_crashes(articles, tmp_path):
     """Bytes changed around the B-trees, heaps and symbol tables of a Keras file: every load either
     succeeds (damage where nothing is read) or raises ModelFileError naming the file. Run in a
     child process, so that a crash of libhdf5 would show as a failure here."""
-    import subprocess
-    import sys
-
     path = tmp_path / "fuzzed.h5"
     shutil.copy(articles["paths"]["legacy_weights.h5"], path)
     result = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, str(path), "12", "7"], capture_output=True,
@@ -1010,6 +1009,63 @@ def test_hdf5_that_hangs_libhdf5_is_refused_in_time(monkeypatch):
     with pytest.raises(ValueError, match="did not finish reading"):
         covidx.load_model(path)
     assert time.monotonic() - start < 30
+
+
+def test_hdf5_that_makes_libhdf5_allocate_gigabytes_costs_this_process_nothing():
+    """A file found by fuzzing (tests/fuzz): libhdf5 allocates gigabytes reading its chunks and then
+    fails. The whole read runs first in a child process whose memory is capped; its error is raised
+    here and libhdf5 never reads the file in the loading process, whose peak memory stays small."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("reads the peak memory from Linux's /proc")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hdf5_libhdf5_memory.h5")
+    # VmHWM, the peak resident memory of this process's own address space (ru_maxrss would count
+    # the forking pytest's too: Linux keeps the larger across exec)
+    script = ("import sys, covidx\n"
+              "try:\n"
+              "    covidx.load_model(sys.argv[1])\n"
+              "except ValueError as e:\n"
+              "    print(e)\n"
+              "status = open('/proc/self/status').read()\n"
+              "print(int(status.split('VmHWM:')[1].split()[0]) >> 10)\n")
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    message, peak_mb = out.stdout.strip().rsplit("\n", 1)
+    assert message.startswith(path) and "HDF5" in message
+    assert int(peak_mb) < 600  # numpy and covidx take ~100 MB; reading this file unguarded takes >1.5 GB
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("raised, expected, match", [
+    (ModelFileError("input.h5: a message from the child"), ModelFileError, "^input.h5: a message from the child$"),
+    (MemoryError(), ModelFileError, "^input.h5: reading this file needs more than"),
+    (KeyError("bug"), RuntimeError, "^input.h5: covidx's HDF5 reader failed .*KeyError"),
+])
+def test_hdf5_child_process_reports_how_the_read_ended(raised, expected, match):
+    """An error met by the reading child is raised in the parent without reading the file again:
+    the child's own message, a memory failure named as such, and anything else as a bug (not
+    disguised as a damaged file)."""
+    from covidx.formats import hdf5
+
+    def action():
+        raise raised
+
+    with pytest.raises(expected, match=match) as info:
+        hdf5.probe_in_child(action, "input.h5")
+    assert type(info.value) is expected
+
+
+def test_hdf5_child_process_memory_is_capped():
+    """The child's address space is capped at what it inherits plus the budget: an allocation
+    past it fails there (MemoryError) instead of taking the machine's memory."""
+    from covidx.formats import hdf5
+
+    def action():
+        np.ones((hdf5.PROBE_MEMORY_BYTES + (1 << 30)) // 8)
+
+    with pytest.raises(ModelFileError, match="needs more than"):
+        hdf5.probe_in_child(action, "input.h5")
+    hdf5.probe_in_child(lambda: np.ones((64 << 20) // 8), "input.h5")  # within the budget: no error
 
 
 def test_zip_of_unsupported_version_is_a_model_file_error():

@@ -5,10 +5,14 @@ superblock and the file length first (a truncated file is refused by covidx, not
 libhdf5 halfway through a read), then every object on the way: only hard links are followed
 (a soft or external link could point outside the file), attributes and datasets have their type
 and size checked before they are read, and datasets must have exactly the expected shape, a
-float type, storage inside the file and only the standard filters."""
+float type, storage inside the file and only the standard filters. And since libhdf5 can still
+crash, loop or allocate gigabytes on a hostile file, every read runs first in a forked child
+process with a time limit and a memory cap (probe_in_child); only a read that succeeded there is
+repeated in the loading process."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -77,56 +81,139 @@ def check_superblock(head, file_size, where):
 
 
 PROBE_SECONDS = 20.0
+# what the child may allocate beyond what it inherits: a ResNet50 + head read as float64 and converted
+# needs a few hundred MB; a hostile file can make libhdf5 allocate gigabytes before it fails
+PROBE_MEMORY_BYTES = 2 << 30
+PROBE_MEMORY_PER_FILE_BYTE = 4
+MAX_MESSAGE_CHARS = 2000  # the report fits a pipe's buffer (64 KB), so the child never waits
+MAX_REPORT_BYTES = 16 << 10
 
 
-def _walk_metadata(source):
-    """Opens the file and touches every object's metadata: what libhdf5 parses before covidx reads
-    any data (run in the probe's child process)."""
-    import h5py
-
-    with h5py.File(io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source,
-                   "r") as f:
-        def visit(name, obj):
-            for key in obj.attrs.keys():
-                obj.attrs.get(key)
-            if isinstance(obj, h5py.Dataset):
-                obj.shape, obj.dtype, obj.chunks  # noqa: B018 (parsing these is the point)
-
-        for key in f.attrs.keys():
-            f.attrs.get(key)
-        f.visititems(visit)
+def _virtual_memory_bytes():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def probe_in_child(source, where, seconds=None):
-    """Parses the file's HDF5 metadata in a forked child first: libhdf5 can crash or loop on hostile
-    files, and then only the child dies (and is killed after `seconds`), never this process."""
+def _limit_memory(budget):
+    """In the child: caps its address space at what it has plus `budget` (Linux), so that a file
+    that makes libhdf5 allocate without end fails there instead of exhausting the machine."""
+    try:
+        import resource
+    except ImportError:
+        return
+    now = _virtual_memory_bytes()
+    if now is None:
+        return
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    limit = now + budget
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ValueError, OSError):
+        pass
+
+
+def _child(action, budget, report):
+    """The forked child: runs action() under a memory cap and writes how it ended to the pipe
+    `report` (JSON: ok, or the exception's type and message); never returns."""
+    code = 1
+    try:
+        outcome = {"ok": True}
+        try:
+            _limit_memory(budget)
+            action()
+        except ModelFileError as e:
+            outcome = {"ok": False, "type": "ModelFileError", "message": str(e)[:MAX_MESSAGE_CHARS]}
+        except MemoryError:
+            outcome = {"ok": False, "type": "MemoryError", "message": ""}
+        except BaseException as e:  # a bug in covidx's reader, reported as one in the parent
+            outcome = {"ok": False, "type": type(e).__name__, "message": str(e)[:MAX_MESSAGE_CHARS]}
+        os.write(report, json.dumps(outcome).encode("ascii"))  # ASCII JSON: at most 6 bytes a character
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _outcome(report, where):
+    chunks = []
+    while True:
+        chunk = os.read(report, MAX_REPORT_BYTES)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    try:
+        outcome = json.loads(b"".join(chunks).decode("utf-8"))
+        ok, kind, message = outcome["ok"], outcome.get("type"), outcome.get("message")
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError("%s: the process reading this HDF5 file ended without saying how" % where) from None
+    return ok, kind, message
+
+
+def probe_in_child(action, where, size=0, seconds=None):
+    """Runs action() in a forked child first: libhdf5 can crash, loop or allocate without end on a
+    hostile file, and then only the child suffers (it is killed after `seconds` and its memory is
+    capped), never this process. The child does exactly what this process does next (open,
+    navigate, read every tensor): where it succeeded, this process repeats it in about the same
+    time and memory; where it failed, its error is raised here and libhdf5 never sees the file in
+    this process."""
     if not hasattr(os, "fork"):
         return
     seconds = PROBE_SECONDS if seconds is None else seconds
-    pid = os.fork()
-    if pid == 0:  # the child: report only by exit status
-        code = 1
-        try:
-            _walk_metadata(source)
-            code = 0
-        except BaseException:
-            code = 1  # a Python-level error: the parent reports it when it reads the file itself
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + seconds
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            fail(where, "the HDF5 library did not finish reading this file's structure within %.0f s (a damaged "
-                        "or hostile file); nothing was loaded" % seconds)
-        time.sleep(0.005)
-    if os.WIFSIGNALED(status):
-        fail(where, "the HDF5 library crashed reading this file (signal %d; it was read in a separate process, "
-                    "so this one is unaffected): a damaged or hostile file" % os.WTERMSIG(status))
+    budget = PROBE_MEMORY_BYTES + PROBE_MEMORY_PER_FILE_BYTE * size
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+    if pid == 0:
+        os.close(read_end)
+        _child(action, budget, write_end)
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                fail(where, "the HDF5 library did not finish reading this file within %.0f s (a damaged or hostile "
+                            "file); nothing was loaded" % seconds)
+            time.sleep(0.005)
+        if os.WIFSIGNALED(status):
+            fail(where, "the HDF5 library crashed reading this file (signal %d; it was read in a separate process, "
+                        "so this one is unaffected): a damaged or hostile file" % os.WTERMSIG(status))
+        ok, kind, message = _outcome(read_end, where)
+    finally:
+        os.close(read_end)
+    if ok:
+        return
+    if kind == "ModelFileError":
+        raise ModelFileError(message)
+    if kind == "MemoryError":
+        fail(where, "reading this file needs more than %d MB of memory, far more than a model file needs (a "
+                    "damaged or hostile file); nothing was loaded" % (budget >> 20))
+    raise RuntimeError("%s: covidx's HDF5 reader failed in its separate process (%s: %s)" % (where, kind, message))
+
+
+def read_file(source, where, read):
+    """read(h5) on the HDF5 file `source` (a path or bytes), first in a child process (see
+    probe_in_child), then here; what h5py raises on damage becomes ModelFileError."""
+    size = H5File.check(source, where)
+
+    def attempt():
+        with H5File(source, where) as h5:
+            return guard(where, read, h5)
+
+    probe_in_child(attempt, where, size)
+    return attempt()
 
 
 class H5File:
@@ -135,18 +222,9 @@ class H5File:
 
     def __init__(self, source, where):
         self.where = where
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            self.size = len(source)
-            head = bytes(source[:256])
-            target = io.BytesIO(source)
-        else:
-            self.size = os.path.getsize(source)
-            with open(source, "rb") as f:
-                head = f.read(256)
-            target = source
-        check_superblock(head, self.size, where)
+        self.size = self.check(source, where)
         self.h5py = h5py_module(where)
-        probe_in_child(source, where)
+        target = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
         try:
             try:  # no file locking: it fails on read-only and network file systems
                 self.file = self.h5py.File(target, "r", locking=False)
@@ -154,6 +232,20 @@ class H5File:
                 self.file = self.h5py.File(target, "r")
         except Exception as e:  # libhdf5 reports damage as OSError, sometimes others
             fail(where, "not a readable HDF5 file (%s)" % e)
+
+    @staticmethod
+    def check(source, where):
+        """What covidx checks before libhdf5 sees the file (the superblock, the length, h5py being
+        installed); returns the file's size."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            size, head = len(source), bytes(source[:256])
+        else:
+            size = os.path.getsize(source)
+            with open(source, "rb") as f:
+                head = f.read(256)
+        check_superblock(head, size, where)
+        h5py_module(where)
+        return size
 
     def close(self):
         self.file.close()

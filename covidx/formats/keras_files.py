@@ -12,10 +12,9 @@ import re
 import numpy as np
 
 from .. import architecture
-from . import keras_graph
+from . import hdf5, keras_graph
 from .archive import ZIP_ERRORS, member, open_zip
 from .errors import ModelFileError, fail
-from .hdf5 import H5File, guard
 
 MAX_CONFIG_BYTES = 64 << 20
 HDF5_OVERHEAD = 64 << 20  # metadata of a weights file: a few MB for ResNet50
@@ -415,8 +414,7 @@ def _read_h5(h5, arch):
 
 def read_h5(source, where, arch=None):
     """Parts of a Keras HDF5 file (path or bytes); see _read_h5."""
-    with H5File(source, where) as h5:
-        return guard(where, _read_h5, h5, arch)
+    return hdf5.read_file(source, where, lambda h5: _read_h5(h5, arch))
 
 
 # --- .keras archives -------------------------------------------------------------------------
@@ -452,14 +450,14 @@ def read_archive(path, arch=None):
         except ZIP_ERRORS as e:
             fail(path, "damaged zip archive (%s: %s)" % (type(e).__name__, e))
     where = "%s (model.weights.h5)" % path
-    with H5File(weights, where) as h5:
-        def read():
-            spec = keras_graph.read_spec(parsed_arch)
-            paths = {layer: slots[layer].v3_path for layer, _ in spec}
-            counts = {layer: keras_graph.weight_count(slots[layer]) for layer, _ in spec}
-            return _read_v3(h5, parsed_arch, paths, counts, spec)
 
-        named = guard(where, read)
+    def read(h5):
+        spec = keras_graph.read_spec(parsed_arch)
+        paths = {layer: slots[layer].v3_path for layer, _ in spec}
+        counts = {layer: keras_graph.weight_count(slots[layer]) for layer, _ in spec}
+        return _read_v3(h5, parsed_arch, paths, counts, spec)
+
+    named = hdf5.read_file(weights, where, read)
     parsed_arch, named = keras_graph.fold(parsed_arch, named, path)
     if arch is not None:
         return Parts(arch, reorder(named, parsed_arch, arch, path))
