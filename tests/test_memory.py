@@ -76,3 +76,44 @@ def test_memory_flat_over_refused_dense_layers():
         with pytest.raises(ValueError, match="dense"):
             model.set_weights(bad)
     assert statm_mb(0) - before < 40.0, (before, statm_mb(0))
+
+
+ADDRESS_SPACE_SCRIPT = """
+import resource, sys
+import numpy as np
+import torch
+from covidx.formats import torch_files
+from covidx.preprocessing.image import load_img
+path_image, path_torch = sys.argv[1], sys.argv[2]
+with open('/proc/self/statm') as f:
+    now = int(f.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (now + (256 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+print(load_img(path_image).size)
+obj = torch_files.read(path_torch, "legacy")
+print(sorted(obj))
+"""
+
+
+def test_small_files_load_under_an_address_space_limit(tmp_path):
+    """Under `ulimit -v` (shared machines, batch schedulers) a small image or a legacy PyTorch file
+    loads with 256 MB of address space to spare: reading a file reserves its own size, not the
+    largest size covidx accepts (512 MB for an image, gigabytes for a checkpoint)."""
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    from covidx.data import sample_files
+
+    image = sample_files()[0][0]
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2)}, legacy,
+               _use_new_zipfile_serialization=False)
+    out = subprocess.run([sys.executable, "-c", ADDRESS_SPACE_SCRIPT, str(image), str(legacy)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    size, keys = out.stdout.strip().splitlines()
+    from PIL import Image
+
+    with Image.open(image) as im:
+        assert size == str(im.size)
+    assert keys == str(["fc.bias", "fc.weight"])

@@ -344,10 +344,13 @@ def read_legacy(path):
     make a read allocate more than the file has."""
     storages = {}
     limit = MAX_PICKLE_BYTES + MAX_FILE_ELEMENTS * 8
-    if os.path.getsize(path) > limit:
-        fail(path, "%d bytes, more than a ResNet50 checkpoint can need" % os.path.getsize(path))
+    size = os.path.getsize(path)
+    if size > limit:
+        fail(path, "%d bytes, more than a ResNet50 checkpoint can need" % size)
     with open(path, "rb") as f:
-        data = f.read(limit + 1)
+        data = f.read(size + 1)  # read(n) reserves n bytes: the file's size, not the limit's gigabytes
+    if len(data) > size:
+        fail(path, "the file grew while it was read")
     f = io.BytesIO(data)
     magic = _unpickle(f, path, storages, allow_globals=False)
     if magic != LEGACY_MAGIC:

@@ -66,7 +66,7 @@ def _read_file(path, name):
                 raise ImageFileError(name, "%s, not a regular file; covidx reads only files" % _file_kind(mode))
             if size > MAX_FILE_BYTES:
                 raise ImageFileError(name, "%d bytes, more than covidx reads for one image (%d)" % (size, MAX_FILE_BYTES))
-            data = f.read(MAX_FILE_BYTES + 1)
+            data = f.read(size + 1)  # read(n) reserves n bytes: the file's size, not the 512 MB limit
     except IsADirectoryError:
         raise ImageFileError(name, "it is a directory") from None
     except FileNotFoundError:
@@ -76,8 +76,8 @@ def _read_file(path, name):
         raise ImageFilePermissionError(name, "permission denied") from None
     except OSError as e:
         raise ImageFileError(name, e.strerror or str(e)) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ImageFileError(name, "more than %d bytes, more than covidx reads for one image" % MAX_FILE_BYTES)
+    if len(data) > size:
+        raise ImageFileError(name, "the file grew while it was read (from %d bytes)" % size)
     return data
 
 
