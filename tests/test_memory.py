@@ -2,6 +2,8 @@
 repeated model construction and evaluation."""
 import ctypes
 import gc
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,9 +100,6 @@ def test_small_files_load_under_an_address_space_limit(tmp_path):
     """Under `ulimit -v` (shared machines, batch schedulers) a small image or a legacy PyTorch file
     loads with 256 MB of address space to spare: reading a file reserves its own size, not the
     largest size covidx accepts (512 MB for an image, gigabytes for a checkpoint)."""
-    import subprocess
-    import sys
-
     torch = pytest.importorskip("torch")
     from covidx.data import sample_files
 

@@ -80,6 +80,19 @@ def check_superblock(head, file_size, where):
         fail(where, "truncated HDF5 file: it records %d bytes, but has %d" % (eof, file_size))
 
 
+def check_file(source, where):
+    """What covidx checks before libhdf5 sees the file (the superblock and the length); returns the
+    file's size."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        size, head = len(source), bytes(source[:256])
+    else:
+        size = os.path.getsize(source)
+        with open(source, "rb") as f:
+            head = f.read(256)
+    check_superblock(head, size, where)
+    return size
+
+
 PROBE_SECONDS = 20.0
 # what the child may allocate beyond what it inherits: a ResNet50 + head read as float64 and converted
 # needs a few hundred MB; a hostile file can make libhdf5 allocate gigabytes before it fails
@@ -210,10 +223,11 @@ def probe_in_child(action, where, size=0, seconds=None):
 def read_file(source, where, read):
     """read(h5) on the HDF5 file `source` (a path or bytes), first in a child process (see
     probe_in_child), then here; what h5py raises on damage becomes ModelFileError."""
-    size = H5File.check(source, where)
+    size = check_file(source, where)
+    h5py_module(where)  # a missing h5py is reported here, not from the child
 
     def attempt():
-        with H5File(source, where) as h5:
+        with H5File(source, where, size) as h5:
             return guard(where, read, h5)
 
     probe_in_child(attempt, where, size)
@@ -222,11 +236,10 @@ def read_file(source, where, read):
 
 class H5File:
     """An HDF5 file opened read-only, from a path or from bytes (a member of a .keras archive).
-    `where` names the file in every error."""
+    `where` names the file in every error; `size` is its length in bytes (from check_file)."""
 
-    def __init__(self, source, where):
-        self.where = where
-        self.size = self.check(source, where)
+    def __init__(self, source, where, size):
+        self.where, self.size = where, size
         self.h5py = h5py_module(where)
         target = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
         try:
@@ -236,20 +249,6 @@ class H5File:
                 self.file = self.h5py.File(target, "r")
         except Exception as e:  # libhdf5 reports damage as OSError, sometimes others
             fail(where, "not a readable HDF5 file (%s)" % e)
-
-    @staticmethod
-    def check(source, where):
-        """What covidx checks before libhdf5 sees the file (the superblock, the length, h5py being
-        installed); returns the file's size."""
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            size, head = len(source), bytes(source[:256])
-        else:
-            size = os.path.getsize(source)
-            with open(source, "rb") as f:
-                head = f.read(256)
-        check_superblock(head, size, where)
-        h5py_module(where)
-        return size
 
     def close(self):
         self.file.close()
