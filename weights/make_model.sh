@@ -37,8 +37,17 @@ cp "$third/train-log.json" weights/covid_resnet50.stage1d-train-log.json
 fourth="$work/fourth"
 python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$fourth" --init "$third/final.pt" \
     --schedule 128:6,160:4,224:3 --lr 4e-4
-cp "$fourth/train-log.json" weights/covid_resnet50.train-log.json
-work=$fourth
+cp "$fourth/train-log.json" weights/covid_resnet50.stage1e-train-log.json
+# 1f. a fifth cycle from stage 1e's weights, from a lower peak (3e-4): 6 epochs at 128x128, 3 at
+#     160x160, 3 at 224x224, then batchnorm re-estimated at 224x224. Adopted only if its final
+#     held-out loss is below stage 1e's (0.1545); otherwise stage 1e's weights are shipped. The
+#     shipped run started from stage 1e's shipped file unpacked back to train.py's weights
+#     (python weights/unpack_model.py <that file> "$fourth/final.pt").
+fifth="$work/fifth"
+python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$fifth" --init "$fourth/final.pt" \
+    --schedule 128:6,160:3,224:3 --lr 3e-4
+cp "$fifth/train-log.json" weights/covid_resnet50.train-log.json
+work=$fifth
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training images (weights/refit_unfamiliar.py, on the
 #    float16 file's weights; fit_unfamiliar's default parts). After a change to the statistics'
