@@ -114,9 +114,10 @@ def _virtual_memory_bytes():
         return None
 
 
-def _limit_memory(budget):
-    """In the child: caps its address space at what it has plus `budget` (Linux), so that a file
-    that makes libhdf5 allocate without end fails there instead of exhausting the machine."""
+def limit_memory(budget):
+    """Caps this process's address space at what it has plus `budget` (Linux): the reading child's,
+    and the fuzzing process's (tests/fuzz/harness.py), so that a file that makes libhdf5 allocate
+    without end fails with MemoryError instead of exhausting the machine."""
     try:
         import resource
     except ImportError:
@@ -141,7 +142,7 @@ def _child(action, budget, report):
     try:
         outcome = {"ok": True}
         try:
-            _limit_memory(budget)
+            limit_memory(budget)
             action()
         except ModelFileError as e:
             outcome = {"ok": False, "type": "ModelFileError", "message": str(e)[:MAX_MESSAGE_CHARS]}

@@ -35,14 +35,9 @@ def read_hdf5_in_this_process_too(hdf5):
     in the child is repeated here (hdf5.REPEAT_FAILURES), under the same absolute address-space
     cap as the child's (1 GB more than this process has now), so that what a file makes libhdf5
     allocate here mirrors what it did there and stays under -rss_limit_mb."""
-    import resource
-
     hdf5.PROBE_SECONDS = 3.0  # a file libhdf5 loops on is refused before libFuzzer's -timeout (10 s)
     hdf5.REPEAT_FAILURES = True
-    now = hdf5._virtual_memory_bytes()
-    if now is not None:
-        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-        resource.setrlimit(resource.RLIMIT_AS, (now + (1 << 30), hard))
+    hdf5.limit_memory(1 << 30)
 
 
 def main(one_input):
