@@ -109,27 +109,36 @@ def changed_copies(directory, tmp):
     return out
 
 
-def photographs(model):
-    """Scores of scikit-image's sample images (photographs, micrographs, textures, text; none a
-    radiograph), read as covidx reads a file: RGB, nearest resize to 224x224. The same list as
-    tests/test_unfamiliar.py."""
+PHOTOGRAPHS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "text", "clock",
+               "horse", "immunohistochemistry", "brick", "grass", "gravel", "cell", "colorwheel", "logo"]
+
+
+def photograph_images():
+    """scikit-image's sample images (photographs, micrographs, textures, text; none a radiograph)
+    as covidx reads a file: RGB, nearest resize to 224x224; float32 (n, 224, 224, 3) in 0-255, or
+    None without scikit-image. The same list as tests/test_unfamiliar.py."""
     try:
         from skimage import data
     except ImportError:
         return None
     from PIL import Image
 
-    names = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "text", "clock", "horse",
-             "immunohistochemistry", "brick", "grass", "gravel", "cell", "colorwheel", "logo"]
     x = []
-    for name in names:
+    for name in PHOTOGRAPHS:
         a = np.asarray(getattr(data, name)())
         a = a.astype(np.uint8) * 255 if a.dtype == bool else a
         x.append(np.asarray(Image.fromarray(a).convert("RGB").resize((224, 224), Image.NEAREST), np.float32))
-    _, scores = model.predict(np.stack(x) * np.float32(model.preprocessing["rescale"]), verbose=0,
-                              return_unfamiliar=True)
-    return {"n": len(names), "images": names, "flagged": flagged(scores), "median_score": float(np.median(scores)),
-            "scores": [float(s) for s in scores]}
+    return np.stack(x)
+
+
+def photographs(model):
+    """Scores of the photographs (photograph_images)."""
+    x = photograph_images()
+    if x is None:
+        return None
+    _, scores = model.predict(x * np.float32(model.preprocessing["rescale"]), verbose=0, return_unfamiliar=True)
+    return {"n": len(PHOTOGRAPHS), "images": PHOTOGRAPHS, "flagged": flagged(scores),
+            "median_score": float(np.median(scores)), "scores": [float(s) for s in scores]}
 
 
 def main():
