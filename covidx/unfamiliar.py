@@ -132,15 +132,8 @@ class GaussianPart:
 
     def distances(self, features):
         """Distances (n,) of this part's feature set (n, size) to the nearest class, in float64 (NumPy)."""
-        f = self.project(features)
-        best = np.full(len(f), np.inf)
-        v = self.basis.astype(np.float64)
-        for mu in self.means.astype(np.float64):
-            g = f - mu
-            q = g @ v
-            resid = np.maximum((g * g).sum(1) - (q * q).sum(1), 0.0)
-            best = np.minimum(best, (q * q / self.variances).sum(1) + resid / self.residual_variance)
-        return np.sqrt(best)
+        return gaussian_distances(self.project(features), self.means, self.basis, self.variances,
+                                  self.residual_variance)
 
     def engine_args(self):
         args = (FEATURE_SETS[self.feature][0], self.basis, self.variances, self.residual_variance, self.means,
@@ -301,6 +294,16 @@ def fit_part(feature, features, labels, components):
         projection, projection_mean = fit_projection(feature, features)
         x = np.asarray(features, np.float64).reshape(len(features), CELLS[feature], -1) - projection_mean
         features = (x @ projection).reshape(len(features), -1)
+    means, basis, variances, sigma2, explained = fit_gaussian(features, labels, components, feature)
+    return GaussianPart(feature, basis, variances, sigma2, means, 1.0, projection, projection_mean), explained
+
+
+def fit_gaussian(features, labels, components, name="the"):
+    """The Gaussians of features (n, d) with integer labels: class means (k, d), and their shared
+    covariance as probabilistic PCA, the `components` leading directions (fewer where the images
+    or the dimensions are fewer) basis (d, r) with their variances (r,), one residual variance for
+    the rest; and the fraction of the within-class variance the directions hold. name: the
+    features', for errors."""
     f = np.asarray(features, np.float64)
     labels = np.asarray(labels)
     classes = np.unique(labels)
@@ -314,12 +317,25 @@ def fit_part(feature, features, labels, components):
     lam = np.maximum(lam, 0.0)
     total = lam.sum()
     if not total > 0:
-        raise ValueError("fit_unfamiliar: the %s features do not vary within the classes" % feature)
+        raise ValueError("fit_unfamiliar: the %s features do not vary within the classes" % name)
     r = max(1, min(int(components), MAX_COMPONENTS, len(f) - len(classes) - 1, f.shape[1] - 1))
     floor = lam[0] * 1e-9
     sigma2 = max(float(lam[r:].mean()), floor)
-    return GaussianPart(feature, vec[:, :r], np.maximum(lam[:r], floor), sigma2, means, 1.0, projection,
-                        projection_mean), float(lam[:r].sum() / total)
+    return means, vec[:, :r], np.maximum(lam[:r], floor), sigma2, float(lam[:r].sum() / total)
+
+
+def gaussian_distances(features, means, basis, variances, residual_variance):
+    """Distances (n,) of features (n, d) to the nearest class mean under fit_gaussian's shared
+    covariance, in float64."""
+    f = np.asarray(features, np.float64)
+    v = np.asarray(basis, np.float64)
+    best = np.full(len(f), np.inf)
+    for mu in np.asarray(means, np.float64):
+        g = f - mu
+        q = g @ v
+        resid = np.maximum((g * g).sum(1) - (q * q).sum(1), 0.0)
+        best = np.minimum(best, (q * q / variances).sum(1) + resid / residual_variance)
+    return np.sqrt(best)
 
 
 def fit(descriptors, labels, holdout_descriptors, quantile=0.99, parts=None):

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 import covidx
-from covidx import unfamiliar
+from covidx import reports, unfamiliar
 from covidx.preprocessing.image import ImageDataGenerator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,26 +51,10 @@ def load_sets(shared):
 
 
 def gaussian(features, labels, components):
-    """Distance function of a shared-covariance Gaussian per class, the covariance as probabilistic
-    PCA with `components` directions (fit_part's model, for features that are not in the descriptor)."""
-    f = np.asarray(features, np.float64)
-    classes = np.unique(labels)
-    means = np.stack([f[labels == c].mean(0) for c in classes])
-    g = f - means[np.searchsorted(classes, labels)]
-    lam, vec = np.linalg.eigh(g.T @ g / (len(f) - len(classes)))
-    lam, vec = lam[::-1], vec[:, ::-1]
-    r = min(components, f.shape[1] - 1)
-    basis, variances, residual = vec[:, :r], np.maximum(lam[:r], 1e-12), max(lam[r:].mean(), 1e-12)
-
-    def distances(a):
-        best = np.full(len(a), np.inf)
-        for mu in means:
-            d = np.asarray(a, np.float64) - mu
-            q = d @ basis
-            rest = np.maximum((d * d).sum(1) - (q * q).sum(1), 0.0)
-            best = np.minimum(best, (q * q / variances).sum(1) + rest / residual)
-        return np.sqrt(best)
-    return distances
+    """Distance function of fit_part's model (a Gaussian per class under one probabilistic-PCA
+    covariance) for features that are not in the descriptor."""
+    means, basis, variances, residual, _ = unfamiliar.fit_gaussian(features, labels, components)
+    return lambda a: unfamiliar.gaussian_distances(a, means, basis, variances, residual)
 
 
 def standardised(images):
@@ -125,23 +109,21 @@ def main():
     def split(features):
         return features[~held], features[held]
 
-    rows = []
-
     def row(name, score, features):
-        """score(features of a set) -> (n,); features: {set: its features}."""
+        """Prints one candidate's line. score(features of a set) -> (n,); features: {set: its features}."""
         threshold = np.quantile(score(split(features["train"])[1]), 0.99)
         s = {k: score(features[k]) for k in SETS}
-        auc = [float((s[k][:, None] > s["test"][None, :]).mean() + 0.5 * (s[k][:, None] == s["test"][None, :]).mean())
+        auc = [reports.roc_auc(np.r_[s[k], s["test"]], np.r_[np.ones(len(s[k])), np.zeros(len(s["test"]))])[0]
                for k in ("pediatric", "lateral")]
-        rows.append([name] + [100.0 * np.mean(s[k] > threshold) for k in SETS] + auc)
-        print("%-44s" % name + "".join("%8.1f" % v for v in rows[-1][1:8]) + "%8.3f%8.3f" % tuple(auc), flush=True)
+        flagged = [100.0 * np.mean(s[k] > threshold) for k in SETS]
+        print("%-44s" % name + "".join("%8.1f" % v for v in flagged) + "%8.3f%8.3f" % tuple(auc), flush=True)
 
     print("%-44s" % "candidate (directions)" + "".join("%8s" % k[:7] for k in SETS) + "%8s%8s" % ("AUC ped", "AUC lat"))
     if model.unfamiliar is not None:
         row("shipped statistics (%s)" % ", ".join(model.unfamiliar.features), model.unfamiliar.scores, desc)
     for feature in ("avg_pool", "layout", "stage3_stats", "stage4_stats", "thumbnail"):
+        sel = {k: unfamiliar._select(feature, v) for k, v in desc.items()}
         for components in (16, 128):
-            sel = {k: unfamiliar._select(feature, v) for k, v in desc.items()}
             part, _ = unfamiliar.fit_part(feature, split(sel["train"])[0], fit_labels, components)
             row("Mahalanobis %s (%d)" % (feature, components), part.distances, sel)
             everything, _ = unfamiliar.fit_part(feature, split(sel["train"])[0], np.zeros_like(fit_labels),
