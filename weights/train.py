@@ -311,6 +311,13 @@ def main():
     ap.add_argument("--stop-after", type=int, default=0, help="end after this many epochs, with their checkpoint "
                     "(continue with --resume, perhaps with a shorter --schedule)")
     ap.add_argument("--time-steps", type=int, default=0, help="only time this many steps at each size")
+    ap.add_argument("--teacher", help="distil this teacher (weights/teacher.py's final.pt): it labels the same "
+                    "augmented view the student sees")
+    ap.add_argument("--kd-weight", type=float, default=0.8, help="share of the teacher's soft targets in the loss "
+                    "(the rest: the hard labels)")
+    ap.add_argument("--kd-temperature", type=float, default=2.0)
+    ap.add_argument("--mixup", type=float, default=0.0, help="chance that a batch is mixed with a shuffled copy of "
+                    "itself (weight uniform in [0, 1]): views between the training images for the teacher to label")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -322,6 +329,14 @@ def main():
     xtr, ytr, xva, yva = x[~val], y[~val], x[val], y[val]
     print("train %d, held out %d (%s)" % (len(ytr), len(yva), dict(zip(CLASSES, np.bincount(ytr).tolist()))),
           flush=True)
+
+    teacher = None
+    if args.teacher:
+        from teacher import evaluate as teacher_evaluate, load_teacher  # torch-only helper beside this file
+
+        teacher = load_teacher(args.teacher)
+        tloss, tacc = teacher_evaluate(teacher, xva, yva)
+        print("teacher %s: val_loss %.4f val_acc %.4f" % (args.teacher, tloss, tacc), flush=True)
 
     sizes = parse_schedule(args.schedule)
     steps_per_epoch = len(ytr) // args.batch
@@ -358,8 +373,20 @@ def main():
             idx = perm[s * args.batch:(s + 1) * args.batch]
             xb = augment(to_float(xtr[idx]), size, gen).contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(ytr[idx])
+            lam, other = 1.0, yb
+            if args.mixup and torch.rand(1, generator=gen).item() < args.mixup:
+                lam = torch.rand(1, generator=gen).item()
+                j = torch.randperm(len(idx), generator=gen)
+                xb, other = lam * xb + (1 - lam) * xb[j], yb[j]
             lg = logits(model, xb)
-            loss = F.cross_entropy(lg, yb, label_smoothing=args.label_smoothing)
+            loss = (lam * F.cross_entropy(lg, yb, label_smoothing=args.label_smoothing)
+                    + (1 - lam) * F.cross_entropy(lg, other, label_smoothing=args.label_smoothing))
+            if teacher is not None:
+                t = args.kd_temperature
+                with torch.no_grad():
+                    soft = F.softmax(teacher(xb) / t, dim=1)
+                kd = F.kl_div(F.log_softmax(lg / t, dim=1), soft, reduction="batchmean") * t * t
+                loss = args.kd_weight * kd + (1 - args.kd_weight) * loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
