@@ -9,6 +9,8 @@ import struct
 
 import numpy as np
 
+from . import atomic
+
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8")}
 MAX_HEADER = 100 << 20
 
@@ -35,17 +37,11 @@ def save(path, tensors, metadata=None):
         arrays.append(array)
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for array in arrays:
-                f.write(array.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic.replacing(path) as (_, fd), os.fdopen(fd, "wb", closefd=False) as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for array in arrays:
+            f.write(memoryview(array).cast("B"))
 
 
 def looks_like_safetensors(path):

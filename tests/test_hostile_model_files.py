@@ -235,3 +235,106 @@ def test_fifo_and_device_are_not_read(tmp_path):
     link = tmp_path / "zero.pth"
     os.symlink("/dev/zero", link)
     refused(link, "not a regular file")
+
+
+# --- saving: planted links and interrupted saves ---------------------------------------------------
+
+
+SAVES = {
+    "safetensors": lambda m, p: m.save(p + ".safetensors"),
+    "keras": lambda m, p: m.save(p + ".keras"),
+    "h5": lambda m, p: m.save(p + ".h5"),
+    "weights.h5": lambda m, p: m.save_weights(p + ".weights.h5"),
+    "onnx": lambda m, p: m.to_onnx(p + ".onnx"),
+}
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from covidx.applications.resnet50 import ResNet50
+
+    return ResNet50(weights=None, classes=2, seed=0)
+
+
+@pytest.mark.parametrize("kind", sorted(SAVES))
+def test_save_never_follows_a_planted_link(tmp_path, small_model, kind):
+    """Links planted at every temporary name covidx used to write through (`<name>.tmp-<pid>`,
+    `.<name>.tmp-<pid>`) pointing at a file of the victim's: the save writes its own new file, the
+    victim's file is untouched, the link is not replaced, and no temporary file is left."""
+    if kind == "onnx":
+        pytest.importorskip("onnx")
+    base = str(tmp_path / "m")
+    target = base + "." + kind
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    pid = os.getpid()
+    links = [tmp_path / ("m.%s.tmp-%d" % (kind, pid)), tmp_path / (".m.%s.tmp-%d" % (kind, pid))]
+    for link in links:
+        os.symlink(victim, link)
+    SAVES[kind](small_model, base)
+    assert victim.read_bytes() == b"precious"
+    assert all(os.path.islink(link) for link in links)
+    assert not os.path.islink(target) and os.path.getsize(target) > 1 << 20
+    assert sorted(os.listdir(tmp_path)) == sorted([victim.name, os.path.basename(target)] + [x.name for x in links])
+    mode = os.stat(target).st_mode & 0o777
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # what open() gives a new file, not mkstemp's 0600
+    if kind != "onnx":
+        loaded = covidx.load_model(target) if kind != "weights.h5" else None
+        if loaded is not None:
+            np.testing.assert_array_equal(loaded.get_weights()[0], small_model.get_weights()[0])
+
+
+SIGTERM_DURING_SAVE = r"""
+import os, signal, struct, sys
+import numpy as np
+from covidx import safetensors_io
+
+class Pack:  # the header is packed as the save starts writing: the process is told to stop then
+    def __getattr__(self, name):
+        return getattr(struct, name)
+    def pack(self, *args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return struct.pack(*args)
+
+safetensors_io.struct = Pack()
+safetensors_io.save(sys.argv[1], {"w": np.zeros(8 << 20, np.float32)})
+print("the save went on after SIGTERM")
+"""
+
+
+def test_sigterm_during_a_save_leaves_no_temporary_file(tmp_path):
+    """SIGTERM while a save writes its temporary file: the process still ends by SIGTERM (so its
+    parent sees what happened), and neither a temporary file nor a half-written target is left."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "model.safetensors"
+    out = subprocess.run([sys.executable, "-c", SIGTERM_DURING_SAVE, str(target)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == -15, (out.returncode, out.stdout, out.stderr)
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigterm_handler_of_the_program_is_left_alone(tmp_path):
+    """A program that handles SIGTERM itself keeps its handler during and after a save; covidx's
+    handler is installed only for the length of a save."""
+    import signal
+
+    from covidx import atomic
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: seen.append(a[0]))
+    try:
+        with atomic.replacing(tmp_path / "x.bin") as (_, fd):
+            os.write(fd, b"data")
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM]
+        assert (tmp_path / "x.bin").read_bytes() == b"data"
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with atomic.replacing(tmp_path / "y.bin"):
+            assert signal.getsignal(signal.SIGTERM) is atomic._on_termination
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

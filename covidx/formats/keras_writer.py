@@ -4,7 +4,8 @@ weight files (.weights.h5), laid out as Keras 3 writes them, so that keras.model
 model.load_weights read them (tested against Keras 3 itself).
 
 The graph is Keras's ResNet50 (keras.applications, v1) with an optional Rescaling and input
-LayerNormalization in front, global pooling and the Dense head. A functional model's Dropout and
+standardisation in front (a LayerNormalization(axis=[1, 2, 3]) in .keras files, a
+GroupNormalization(groups=1) in .h5 files: see _legacy_input_norm), global pooling and the Dense head. A functional model's Dropout and
 BatchNormalization layers are written folded into its Dense layers (what covidx runs; the outputs
 are the same). The input is written as (None, None, 3): any image size, as covidx takes.
 Class names and preprocessing, which Keras files have no place for, go into covidx's own entry
@@ -112,6 +113,13 @@ def graph_layers(model):
     return out
 
 
+def _legacy_input_norm(settings):
+    """The input standardisation as GroupNormalization(groups=1, axis=-1): the same per-image
+    statistics, in a form Keras's legacy .h5 reader keeps (it replaces a LayerNormalization's
+    axis=[1, 2, 3] by -1, a per-pixel normalisation that scores wrongly)."""
+    return {"groups": 1, "axis": -1, "epsilon": settings["epsilon"], "center": False, "scale": False}
+
+
 def model_config(model, v3=True):
     """The model's Keras config: {'class_name': 'Functional', 'config': {...}} (with Keras 3's
     module and registration fields when v3, as in config.json; without, as in a legacy .h5)."""
@@ -127,6 +135,8 @@ def model_config(model, v3=True):
                       "name": name, "optional": False}
             nodes = []
         else:
+            if cls == "LayerNormalization" and not v3:
+                cls, settings = "GroupNormalization", _legacy_input_norm(settings)
             config = dict({"name": name, "trainable": bool(trainable.get(name, True)), "dtype": _dtype()},
                           **settings)
             tensors = [_tensor(shapes[n], n) for n in inbound]
@@ -190,16 +200,9 @@ def compile_config(model, v3=True):
 
 def _atomic(path, write):
     """Runs write(temporary path), then renames the result to path."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, ".%s.tmp-%d" % (os.path.basename(path), os.getpid()))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from .. import atomic
+
+    return atomic.write_file(path, write)
 
 
 def _write_v3_weights(h5, model):

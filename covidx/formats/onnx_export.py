@@ -167,11 +167,6 @@ def export(model, path, opset=17):
     if model.count_params() * 4 > EXTERNAL_DATA_BYTES:
         onnx.save_model(proto, path, save_as_external_data=True, location=os.path.basename(path) + ".data")
         return path
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from .. import atomic
+
+    return atomic.write_file(path, lambda tmp: onnx.save_model(proto, tmp))
