@@ -338,3 +338,93 @@ def test_sigterm_handler_of_the_program_is_left_alone(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --- HDF5: the file that was checked is the file that is read -----------------------------------
+
+
+HANGS_LIBHDF5 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hdf5_libhdf5_hang.h5")
+
+
+def test_hdf5_swapped_after_the_child_read_is_not_read(tmp_path, small_model, monkeypatch):
+    """A good .h5 is replaced by a file on which libhdf5 loops for ever, right after the checking
+    child has read the good one: the loading process reads the file the child read (the one it
+    opened), not whatever is at the path now, and loads the good model (*bounded*; it hung)."""
+    from covidx.formats import hdf5
+
+    path = str(tmp_path / "model.h5")
+    small_model.save(path)
+    hanging = str(tmp_path / "hang.h5")
+    with open(HANGS_LIBHDF5, "rb") as src, open(hanging, "wb") as dst:
+        dst.write(src.read())
+    real_probe = hdf5.probe_in_child
+
+    def probe_then_swap(*args, **kwargs):
+        real_probe(*args, **kwargs)
+        os.replace(hanging, path)
+
+    monkeypatch.setattr(hdf5, "probe_in_child", probe_then_swap)
+    outcome = bounded.run(lambda: covidx.load_model(path).get_weights()[0])
+    assert outcome.error is None, outcome
+    np.testing.assert_array_equal(outcome.value, small_model.get_weights()[0])
+    assert not os.path.exists(hanging)  # the swap did happen
+
+
+def test_hdf5_written_in_place_after_the_child_read_is_refused(tmp_path, small_model, monkeypatch):
+    """The same file written to in place after the child's read (not replaced): refused, naming
+    the file, instead of reading bytes the child never checked."""
+    from covidx.formats import hdf5
+
+    path = str(tmp_path / "model.h5")
+    small_model.save(path)
+    real_probe = hdf5.probe_in_child
+
+    def probe_then_write(*args, **kwargs):
+        real_probe(*args, **kwargs)
+        with open(path, "r+b") as f:
+            f.seek(0, 2)
+            f.write(b"\0" * 16)
+
+    monkeypatch.setattr(hdf5, "probe_in_child", probe_then_write)
+    refused(path, "changed while it was being read")
+
+
+# --- safetensors: only the declared bytes are read ---------------------------------------------------
+
+
+def test_safetensors_sparse_tail_is_refused_without_reading_it(tmp_path, small_model):
+    """A good covidx file followed by a 2.4 GB sparse tail (holes, no disk used): refused from the
+    header and the file's size, naming the trailing bytes, at once and without reading the tail
+    (*bounded*; it was read whole: 37 s and 5 GB peak)."""
+    path = str(tmp_path / "tail.safetensors")
+    small_model.save(path)
+    good = os.path.getsize(path)
+    os.truncate(path, good + (2400 << 20))
+    outcome = refused(path, "bytes after the last tensor")
+    assert outcome.seconds < 5 and outcome.extra_mb < 400, outcome
+    os.truncate(path, good + 4096)  # a little padding is accepted
+    assert covidx.load_model(path).count_params() == small_model.count_params()
+
+
+def test_safetensors_reads_only_the_declared_ranges(tmp_path):
+    """Two tensors separated by a 1 GB hole that no tensor declares: read from their own byte
+    ranges, equal to what was written, in bounded memory (the hole is never read)."""
+    from covidx import safetensors_io
+
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.linspace(-1, 1, 5)
+    gap = 1 << 30
+    header = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+              "b": {"dtype": "F64", "shape": [5], "data_offsets": [24 + gap, 24 + gap + 40]},
+              "__metadata__": {"k": "v"}}
+    blob = json.dumps(header).encode()
+    path = str(tmp_path / "gap.safetensors")
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob + a.tobytes())
+        f.seek(gap, 1)
+        f.write(b.tobytes())
+    outcome = bounded.run(lambda: safetensors_io.load(path), extra_mb=200)
+    tensors, meta = outcome.value
+    np.testing.assert_array_equal(tensors["a"], a)
+    np.testing.assert_array_equal(tensors["b"], b)
+    assert list(tensors) == ["a", "b"] and meta == {"k": "v"}
+    assert outcome.seconds < 5, outcome

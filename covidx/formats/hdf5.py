@@ -15,6 +15,7 @@ import io
 import json
 import os
 import signal
+import stat
 import time
 
 import numpy as np
@@ -85,6 +86,8 @@ def check_file(source, where):
     file's size."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         size, head = len(source), bytes(source[:256])
+    elif isinstance(source, HeldFile):
+        size, head = os.fstat(source.fd).st_size, os.pread(source.fd, 256, 0)
     else:
         size = os.path.getsize(source)
         with open(source, "rb") as f:
@@ -223,16 +226,77 @@ def probe_in_child(action, where, size=0, seconds=None):
 
 def read_file(source, where, read):
     """read(h5) on the HDF5 file `source` (a path or bytes), first in a child process (see
-    probe_in_child), then here; what h5py raises on damage becomes ModelFileError."""
+    probe_in_child), then here; what h5py raises on damage becomes ModelFileError.
+
+    A path is opened once, and the child and this process both read that open file: a file put
+    in its place after the child's read (renamed over it) is never read here."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _read_checked(source, where, read)
+    fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))  # a FIFO cannot block
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            fail(where, "not a regular file (a directory, device or pipe); covidx reads model files")
+        return _read_checked(HeldFile(fd), where, read, fd)
+    finally:
+        os.close(fd)
+
+
+class HeldFile(io.RawIOBase):
+    """A read-only file object over an open descriptor, read with pread (so the checking child and
+    this process never share a file position), for h5py's file-object driver."""
+
+    def __init__(self, fd):
+        super().__init__()
+        self.fd, self.position = fd, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: os.fstat(self.fd).st_size}[whence]
+        self.position = base + offset
+        return self.position
+
+    def tell(self):
+        return self.position
+
+    def readinto(self, buffer):
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):
+            data = os.pread(self.fd, len(view) - done, self.position + done)
+            if not data:
+                break
+            view[done:done + len(data)] = data
+            done += len(data)
+        self.position += done
+        return done
+
+
+def _read_checked(source, where, read, fd=None):
     size = check_file(source, where)
     h5py_module(where)  # a missing h5py is reported here, not from the child
+    before = _identity(fd)
 
     def attempt():
         with H5File(source, where, size) as h5:
             return guard(where, read, h5)
 
     probe_in_child(attempt, where, size)
+    if _identity(fd) != before:  # written to in place (not replaced) since the child read it
+        fail(where, "the file changed while it was being read; nothing was loaded")
     return attempt()
+
+
+def _identity(fd):
+    """What changes when a file is written to: its size and modification time (None for bytes)."""
+    if fd is None:
+        return None
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns  # (not ctime: a rename over the path changes the held file's link count)
 
 
 class H5File:
@@ -243,6 +307,8 @@ class H5File:
         self.where, self.size = where, size
         self.h5py = h5py_module(where)
         target = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+        if isinstance(source, HeldFile):
+            source.seek(0)
         try:
             try:  # no file locking: it fails on read-only and network file systems
                 self.file = self.h5py.File(target, "r", locking=False)
