@@ -56,14 +56,16 @@ def looks_like_safetensors(path):
 
 def load(path):
     """Returns ({name: float array}, {str: str} metadata). Raises SafetensorsError naming the file
-    and the problem for anything truncated or inconsistent."""
+    and the problem for anything truncated or inconsistent. Only the bytes the header declares are
+    read: a file with more than TRAILING_SLACK bytes after its last tensor is refused (it once read
+    a 2.4 GB sparse tail into memory)."""
     path = os.fspath(path)
 
     def fail(why):
         raise SafetensorsError("%s: not a valid safetensors file: %s" % (path, why))
 
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             fail("shorter than its 8-byte header length")
@@ -76,13 +78,33 @@ def load(path):
             fail("header is not JSON (%s)" % e)
         except RecursionError:
             fail("header is nested too deeply")
-        data = f.read()
-    if not isinstance(header, dict):
-        fail("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        fail("__metadata__ must map strings to strings")
-    spans, tensors = [], {}
+        if not isinstance(header, dict):
+            fail("header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            fail("__metadata__ must map strings to strings")
+        data_bytes = size - 8 - n
+        spans = _spans(header, data_bytes, fail)
+        trailing = data_bytes - max([end for _, end, _, _, _ in spans], default=0)
+        if trailing > TRAILING_SLACK:
+            fail("%d bytes after the last tensor the header declares (at most %d are accepted)" % (trailing, TRAILING_SLACK))
+        tensors = {}
+        for begin, end, name, dtype, shape in spans:  # each tensor read from its own byte range, nothing else
+            out = np.empty(shape, dtype=dtype)
+            f.seek(8 + n + begin)
+            if end > begin and f.readinto(memoryview(out).cast("B")) != end - begin:
+                fail("tensor %r: the file ended while it was read" % name)
+            tensors[name] = out
+    return {name: tensors[name] for name in header}, metadata
+
+
+TRAILING_SLACK = 4096  # padding a writer may add; the data a header declares ends the file
+
+
+def _spans(header, data_bytes, fail):
+    """[(begin, end, name, dtype, shape)] of the header's tensors, sorted by position, after checking
+    every field, every range against the data_bytes present, and that no two ranges overlap."""
+    spans = []
     for name, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             fail("tensor %r: expected dtype, shape and data_offsets" % name)
@@ -99,14 +121,13 @@ def load(path):
         count = 1
         for d in shape:
             count *= d
-        if not 0 <= begin <= end <= len(data):
-            fail("tensor %r: data_offsets %r outside the %d data bytes (truncated?)" % (name, offsets, len(data)))
+        if not 0 <= begin <= end <= data_bytes:
+            fail("tensor %r: data_offsets %r outside the %d data bytes (truncated?)" % (name, offsets, data_bytes))
         if end - begin != count * dtype.itemsize:
             fail("tensor %r: %d bytes for shape %r of %s" % (name, end - begin, shape, info["dtype"]))
-        spans.append((begin, end, name))
-        tensors[name] = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
-    spans.sort()
-    for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+        spans.append((begin, end, name, dtype, tuple(shape)))
+    spans.sort(key=lambda span: span[:2])
+    for (b0, e0, n0, *_), (b1, _, n1, *_) in zip(spans, spans[1:]):
         if b1 < e0:
             fail("tensors %r and %r overlap" % (n0, n1))
-    return tensors, metadata
+    return spans
