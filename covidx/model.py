@@ -18,8 +18,9 @@ OUTPUTS = {"head": 0, "features": 1, "feature_map": 2, "descriptor": 3}
 STATISTICS = ("moving_mean", "moving_variance")  # weights that never train
 
 
-def _as_images(x, name="x"):
-    """x as a float32 C-contiguous (batch, height, width, 3) array, or a clear error."""
+def _as_images(x, name="x", convert=True):
+    """x as a float32 C-contiguous (batch, height, width, 3) array, or a clear error. convert=False:
+    x checked but left as it is (a memmap, a broadcast view), for conversion a batch at a time."""
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)):
             x = np.asarray(x)
@@ -37,8 +38,14 @@ def _as_images(x, name="x"):
         raise ValueError("%s: expected 3 channels (RGB) in the last axis, got shape %s" % (name, x.shape))
     if x.shape[1] < 32 or x.shape[2] < 32:
         raise ValueError("%s: images must be at least 32x32, got shape %s" % (name, x.shape))
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    finite = np.isfinite(x).all(axis=(1, 2, 3))
+    if x.dtype.kind == "f":  # (integers are always finite in float32) checked in chunks: no float32 copy of x
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range is reported as infinite below
+            finite = np.concatenate([np.isfinite(x[i:i + 64].astype(np.float32)).all(axis=(1, 2, 3))
+                                     for i in range(0, len(x), 64)])
+    else:
+        finite = np.ones(len(x), bool)
+    if convert:
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if not finite.all():  # the engine's ReLU and max pool would drop NaN and give a confident answer
         bad = np.flatnonzero(~finite)
         raise ValueError("%s: NaN or infinite pixel values in %d of %d images (first: image %d); covidx gives no "
@@ -308,14 +315,14 @@ class Model:
     # --- inference -------------------------------------------------------------------------------
 
     def _run(self, x, batch_size, output, verbose=0, unfamiliar=False):
-        x = _as_images(x)
+        x = _as_images(x, convert=False)  # converted a batch at a time: the engine needs no more
         batch_size = _positive_int(batch_size, "batch_size") or 32
         steps = (x.shape[0] + batch_size - 1) // batch_size
         bar = Progbar(steps, verbose=verbose) if verbose else None
         parts = []
         for i in range(steps):
-            parts.append(self._engine.forward(x[i * batch_size:(i + 1) * batch_size], output=OUTPUTS[output],
-                                              unfamiliar=unfamiliar))
+            batch = np.ascontiguousarray(x[i * batch_size:(i + 1) * batch_size], dtype=np.float32)
+            parts.append(self._engine.forward(batch, output=OUTPUTS[output], unfamiliar=unfamiliar))
             if bar:
                 bar.update(i + 1, [], finalize=i + 1 == steps)
         if unfamiliar:

@@ -116,3 +116,58 @@ def test_small_files_load_under_an_address_space_limit(tmp_path):
     with Image.open(image) as im:
         assert size == str(im.size)
     assert keys == str(["fc.bias", "fc.weight"])
+
+
+def test_predict_converts_large_inputs_a_batch_at_a_time(tmp_path):
+    """predict on a 602 MB uint8 memmap (4,000 images, a sparse file) and on a broadcast view of
+    4,000 images (150 KB of data): each batch is converted to float32 as the engine takes it, so
+    the call fits in an address space of what the process has plus 768 MB (both used to convert
+    the whole input first: 2.4 GB, a MemoryError). The engine is replaced by one that records
+    what it is given (4,000 real forward passes would take minutes); the real engine's outputs for
+    a memmap are checked against the same images in memory in the next test."""
+    import bounded
+    from covidx.formats.hdf5 import limit_memory
+
+    path = str(tmp_path / "images.u8")
+    shape = (4000, 224, 224, 3)
+    with open(path, "wb") as f:
+        f.truncate(int(np.prod(shape)))
+    model = ResNet50(weights=None, classes=2, head=(16,), seed=0)
+    seen = []
+
+    class Recorder:
+        def forward(self, x, output=0, unfamiliar=False):
+            assert x.dtype == np.float32 and x.flags.c_contiguous
+            seen.append(len(x))
+            return np.full((len(x), 2), float(x[0, 0, 0, 0]), np.float32)
+
+    model._engine = Recorder()
+    image = np.random.default_rng(0).integers(0, 256, size=(1, 224, 224, 3), dtype=np.uint8)
+
+    def run():
+        limit_memory(768 << 20)
+        memmap = np.memmap(path, np.uint8, "r", shape=shape)
+        a = model.predict(memmap, batch_size=32, verbose=0)
+        b = model.predict(np.broadcast_to(image, shape), batch_size=32, verbose=0)
+        return a.shape, float(np.abs(a).max()), b.shape, float(b.min()), float(b.max()), len(seen)
+
+    outcome = bounded.run(run, seconds=60)
+    assert outcome.error is None, outcome
+    a_shape, a_max, b_shape, b_min, b_max, calls = outcome.value
+    assert a_shape == b_shape == (4000, 2) and a_max == 0.0
+    assert b_min == b_max == float(image[0, 0, 0, 0])
+    assert calls == 2 * 125
+
+
+def test_predict_on_a_memmap_matches_the_same_images_in_memory(tmp_path):
+    model = ResNet50(weights=None, classes=2, head=(16,), seed=0)
+    x = np.random.default_rng(1).integers(0, 256, size=(5, 48, 48, 3), dtype=np.uint8)
+    path = str(tmp_path / "images.u8")
+    x.tofile(path)
+    memmap = np.memmap(path, np.uint8, "r", shape=x.shape)
+    want = model.predict(x.astype(np.float32) / 255, batch_size=2, verbose=0)
+    np.testing.assert_array_equal(model.predict(memmap / np.float32(255), batch_size=2, verbose=0), want)
+    np.testing.assert_array_equal(model.predict(memmap, batch_size=2, verbose=0),
+                                  model.predict(x.astype(np.float32), batch_size=2, verbose=0))
+    with pytest.raises(ValueError, match=r"NaN or infinite pixel values in 1 of 3 images \(first: image 2\)"):
+        model.predict(np.array([x[0], x[1], np.full(x[0].shape, 1e39)], np.float64), verbose=0)
