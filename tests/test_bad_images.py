@@ -272,3 +272,304 @@ def test_non_finite_values_after_preprocessing_are_not_scored(tmp_path):
         with pytest.warns(UserWarning, match="blank.png"):
             p = model.predict(it, verbose=0)
     assert np.isfinite(p[0]).all() and np.isnan(p[1]).all()
+
+
+# --- no program started by a file; near-limit images in bounded memory -------------------------------
+
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 64 64
+0 0 moveto 64 64 lineto stroke
+showpage
+%%EOF
+"""
+
+
+def stub_program(tmp_path, monkeypatch, name):
+    """A `name` program first on PATH that records each run in a log: the log's path."""
+    bin_dir, log = tmp_path / "bin", tmp_path / ("%s-ran.log" % name)
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/sh\necho \"$@\" >> '%s'\nexit 1\n" % log)
+    os.chmod(bin_dir / name, 0o755)
+    monkeypatch.setenv("PATH", "%s%s%s" % (bin_dir, os.pathsep, os.environ.get("PATH", "")))
+    return log
+
+
+def test_no_program_is_started_by_an_image_file(tmp_path, monkeypatch):
+    """EPS content named x.png made Pillow run Ghostscript (`gs` from PATH) on it: covidx opens only
+    the formats it reads, with plugins that decode in-process, in load_img, flow_from_directory,
+    evaluate and `covidx predict`."""
+    import contextlib
+    import io as io_mod
+    import json
+
+    from PIL import EpsImagePlugin
+
+    from covidx import __main__ as cli
+
+    log = stub_program(tmp_path, monkeypatch, "gs")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # found again, on this PATH
+    d = tmp_path / "data" / "COVID-19"
+    d.mkdir(parents=True)
+    for name in ("x.png", "y.jpg", "z.tif"):
+        (d / name).write_bytes(EPS)
+    xray().resize((64, 64)).save(d / "good.png")
+    for name in ("x.png", "y.jpg", "z.tif"):
+        with pytest.raises(ImageFileError, match="not an image covidx reads") as e:
+            load_img(str(d / name))
+        assert e.value.path == str(d / name)
+
+    model = ResNet50(weights=None, classes=2, head=(4,), seed=0, class_names=["COV19", "Normal"],
+                     preprocessing={"rescale": 1 / 255})
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(tmp_path / "data"), target_size=(64, 64),
+                                                                 shuffle=False, on_error="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, acc = model.evaluate(it, verbose=0)
+    assert sorted(os.path.basename(p) for p, _ in it.skipped) == ["x.png", "y.jpg", "z.tif"]
+    want = model.predict(img_to_array(load_img(str(d / "good.png"), target_size=(64, 64)))[None] / 255, verbose=0)
+    assert acc == float(np.argmax(want[0]) == 0)
+
+    model_path = tmp_path / "m.safetensors"
+    model.save(model_path, dtype="float16")
+    out = io_mod.StringIO()
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = cli.main(["predict", str(d / "x.png"), str(d / "good.png"), "--json", "--model", str(model_path)])
+    records = {os.path.basename(r["path"]): r for r in json.loads(out.getvalue())}
+    assert code == 1 and "probabilities" in records["good.png"]
+    assert "x.png" in records["x.png"]["error"] and "not an image covidx reads" in records["x.png"]["error"]
+    assert not log.exists(), log.read_text()
+
+    # the stub is one Pillow runs: opened without covidx's list of formats, the file starts it
+    with pytest.raises(Exception):
+        Image.open(str(d / "x.png")).load()
+    assert log.exists()
+
+
+def test_no_image_reader_starts_a_process(tmp_path, monkeypatch):
+    """The general rule, whatever the plugin: reading any of these files starts no process."""
+    import subprocess
+
+    started = []
+
+    def refuse(*args, **kwargs):
+        started.append(args)
+        raise AssertionError("a process was started: %r" % (args,))
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "posix_spawn", refuse)
+    monkeypatch.setattr(os, "system", refuse)
+    samples = {"eps.png": EPS, "pdf.png": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n",
+               "ps.jpg": b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"}
+    buf = io.BytesIO()
+    xray().resize((16, 16)).save(buf, "PSD") if "PSD" in Image.SAVE else None
+    for fmt in ("PCX", "TGA", "SGI", "IM", "ICO", "PDF", "EPS"):  # formats Pillow has, covidx does not read
+        buf = io.BytesIO()
+        try:
+            xray().resize((16, 16)).convert("RGB").save(buf, fmt)
+        except Exception:  # a writer missing here: not needed
+            continue
+        samples["%s.png" % fmt.lower()] = buf.getvalue()
+    for name, data in samples.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageFileError, match="not an image covidx reads"):
+            load_img(str(tmp_path / name))
+    assert not started
+
+
+def near_limit_files(d):
+    """{name: (path, what load_img should do)}: 13000 x 13000 (just under twice Pillow's bomb
+    limit, where Pillow only warns) RGBA PNG of 670 KB and 16-bit grey PNG of 330 KB."""
+    import hostile_files
+
+    d.mkdir(parents=True, exist_ok=True)
+    return {"rgba.png": hostile_files.blank_png(d / "rgba.png", 13000, 13000, 6, 8),
+            "grey16.png": hostile_files.blank_png(d / "grey16.png", 13000, 13000, 0, 16)}
+
+
+def test_near_limit_images_are_read_in_bounded_memory_or_named(tmp_path):
+    """load_img took 1,323 MB for the RGBA file, and with xray=True 2,290 MB for the 16-bit one
+    (float64 copies): each is now read in under 1 GB, or refused before decoding, naming the
+    file and the per-image memory budget."""
+    import bounded
+
+    files = near_limit_files(tmp_path)
+    cases = [("rgba.png", {}), ("grey16.png", {"xray": True})]
+    for name, kw in cases:
+        def read(path=files[name], kw=kw):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning
+                return np.asarray(load_img(path, target_size=(224, 224), **kw))
+
+        outcome = bounded.run(read)
+        assert outcome.error is None, (name, kw, outcome)
+        np.testing.assert_array_equal(outcome.value, np.zeros((224, 224, 3), np.uint8))
+    # converting the whole RGBA image before resizing (what bilinear resampling needs) cannot fit
+    outcome = bounded.run(lambda: load_img(files["rgba.png"], target_size=(224, 224), interpolation="bilinear"))
+    assert isinstance(outcome.error, ImageFileError), outcome
+    assert outcome.error.path == files["rgba.png"] and "per-image memory budget" in str(outcome.error)
+    assert outcome.extra_mb < 100  # refused from the header
+
+
+def test_folder_with_near_limit_images_scores_every_good_image(tmp_path):
+    """evaluate over good X-rays and near-limit images, 8 decoding threads: within 1 GB extra (the
+    decoding threads share one memory budget), every good image scored, the same as alone."""
+    import bounded
+
+    good_dir = tmp_path / "good" / "COVID-19"
+    good_dir.mkdir(parents=True)
+    for i, (p, _) in enumerate(sample_files()):
+        Image.open(p).save(good_dir / ("%d.png" % i))
+    mixed = tmp_path / "mixed" / "COVID-19"
+    near_limit_files(mixed)
+    near_limit_files(tmp_path / "more")
+    for n in ("rgba.png", "grey16.png"):
+        os.rename(tmp_path / "more" / n, mixed / ("b_" + n))
+    for f in os.listdir(good_dir):
+        os.link(good_dir / f, mixed / f)
+
+    def scores(folder, **kw):
+        model = ResNet50(weights=None, classes=2, head=(8,), seed=0, class_names=["COV19", "Normal"])
+        it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(folder), target_size=(64, 64),
+                                                                     batch_size=16, shuffle=False, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return it.filenames, model.predict(it, verbose=0), it.skipped
+
+    names, want, _ = scores(tmp_path / "good", xray=True, interpolation="bilinear")
+    outcome = bounded.run(lambda: scores(tmp_path / "mixed", on_error="skip", xray=True, interpolation="bilinear"),
+                          seconds=40)
+    assert outcome.error is None, outcome
+    got_names, got, skipped = outcome.value
+    rows = dict(zip(got_names, got))
+    assert len(got_names) == len(names) + 4
+    np.testing.assert_allclose(np.stack([rows[n] for n in names]), want, rtol=1e-5, atol=1e-6)
+    # bilinear: the RGBA images cannot be converted whole within the budget, the 16-bit ones can
+    assert sorted(os.path.basename(p) for p, _ in skipped) == ["b_rgba.png", "rgba.png"]
+    assert all("per-image memory budget" in why for _, why in skipped)
+    assert np.isfinite(rows[os.path.join("COVID-19", "grey16.png")]).all()
+
+
+def test_memory_error_on_one_file_is_a_skipped_file(tmp_path, monkeypatch):
+    """on_error='skip' re-raised MemoryError, so one image lost the whole run."""
+    d = tmp_path / "data" / "COVID-19"
+    d.mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png"):
+        xray().resize((64, 64)).save(d / name)
+    real_resize = Image.Image.resize
+
+    def resize(self, *a, **k):
+        if self.filename_for_test == "b.png":
+            raise MemoryError()
+        return real_resize(self, *a, **k)
+
+    real_open = Image.open
+
+    def open_(fp, *a, **k):
+        img = real_open(fp, *a, **k)
+        img.filename_for_test = "b.png" if bytes(fp.getbuffer()) == (d / "b.png").read_bytes() else None
+        return img
+
+    (d / "b.png").write_bytes((d / "b.png").read_bytes() + b"\0")  # a different file from the other two
+    monkeypatch.setattr(Image, "open", open_)
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    monkeypatch.setattr(Image.Image, "filename_for_test", None, raising=False)
+    with pytest.raises(ImageFileError, match="out of memory") as e:
+        load_img(str(d / "b.png"), target_size=(32, 32))
+    assert e.value.path == str(d / "b.png")
+    model = ResNet50(weights=None, classes=2, head=(8,), seed=0, class_names=["COV19", "Normal"])
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(tmp_path / "data"), target_size=(32, 32),
+                                                                 shuffle=False, on_error="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = model.predict(it, verbose=0)
+        model.evaluate(it, verbose=0)
+    assert [os.path.basename(f) for f, _ in it.skipped] == ["b.png"]
+    assert np.isnan(p[1]).all() and np.isfinite(p[[0, 2]]).all()
+
+
+def test_decoding_threads_share_one_memory_budget(tmp_path, monkeypatch):
+    """Images decoded at once, in any number of threads, together reserve at most the budget."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from covidx.preprocessing import image as image_mod
+
+    for i in range(12):
+        Image.new("RGB", (1000, 1000), (i, 0, 0)).save(tmp_path / ("%d.png" % i))
+    monkeypatch.setattr(image_mod, "MAX_DECODE_BYTES", 9 << 20)  # room for two of these at a time
+    most, real_reserve = [0], image_mod._memory.reserve
+
+    def reserve(nbytes):
+        real_reserve(nbytes)
+        most[0] = max(most[0], image_mod._memory.used)
+        time.sleep(0.01)
+
+    monkeypatch.setattr(image_mod._memory, "reserve", reserve)
+    with ThreadPoolExecutor(8) as pool:
+        out = list(pool.map(lambda i: np.asarray(load_img(str(tmp_path / ("%d.png" % i)), target_size=(8, 8))),
+                            range(12)))
+    assert [int(a[0, 0, 0]) for a in out] == list(range(12))
+    assert 0 < most[0] <= 9 << 20 and image_mod._memory.used == 0
+    with pytest.raises(ImageFileError, match="per-image memory budget"):
+        monkeypatch.setattr(image_mod, "MAX_DECODE_BYTES", 1 << 20)
+        load_img(str(tmp_path / "0.png"), target_size=(8, 8))
+    assert image_mod._memory.used == 0
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale_within_the_budget(tmp_path, monkeypatch):
+    """A JPEG too large to decode whole within the budget is decoded at 1/2..1/8 scale (Pillow's
+    draft), never below the target size; one within the budget is decoded whole, as Keras does."""
+    from covidx.preprocessing import image as image_mod
+
+    big = xray().resize((2400, 2000))
+    big.convert("RGB").save(tmp_path / "big.jpg", quality=95)
+    whole = np.asarray(load_img(str(tmp_path / "big.jpg"), target_size=(224, 224)), np.float64)
+    want = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((224, 224), Image.NEAREST), np.float64)
+    np.testing.assert_array_equal(whole, want)
+    monkeypatch.setattr(image_mod, "MAX_DECODE_BYTES", 4 << 20)  # the whole image needs 19 MB
+    reduced = np.asarray(load_img(str(tmp_path / "big.jpg"), target_size=(224, 224), interpolation="bilinear"),
+                         np.float64)
+    ref = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((224, 224), Image.BILINEAR), np.float64)
+    assert reduced.shape == ref.shape and np.abs(reduced - ref).mean() < 4
+    big.convert("RGB").save(tmp_path / "big.png")
+    with pytest.raises(ImageFileError, match="per-image memory budget"):
+        load_img(str(tmp_path / "big.png"), target_size=(224, 224))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "I;16", "1"])
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "lanczos"])
+def test_conversion_and_resizing_give_pillows_pixels(tmp_path, mode, interpolation):
+    """covidx resizes before converting where that gives the same pixels (nearest, or plain grey),
+    to convert only the small image: the result is Pillow's convert-then-resize, as in Keras."""
+    rng = np.random.default_rng(0)
+    src = Image.fromarray(rng.integers(0, 256, (151, 203, 3), dtype=np.uint8), "RGB")
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (151, 203), dtype=np.uint16))
+    elif mode == "P":
+        img = src.quantize(64)
+    else:
+        img = src.convert(mode)
+    img.save(tmp_path / "x.tif") if mode in ("CMYK", "LA") else img.save(tmp_path / "x.png")
+    path = str(tmp_path / ("x.tif" if mode in ("CMYK", "LA") else "x.png"))
+    for color_mode in ("rgb", "rgba", "grayscale"):
+        pil_mode = {"rgb": "RGB", "rgba": "RGBA", "grayscale": "L"}[color_mode]
+        ref = Image.open(path)
+        if not (color_mode == "grayscale" and ref.mode in ("L", "I;16", "I")):
+            ref = ref.convert(pil_mode)
+        ref = ref.resize((64, 48), getattr(Image.Resampling, interpolation.upper()))
+        got = load_img(path, color_mode=color_mode, target_size=(48, 64), interpolation=interpolation)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref), err_msg="%s %s" % (mode, color_mode))
+
+
+def test_sixteen_bit_scaled_in_blocks_matches_the_whole_image(tmp_path, monkeypatch):
+    from covidx.preprocessing import image as image_mod
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(300, 40000, (97, 131)).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "x16.png")
+    monkeypatch.setattr(image_mod, "BLOCK_PIXELS", 131 * 3 + 5)  # blocks of 3 rows, the last one shorter
+    got = img_to_array(load_img(str(tmp_path / "x16.png"), xray=True))[:, :, 0]
+    want = np.floor((a.astype(np.float64) - a.min()) * 255.0 / (a.max() - a.min()) + 0.5)
+    np.testing.assert_array_equal(got, want)

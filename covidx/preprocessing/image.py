@@ -9,6 +9,7 @@ import io
 import os
 import pathlib
 import stat
+import threading
 import warnings
 
 import numpy as np
@@ -19,6 +20,16 @@ COLOR_MODES = ("grayscale", "rgb", "rgba")
 # The most bytes read for one image file: an uncompressed 16-bit radiograph of Pillow's largest
 # allowed size is about 360 MB.
 MAX_FILE_BYTES = 512 << 20
+# The formats covidx decodes, each by a Pillow plugin that decodes in this process: Keras's (PNG,
+# JPEG, BMP, PPM, TIFF), GIF and WebP. Image.open() without a list tries every plugin, and Pillow's
+# EPS plugin runs Ghostscript (`gs` from PATH) on the file: a file's content must never start a
+# program. DICOM is read by covidx.dicom.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM")
+# Memory for decoding. Each image's peak (its decoded pixels, conversion and resizing) is estimated
+# from its header before a pixel is decoded: an image that needs more than this is refused, and the
+# images being decoded at once, in every thread of the process, together reserve at most this much.
+MAX_DECODE_BYTES = 768 << 20
+BLOCK_PIXELS = 1 << 20  # 16-bit images are scaled to 8 bits this many pixels at a time
 
 
 class ImageFileError(ValueError):
@@ -81,17 +92,22 @@ def _read_file(path, name):
     return data
 
 
+class _ArgumentError(ValueError):
+    """The caller's argument is wrong, not the file: never an ImageFileError."""
+
+
 def _resample(interpolation):
     from PIL import Image
 
     if interpolation not in INTERPOLATIONS:
-        raise ValueError("Invalid interpolation method %s specified. Supported methods are %s"
+        raise _ArgumentError("Invalid interpolation method %s specified. Supported methods are %s"
                          % (interpolation, ", ".join(INTERPOLATIONS)))
     return getattr(getattr(Image, "Resampling", Image), interpolation.upper())
 
 
-def _open(path):
-    """(PIL image, display name); the file is read whole first, as Keras does."""
+def _open(path, decoding=None):
+    """(PIL image, display name); the file is read whole first, as Keras does. decoding (a
+    _Decoding) plans and reserves the image's memory from its header, before it is decoded."""
     from PIL import Image
 
     if isinstance(path, io.BytesIO):
@@ -106,18 +122,143 @@ def _open(path):
     if is_dicom(data):
         from ..dicom import dicom_to_pil  # pydicom, an optional extra
 
-        return dicom_to_pil(data, name), name
+        return dicom_to_pil(data, name, decoding and decoding.plan), name
     try:
-        img = Image.open(data)
+        img = Image.open(data, formats=_pil_formats())
+        if decoding is not None:
+            decoding.plan(name, img.size, img.mode, img)
         img.load()
     except Image.DecompressionBombError as e:
         raise ImageFileError(name, "decompression bomb refused: %s" % e) from None
+    except Image.UnidentifiedImageError:
+        reason = ("zero-byte file" if data.getbuffer().nbytes == 0 else
+                  "not an image covidx reads: it reads %s and DICOM files" % ", ".join(PIL_FORMATS))
+        raise ImageFileError(name, reason) from None
+    except ImageFileError:
+        raise
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, struct.error...)
         if isinstance(e, MemoryError):
-            raise
+            raise ImageFileError(name, "out of memory decoding it") from None
         reason = "zero-byte file" if data.getbuffer().nbytes == 0 else "%s: %s" % (type(e).__name__, e)
         raise ImageFileError(name, reason) from None
     return img, name
+
+
+def _pil_formats():
+    from PIL import Image
+
+    Image.init()  # registers the plugins (opens nothing): WebP is there only where Pillow was built with it
+    return [f for f in PIL_FORMATS if f in Image.OPEN]
+
+
+def _bytes_per_pixel(mode):
+    """What Pillow stores per pixel: one byte for 1, L and P, two for 16-bit grey, four otherwise
+    (multi-band images are stored four bytes a pixel)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def check_target_size(target_size):
+    """(width, height) for PIL, or None; a target_size that cannot be an image size is the caller's
+    ValueError, named as such (not an IndexError, a MemoryError or every file's fault)."""
+    if target_size is None:
+        return None
+    try:
+        h, w = target_size
+    except (TypeError, ValueError):
+        raise ValueError("target_size: expected (height, width), got %r" % (target_size,)) from None
+    for v in (h, w):
+        if (isinstance(v, bool) or not isinstance(v, (int, np.integer, float, np.floating))
+                or not (1 <= v < 1 << 31 and v == int(v))):
+            raise ValueError("target_size: expected two positive integers (height, width), got %r" % (target_size,))
+    h, w = int(h), int(w)
+    if int(h) * int(w) * 16 > MAX_DECODE_BYTES:  # the image as float32 RGBA
+        raise ValueError("target_size: %d x %d images need %d MB each as arrays, more than covidx's per-image memory "
+                         "budget of %d MB" % (h, w, int(h) * int(w) * 16 >> 20, MAX_DECODE_BYTES >> 20))
+    return int(w), int(h)
+
+
+class _Memory:
+    """Bytes reserved by the images being decoded now, in every thread of this process."""
+
+    def __init__(self):
+        self.used, self.cond = 0, threading.Condition()
+
+    def reserve(self, nbytes):
+        with self.cond:
+            while self.used and self.used + nbytes > MAX_DECODE_BYTES:
+                self.cond.wait(0.1)  # short waits keep Ctrl-C responsive
+            self.used += nbytes
+
+    def release(self, nbytes):
+        with self.cond:
+            self.used -= nbytes
+            self.cond.notify_all()
+
+
+_memory = _Memory()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: globals().__setitem__("_memory", _Memory()))
+
+
+def _resize_first(mode, size, interpolation):
+    """Resizing before the colour conversion gives the same pixels when the resampling picks
+    pixels (nearest) or the image is plain grey, and then converts only the small image."""
+    return size is not None and (interpolation == "nearest" or mode == "L")
+
+
+class _Decoding:
+    """One image's decoding: its peak memory planned from its header (JPEG decoded at a reduced
+    scale where the full one would not fit: draft), refused past MAX_DECODE_BYTES, and reserved
+    from what the process's decoding threads share until the image is done."""
+
+    def __init__(self, color_mode, size, xray, interpolation):
+        self.color_mode, self.size, self.xray, self.interpolation = color_mode, size, xray, interpolation
+        self.held = 0
+
+    def need(self, size, mode, decoder_bytes=0):
+        """Peak bytes of decoding, correcting, converting and resizing a size (w, h) image of this
+        mode; decoder_bytes: what the decoder holds besides the image while it decodes."""
+        w, h = size
+        pixels = w * h
+        now = pixels * _bytes_per_pixel(mode)
+        peak = now + decoder_bytes
+        if self.xray:  # EXIF orientation: a transposed copy (assumed; the tag may only be read after decoding)
+            peak = max(peak, 2 * now)
+            if mode in ("I;16", "I;16B", "I;16L", "I") and self.color_mode != "grayscale":  # to 8 bits, in blocks
+                peak = max(peak, now + pixels + 16 * BLOCK_PIXELS)
+                now, mode = pixels, "L"
+        if self.size is None or not _resize_first(mode, self.size, self.interpolation):
+            target = {"grayscale": ("L", "I;16", "I"), "rgb": ("RGB",), "rgba": ("RGBA",)}[self.color_mode]
+            if mode not in target:
+                out = _bytes_per_pixel(target[0])
+                wide = mode in ("I", "F") or mode.startswith("I;16")  # converted through a 32-bit image
+                peak = max(peak, now + pixels * (out + (4 if wide and out > 1 else 0)))
+                now = pixels * out
+        if self.size is not None:
+            tw, th = self.size
+            peak = max(peak, now + 4 * (tw * h + tw * th))  # resizing: one pass per direction
+        return peak
+
+    def plan(self, name, size, mode, img=None, decoder_bytes=0):
+        need = self.need(size, mode, decoder_bytes)
+        if need > MAX_DECODE_BYTES and img is not None and self.size is not None and img.format in ("JPEG", "MPO"):
+            img.draft(None, self.size)  # DCT scaling while decoding: 1/2, 1/4 or 1/8, never below the target
+            size, mode = img.size, img.mode
+            need = self.need(size, mode)
+        if need > MAX_DECODE_BYTES:
+            raise ImageFileError(name, "decoding this %d x %d %s image needs about %d MB, more than covidx's "
+                                       "per-image memory budget of %d MB" % (size[0], size[1], mode, need >> 20,
+                                                                            MAX_DECODE_BYTES >> 20))
+        _memory.reserve(need)
+        self.held = need
+
+    def release(self):
+        if self.held:
+            _memory.release(self.held)
+            self.held = 0
 
 
 def is_dicom(data):
@@ -127,13 +268,24 @@ def is_dicom(data):
 
 
 def _sixteen_bit_to_8(img):
-    """A 16-bit (or 32-bit integer) greyscale image scaled from its own min..max to 8 bits."""
+    """A 16-bit (or 32-bit integer) greyscale image scaled from its own min..max to 8 bits, a block of
+    rows at a time (float64 for one block, never for the whole image)."""
     from PIL import Image
 
-    a = np.asarray(img, dtype=np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    scaled = np.zeros(a.shape, np.uint8) if hi <= lo else np.floor((a - lo) * (255.0 / (hi - lo)) + 0.5)
-    return Image.fromarray(np.asarray(scaled, dtype=np.uint8), "L")
+    w, h = img.size
+    step = max(1, BLOCK_PIXELS // max(1, w))
+    blocks = [(r, min(h, r + step)) for r in range(0, h, step)]
+
+    def block(r0, r1, dtype=None):
+        return np.asarray(img.crop((0, r0, w, r1)), dtype=dtype)
+
+    lo = min(float(block(*b).min()) for b in blocks)
+    hi = max(float(block(*b).max()) for b in blocks)
+    out = np.zeros((h, w), np.uint8)
+    if hi > lo:
+        for r0, r1 in blocks:
+            out[r0:r1] = np.floor((block(r0, r1, np.float64) - lo) * (255.0 / (hi - lo)) + 0.5)
+    return Image.fromarray(out, "L")
 
 
 class _as_image_file_error:
@@ -147,18 +299,25 @@ class _as_image_file_error:
         return self
 
     def __exit__(self, kind, e, tb):
-        if kind is None or not issubclass(kind, Exception) or issubclass(kind, (ImageFileError, MemoryError)):
+        if kind is None or not issubclass(kind, Exception) or issubclass(kind, (ImageFileError, _ArgumentError)):
             return False
+        if issubclass(kind, MemoryError):  # one image's failure, like any other: the other files go on
+            raise ImageFileError(self.name, "out of memory decoding it") from None
         raise ImageFileError(self.name, "%s: %s" % (kind.__name__, e)) from None
 
 
-def _converted(img, color_mode, xray):
-    if xray:
-        from PIL import ImageOps
+def _xray_corrected(img, color_mode):
+    """xray=True: EXIF orientation applied; 16/32-bit grey scaled from its full range to 8 bits."""
+    from PIL import ImageOps
 
+    if img.getexif().get(0x0112, 1) not in (None, 1):  # exif_transpose copies even an upright image
         img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I") and color_mode != "grayscale":
-            img = _sixteen_bit_to_8(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I") and color_mode != "grayscale":
+        img = _sixteen_bit_to_8(img)
+    return img
+
+
+def _converted(img, color_mode):
     if color_mode == "grayscale":
         if img.mode not in ("L", "I;16", "I"):
             img = img.convert("L")
@@ -185,14 +344,18 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", 
         color_mode = "grayscale"
     if color_mode not in COLOR_MODES:
         raise ValueError('color_mode must be "grayscale", "rgb", or "rgba"')
-    img, name = _open(path)
-    with _as_image_file_error(name):
-        img = _converted(img, color_mode, xray)
-    if target_size is not None:
-        size = (int(target_size[1]), int(target_size[0]))  # PIL wants (width, height)
-        if img.size != size:
-            resample = _resample(interpolation)  # a bad name is the caller's error (as in Keras), not the file's
-            with _as_image_file_error(name):
+    size = check_target_size(target_size)
+    decoding = _Decoding(color_mode, size, xray, interpolation)
+    try:
+        img, name = _open(path, decoding)
+        with _as_image_file_error(name):
+            if xray:
+                img = _xray_corrected(img, color_mode)
+            early = _resize_first(img.mode, size, interpolation)
+            if not early:
+                img = _converted(img, color_mode)
+            if size is not None and img.size != size:
+                resample = _resample(interpolation)  # a bad name is the caller's error (as in Keras), when resizing
                 if keep_aspect_ratio:
                     w, h = img.size
                     crop_h = min(h, (w * size[1]) // size[0])
@@ -201,6 +364,10 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", 
                     img = img.resize(size, resample, box=[left, top, left + crop_w, top + crop_h])
                 else:
                     img = img.resize(size, resample)
+            if early:
+                img = _converted(img, color_mode)
+    finally:
+        decoding.release()
     return img
 
 

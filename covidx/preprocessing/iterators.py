@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .image import ImageFileError, array_to_img, img_to_array, load_img
+from .image import ImageFileError, check_target_size, array_to_img, img_to_array, load_img
 
 _decode_pool = None
 _decode_pool_lock = threading.Lock()
@@ -46,7 +46,7 @@ class Iterator:
     white_list_formats = ("png", "jpg", "jpeg", "bmp", "ppm", "tif", "tiff", "dcm")
 
     def __init__(self, n, batch_size, shuffle, seed):
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
         self.n = n
         self.batch_size = int(batch_size)
@@ -286,7 +286,8 @@ class DirectoryIterator(BatchFromFiles, Iterator):
             raise ValueError('Invalid color mode: %s; expected "rgb", "rgba", or "grayscale".' % (color_mode,))
         self.directory = directory
         self.image_data_generator = image_data_generator
-        self.target_size = tuple(target_size)
+        check_target_size(target_size)  # a bad size is the argument's fault, said once, not every file's
+        self.target_size = tuple(int(v) for v in target_size)
         self.color_mode = color_mode
         self.data_format = data_format
         channels = {"rgba": 4, "rgb": 3, "grayscale": 1}[color_mode]
@@ -361,7 +362,9 @@ class DataFrameIterator(BatchFromFiles, Iterator):
             raise ValueError("Invalid interpolation method %s specified. Supported methods are nearest, bilinear, "
                              "bicubic, hamming, box, lanczos" % (interpolation,))
         self.image_data_generator = image_data_generator
-        self.target_size, self.color_mode, self.data_format = tuple(target_size), color_mode, data_format
+        check_target_size(target_size)
+        self.target_size = tuple(int(v) for v in target_size)
+        self.color_mode, self.data_format = color_mode, data_format
         channels = {"rgba": 4, "rgb": 3, "grayscale": 1}[color_mode]
         self.image_shape = (self.target_size + (channels,) if data_format == "channels_last"
                             else (channels,) + self.target_size)
