@@ -18,7 +18,13 @@ Sizes are checked before decoding: Pillow's decompression-bomb limit (Image.MAX_
 applies to DICOM as to PNG, a deflated file is inflated with a running limit set by the image
 size its header declares, and grey levels are computed a block of rows at a time, so a large
 radiograph never needs float64 copies of itself. Whatever else goes wrong reading a file is an
-ImageFileError naming it."""
+ImageFileError naming it.
+
+Grey-level tags that are not finite numbers are never used: a non-finite Rescale Slope or
+Intercept is an error (the stored values mean nothing without them), a non-finite window is
+ignored with a warning (a file without a window is shown over its own range, as DICOM allows).
+Values that overflow, and tags that turn an image with detail into one flat grey, are errors
+naming the tags: a blank image is never given to the model."""
 from __future__ import annotations
 
 import io
@@ -57,8 +63,10 @@ def _image_file_error():
     return ImageFileError
 
 
-def dicom_to_pil(data, name):
+def dicom_to_pil(data, name, plan=None):
     """A DICOM file (io.BytesIO) as an 8-bit PIL image ('L', or 'RGB' for colour files).
+    plan(name, (width, height), mode, decoder_bytes=n), if given, is told the image's size before
+    its pixels are decoded (load_img's memory budget; it raises to refuse).
 
     Raises covidx.ImageFileError (a ValueError) naming the file and the reason when the file
     cannot be shown as one image, and ImportError when pydicom is not installed."""
@@ -68,6 +76,13 @@ def dicom_to_pil(data, name):
 
     try:
         ds = read_dataset(data, name)
+        check_grey_level_tags(ds, name)
+        if plan is not None:
+            rows, cols = _integer(ds, "Rows", 0, name), _integer(ds, "Columns", 0, name)
+            stored = rows * cols * _integer(ds, "SamplesPerPixel", 1, name) * -(-_integer(ds, "BitsAllocated", 8, name) // 8)
+            # while decoding: the stored array, pydicom's copy of it, the 8-bit result, blocks in float64
+            plan(name, (cols, rows), "L" if ds.PhotometricInterpretation in MONOCHROME else "RGB",
+                 decoder_bytes=2 * stored + rows * cols + 32 * BLOCK_PIXELS)
         pixels = stored_pixels(ds, name)
         colour = ds.PhotometricInterpretation not in MONOCHROME
         if pixels.shape[:2] != (ds.Rows, ds.Columns) or pixels.ndim != (3 if colour else 2):
@@ -77,8 +92,10 @@ def dicom_to_pil(data, name):
         if not colour:
             return Image.fromarray(display_uint8(pixels, ds, name), "L")
         return Image.fromarray(np.asarray(pixels, np.uint8), "RGB")
-    except (ImageFileError, ImportError, MemoryError):
+    except (ImageFileError, ImportError):
         raise
+    except MemoryError:
+        raise _error(name, "out of memory decoding it") from None
     except Exception as e:  # pydicom and Pillow raise many types on odd files: the file's fault, said so
         raise _error(name, "cannot read this DICOM file: %s: %s" % (type(e).__name__, e)) from None
 
@@ -178,6 +195,43 @@ def read_dataset(data, name):
     return ds
 
 
+GREY_LEVEL_TAGS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+
+
+def _values(ds, keyword):
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+
+
+def check_grey_level_tags(ds, name):
+    """Non-finite grey-level tags: Rescale Slope/Intercept refused (ImageFileError naming the tag),
+    a window ignored with a warning (the image is then shown over its own range)."""
+    def finite(keyword):
+        try:
+            return all(np.isfinite(float(v)) for v in _values(ds, keyword))
+        except (TypeError, ValueError, OverflowError):
+            return True  # not a number at all: the VOI/Modality LUT code names it
+
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if not finite(keyword):
+            raise _error(name, "bad %s %r (not a finite number); without it the stored values cannot be turned "
+                               "into grey levels" % (keyword, str(ds.get(keyword))))
+    if "WindowCenter" in ds and "WindowWidth" in ds and not (finite("WindowCenter") and finite("WindowWidth")):
+        warnings.warn("%s: Window Center %r / Width %r are not finite numbers: ignored, the image is shown over its "
+                      "own range" % (name, str(ds.WindowCenter), str(ds.WindowWidth)), RuntimeWarning)
+        del ds.WindowCenter
+        del ds.WindowWidth
+
+
+def _tags_said(ds):
+    said = ["%s %s" % (k, ds.get(k)) for k in GREY_LEVEL_TAGS if k in ds]
+    if ds.get("VOILUTSequence"):
+        said.append("a VOI LUT Sequence")
+    return ", ".join(said) or "no rescale or window tags"
+
+
 def stored_pixels(ds, name):
     """The decoded stored values (rows, columns) or (rows, columns, 3)."""
     meta = getattr(ds, "file_meta", None)
@@ -205,7 +259,8 @@ def _lut_functions():
 def display_uint8(pixels, ds, name):
     """Stored values (rows, columns) -> 8-bit display greys, BLOCK_PIXELS at a time: each block
     goes through display_values in float64, and the image's own range (used without a window) is
-    taken over all blocks first."""
+    taken over all blocks first. Grey levels that overflow, or that make an image with detail one
+    flat grey, are an ImageFileError naming the tags."""
     out = np.empty(pixels.shape, np.uint8)
     step = max(1, BLOCK_PIXELS // max(1, pixels.shape[1]))
     blocks = [slice(r, r + step) for r in range(0, pixels.shape[0], step)]
@@ -213,12 +268,24 @@ def display_uint8(pixels, ds, name):
     if not ds.get("VOILUTSequence") and not ("WindowCenter" in ds and "WindowWidth" in ds):
         apply_modality_lut, _ = _lut_functions()
         try:
-            ranges = [(float(np.min(v)), float(np.max(v))) for v in (apply_modality_lut(pixels[b], ds) for b in blocks)]
+            with np.errstate(over="ignore", invalid="ignore"):
+                ranges = [(float(np.min(v)), float(np.max(v))) for v in (apply_modality_lut(pixels[b], ds) for b in blocks)]
         except (ValueError, TypeError, NotImplementedError, IndexError, KeyError) as e:
             raise _error(name, "bad grey-level tags (Modality LUT): %s" % e) from None
         value_range = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
+        if not all(np.isfinite(value_range)):
+            raise _error(name, "the grey-level tags (%s) give values that are not finite numbers (range %s .. %s)"
+                         % (_tags_said(ds), value_range[0], value_range[1]))
     for b in blocks:
-        out[b] = to_uint8(display_values(pixels[b], ds, name, value_range))
+        with np.errstate(over="ignore", invalid="ignore"):
+            shown = display_values(pixels[b], ds, name, value_range)
+        if not np.isfinite(shown).all():
+            raise _error(name, "the grey-level tags (%s) give values that are not finite numbers" % _tags_said(ds))
+        out[b] = to_uint8(shown)
+    lo, hi = int(out.min()), int(out.max())
+    if lo == hi and pixels.size and np.min(pixels) != np.max(pixels):
+        raise _error(name, "the grey-level tags (%s) turn an image with detail into one flat grey (%d): nothing "
+                           "for a diagnosis" % (_tags_said(ds), lo))
     return out
 
 
@@ -229,6 +296,9 @@ def display_values(pixels, ds, name, value_range=None):
     apply_modality_lut, _ = _lut_functions()
     try:
         values = apply_modality_lut(pixels, ds)
+        if not np.isfinite(values).all():  # e.g. a Rescale Slope of 1e308: every grey past the window
+            raise _error(name, "the grey-level tags (%s) give modality values that are not finite numbers"
+                         % _tags_said(ds))
         if ds.get("VOILUTSequence"):
             shown = voi_lut(values, ds)
         elif "WindowCenter" in ds and "WindowWidth" in ds:
@@ -236,6 +306,8 @@ def display_values(pixels, ds, name, value_range=None):
                            str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper())
         else:
             shown = full_range(values, value_range)
+    except _image_file_error():
+        raise
     except (ValueError, TypeError, NotImplementedError, IndexError, KeyError) as e:
         raise _error(name, "bad grey-level tags (Modality LUT / VOI LUT / window): %s" % e) from None
     if ds.PhotometricInterpretation == "MONOCHROME1":

@@ -478,3 +478,105 @@ def test_grey_levels_computed_in_blocks_match_the_whole_image(tmp_path, monkeypa
     values = src.astype(np.float64) * 2 - 100
     lo, hi = values.min(), values.max()
     assert_grey_equal(grey(path), to_uint8(1.0 - (values - lo) / (hi - lo)))
+
+
+# --- grey-level tags that are not numbers a viewer could use ---------------------------------------------
+
+
+def with_ds_tag(path, keyword, value):
+    """The file with one decimal-string tag set to `value` as written (pydicom only warns)."""
+    import warnings
+
+    ds = pydicom.dcmread(path)
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    if tag in ds:
+        del ds[tag]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.add_new(tag, "DS", value)
+        ds.save_as(path)
+    return path
+
+
+NON_FINITE_MODALITY = [("RescaleSlope", "NaN"), ("RescaleSlope", "inf"), ("RescaleIntercept", "-inf")]
+
+
+@pytest.mark.parametrize("keyword,value", NON_FINITE_MODALITY)
+def test_non_finite_rescale_is_a_named_error(tmp_path, keyword, value):
+    """RescaleSlope='NaN' made the image all black, and it was called COV19 at 0.996."""
+    stored = twelve_bit(XRAYS[0])
+    path = write_dicom(tmp_path / "a.dcm", stored, bits_stored=12,
+                       extra={"RescaleSlope": 1, "RescaleIntercept": 0, "WindowCenter": 2048, "WindowWidth": 4000})
+    with_ds_tag(path, keyword, value)
+    with pytest.raises(covidx.ImageFileError, match="bad %s .*not a finite number" % keyword) as e:
+        load_img(path)
+    assert e.value.path == str(path)
+
+
+def test_overflowing_rescale_is_a_named_error(tmp_path):
+    """A slope of 1e308 overflows to infinity: with a window every pixel but 0 came out white."""
+    for window in ({"WindowCenter": 2048, "WindowWidth": 4000}, {}):
+        path = write_dicom(tmp_path / "a.dcm", twelve_bit(XRAYS[0]), bits_stored=12,
+                           extra=dict({"RescaleSlope": 1, "RescaleIntercept": 0}, **window))
+        with_ds_tag(path, "RescaleSlope", "1e308")
+        with pytest.raises(covidx.ImageFileError, match="RescaleSlope 1e308.*not finite numbers"):
+            load_img(path)
+
+
+@pytest.mark.parametrize("keyword,value", [("WindowCenter", "NaN"), ("WindowWidth", "inf"), ("WindowWidth", "NaN")])
+def test_non_finite_window_is_ignored_with_a_warning(tmp_path, keyword, value):
+    """A window is optional in DICOM: one that is not a pair of finite numbers is ignored, saying so,
+    and the image is shown over its own range (computed here from the stored values)."""
+    stored = twelve_bit(XRAYS[0])
+    slope, intercept = 0.5, -1024.0
+    path = write_dicom(tmp_path / "a.dcm", stored, bits_stored=12,
+                       extra={"RescaleSlope": slope, "RescaleIntercept": intercept,
+                              "WindowCenter": -300.0, "WindowWidth": 1400.0})
+    with_ds_tag(path, keyword, value)
+    with pytest.warns(RuntimeWarning, match="not finite numbers: ignored"):
+        img = grey(path)
+    values = stored * slope + intercept
+    assert_grey_equal(img, to_uint8((values - values.min()) / (values.max() - values.min())))
+
+
+def test_tags_that_make_an_image_one_grey_are_a_named_error(tmp_path):
+    """A window far from every value turns a radiograph into one flat grey: not diagnosed."""
+    path = write_dicom(tmp_path / "a.dcm", twelve_bit(XRAYS[0]), bits_stored=12,
+                       extra={"WindowCenter": 1e30, "WindowWidth": 10})
+    with pytest.raises(covidx.ImageFileError, match="one flat grey"):
+        load_img(path)
+    blank = write_dicom(tmp_path / "blank.dcm", np.full((64, 64), 100, np.uint16), bits_stored=12)
+    assert np.ptp(np.asarray(grey(blank))) == 0  # an image that is blank in the file is read as it is
+
+
+def test_folder_with_non_finite_tags_keeps_the_good_results(tmp_path):
+    import warnings
+
+    d = tmp_path / "data" / "COV19"
+    d.mkdir(parents=True)
+    extra = {"RescaleSlope": 1, "RescaleIntercept": 0, "WindowCenter": 2048, "WindowWidth": 4000}
+    write_dicom(d / "good.dcm", twelve_bit(XRAYS[0]), bits_stored=12, extra=extra)
+    for i, (keyword, value) in enumerate(NON_FINITE_MODALITY + [("RescaleSlope", "1e308")]):
+        with_ds_tag(write_dicom(d / ("bad%d.dcm" % i), twelve_bit(XRAYS[0]), bits_stored=12, extra=extra),
+                    keyword, value)
+    it = ImageDataGenerator().flow_from_directory(tmp_path / "data", target_size=(64, 64), shuffle=False,
+                                                  on_error="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, _ = next(it)
+    assert len(x) == 1 and sorted(os.path.basename(p) for p, _ in it.skipped) == ["bad%d.dcm" % i for i in range(4)]
+    np.testing.assert_array_equal(x[0], img_to_array(load_img(d / "good.dcm", target_size=(64, 64))))
+
+
+def test_dicom_decoding_is_held_to_the_memory_budget(tmp_path, monkeypatch):
+    """The budget PNG and JPEG files are held to applies to DICOM, from its header, before decoding."""
+    from covidx.preprocessing import image as image_mod
+
+    path = write_dicom(tmp_path / "a.dcm", twelve_bit(XRAYS[0]), bits_stored=12)
+    rows, cols = XRAYS[0].shape
+    assert load_img(path, target_size=(64, 64)).size == (64, 64)
+    monkeypatch.setattr(image_mod, "MAX_DECODE_BYTES", rows * cols * 2)  # less than the stored array and its copy
+    with pytest.raises(covidx.ImageFileError, match="%d x %d L image needs about .* per-image memory budget"
+                       % (cols, rows)):
+        load_img(path, target_size=(64, 64))
+    assert image_mod._memory.used == 0
