@@ -9,6 +9,7 @@ import queue
 import re
 import threading
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -81,14 +82,18 @@ class Prefetcher:
 
 # --- class alignment ------------------------------------------------------------------------------
 
-_NORMAL_NAMES = {"normal", "nofinding", "healthy", "negative", "noncovid", "noncovid19", "non"}
+_NORMAL_NAMES = {"normal", "nofinding", "healthy", "negative", "neg", "noncovid", "noncovid19", "non", "notcovid",
+                 "nocovid", "covidnegative", "covid19negative", "negativecovid"}
+_COVID_NAMES = {"positive", "pos", "covidpositive", "covid19positive", "positivecovid"}
 
 
 def _canonical(name):
-    n = re.sub(r"[^0-9a-z]", "", str(name).lower())
-    if n in _NORMAL_NAMES:
+    """'normal', 'covid', or the name in lower case without punctuation. A leading number that
+    orders folders ('0_normal', '1-COVID') is not part of the name."""
+    n = re.sub(r"[^0-9a-z]", "", re.sub(r"^\s*\d+\s*[-_. ]+\s*(?=[A-Za-z])", "", str(name)).lower())
+    if n in _NORMAL_NAMES or "negative" in n or n.startswith("non"):
         return "normal"
-    if not n.startswith("non") and ("covid" in n or n.startswith("cov") or "sarscov" in n):
+    if n in _COVID_NAMES or "covid" in n or n.startswith("cov") or "sarscov" in n:
         return "covid"
     return n
 
@@ -134,6 +139,14 @@ def class_alignment(model, iterator):
     mapping = np.arange(len(gen_names))
     if names is None and len(gen_names) == n_model:
         return None, None
+    named = [(g, i, j) for j, g in enumerate(gen_names)
+             for i, m in enumerate(names) if _canonical(g) == _canonical(m)]
+    if any(i != j for _, i, j in named):  # by position, a folder would be scored as another class than it names
+        g, i, j = next(t for t in named if t[1] != t[2])
+        raise ValueError("the folder's classes %s do not all match the model's classes %s, and by position '%s' "
+                         "(folder class %d) would be scored as '%s' although its name says '%s'. Say which: "
+                         "flow_from_directory(..., classes=%r) lists the folder's sub-folders in the model's order."
+                         % (gen_names, list(names), g, j, names[j], names[i], _classes_hint(gen_names, list(names))))
     target = ["'%s'" % names[i] for i in mapping] if names else ["output %d" % i for i in mapping]
     pairs = ", ".join("'%s' -> %s" % (g, t) for g, t in zip(gen_names, target))
     return mapping, ("covidx: the folder's class names do not match the model's %s, so they were aligned by "
@@ -199,6 +212,9 @@ def is_sequence(x):
 
 def batch_source(x, y, batch_size, steps, sample_weight=None):
     """(iterable of (x, y, w, ok), number of steps or None, the iterator or None)."""
+    if isinstance(x, Mapping):  # has __getitem__ and __len__, but is not a sequence of batches
+        raise ValueError("x: a dict of inputs (keys %s) is not supported: covidx models have one image input; "
+                         "pass the images as one array" % (sorted(map(str, x))[:5],))
     if is_sequence(x):
         if y is not None:
             raise ValueError("`y` argument is not supported when using a data generator (the labels come from it)")

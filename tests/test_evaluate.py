@@ -458,3 +458,66 @@ def test_all_unreadable_folder_has_nothing_to_score(tmp_path):
     with pytest.warns(UserWarning):
         p = model.predict(flow(str(tmp_path), "categorical", on_error="skip"), verbose=0)
     assert p.shape == (2, 2) and np.isnan(p).all()  # rows stay aligned with the files, as documented
+
+
+@pytest.mark.parametrize("folders", [("Positive", "Negative"), ("1_covid", "0_normal"), ("covid-positive", "covid-negative")])
+def test_common_class_folder_names_are_matched_by_name(tmp_path, capsys, folders):
+    """Positive/Negative and 1_covid/0_normal were aligned by folder order, so Negative was
+    scored as COV19 (accuracy 0.125 instead of 0.875)."""
+    covid_dir, normal_dir = folders
+    for name in folders:
+        (tmp_path / name).mkdir()
+    for p, label in sample_files():
+        shutil.copy(p, tmp_path / (covid_dir if label == "COVID-19" else normal_dir) / os.path.basename(p))
+    model = spread_model(2, "softmax", seed=3)
+    model.class_names = ["COV19", "Normal"]
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    it = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(str(tmp_path), target_size=SIZE,
+                                                                   class_mode="categorical", shuffle=False)
+    loss, acc = model.evaluate(it, verbose=0)
+    assert "matched the folder's classes to the model's by name" in capsys.readouterr().out
+    p = model.predict(images_of(it.filepaths), verbose=0)
+    truth = np.array([0 if f.startswith(covid_dir + os.sep) else 1 for f in it.filenames])
+    assert sorted(set(truth)) == [0, 1]
+    assert acc == pytest.approx(np.mean(np.argmax(p, 1) == truth))
+    by_name = float(np.mean(-np.log(np.clip(p[np.arange(len(p)), truth], 1e-7, 1))))
+    by_folder_order = float(np.mean(-np.log(np.clip(p[np.arange(len(p)), it.classes], 1e-7, 1))))
+    assert loss == pytest.approx(by_name, rel=1e-5) and abs(by_name - by_folder_order) > 0.01
+
+
+def test_alignment_by_index_refused_when_a_name_says_otherwise(tmp_path):
+    """Only one folder name matches, at another position than the model's: by position that
+    folder would be scored as the other class. Refused, with the classes= that says it."""
+    for name in ("Negative", "Other"):
+        (tmp_path / name).mkdir()
+        shutil.copy(sample_files()[0][0], tmp_path / name / "a.png")
+    model = spread_model(2, "softmax", seed=3)
+    model.class_names = ["COV19", "Normal"]
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    it = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(str(tmp_path), target_size=SIZE,
+                                                                   class_mode="categorical", shuffle=False)
+    with pytest.raises(ValueError, match=r"'Negative' \(folder class 0\) would be scored as 'COV19'.*classes="):
+        model.evaluate(it, verbose=0)
+
+
+def test_arguments_that_cannot_be_right_are_named(tmp_path):
+    """predict(dict) raised KeyError: 0; batch_size=True was taken as 1; target_size=(224,) was an
+    IndexError, a huge size a bare MemoryError, (0, 0) an error blamed on every file."""
+    model = compiled()
+    x = images_of([p for p, _ in sample_files()[:2]])
+    with pytest.raises(ValueError, match="x: a dict of inputs"):
+        model.predict({"input_1": x}, verbose=0)
+    with pytest.raises(ValueError, match="x: a dict of inputs"):
+        model.evaluate({"input_1": x}, np.zeros(2), verbose=0)
+    gen = ImageDataGenerator()
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer, got True"):
+        gen.flow_from_directory(samples_dir(), target_size=SIZE, batch_size=True)
+    for bad, words in [((224,), r"expected \(height, width\)"), ((0, 0), "two positive integers"),
+                       ((224, -1), "two positive integers"), ((224, 2.5), "two positive integers"),
+                       ((100000, 100000), "per-image memory budget"), ("224", r"expected \(height, width\)"),
+                       (224, r"expected \(height, width\)")]:
+        with pytest.raises(ValueError, match="target_size: .*" + words):
+            gen.flow_from_directory(samples_dir(), target_size=bad)
+        with pytest.raises(ValueError, match="target_size: .*" + words):
+            load_img(sample_files()[0][0], target_size=bad)
+    assert load_img(sample_files()[0][0], target_size=(32.0, np.int64(48))).size == (48, 32)
