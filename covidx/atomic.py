@@ -80,7 +80,8 @@ def replacing(path):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     with _cleanup_on_termination():
-        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path)[:64], suffix=".tmp", dir=folder)
+        # (the name's start, for whoever finds one; 40 characters fit NAME_MAX even at 4 bytes each)
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path)[:40], suffix=".tmp", dir=folder)
         with _lock:
             _pending.add(tmp)
         try:
