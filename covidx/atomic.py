@@ -34,6 +34,11 @@ def _umask():
     return mask
 
 
+def new_file_mode():
+    """The permissions open() gives a new file (0666 less the umask), for files made by mkstemp."""
+    return 0o666 & ~_umask()
+
+
 def _remove_pending():
     with _lock:
         paths = list(_pending)
@@ -85,7 +90,7 @@ def replacing(path):
         with _lock:
             _pending.add(tmp)
         try:
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a saved model is as readable as open() makes it
+            os.fchmod(fd, new_file_mode())  # mkstemp makes it 0600; a saved model is as readable as open() makes it
             yield tmp, fd
             os.close(fd)
             fd = None

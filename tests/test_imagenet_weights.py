@@ -168,6 +168,24 @@ def test_interrupted_download_leaves_no_partial_file(env):
     assert not cache.exists() or os.listdir(cache) == []
 
 
+def test_download_never_follows_a_planted_link(env, official):
+    """A link planted at the temporary name downloads used to write through (`<file>.part-<pid>`):
+    the download writes a new file of its own and the link's target is untouched."""
+    server, cache = env
+    name = imagenet.FILE_NAMES[False]
+    os.makedirs(cache)
+    victim = cache.parent / "victim.txt"
+    victim.write_bytes(b"precious")
+    link = cache / ("%s.part-%d" % (name, os.getpid()))
+    os.symlink(victim, link)
+    assert_weights(ResNet50(weights="imagenet", include_top=False), official[False][1])
+    assert victim.read_bytes() == b"precious" and os.path.islink(link)
+    assert sorted(os.listdir(cache)) == sorted([name, link.name])
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(cache / name).st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_offline_error_says_which_file_to_place_where(env, monkeypatch):
     _, cache = env
     monkeypatch.setenv(imagenet.BASE_URL_ENV, closed_port_url())

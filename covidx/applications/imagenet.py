@@ -11,8 +11,11 @@ import hashlib
 import http.client
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
+
+from .. import atomic
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 BASE_URL_ENV = "COVIDX_IMAGENET_BASE_URL"
@@ -89,8 +92,13 @@ def download(url, path, md5, size=None):
     except OSError as e:
         raise WeightsDownloadError("cannot create the weights cache %s (%s); %s"
                                    % (folder, e, _where_to_put(url, path, md5))) from None
-    tmp = "%s.part-%d" % (path, os.getpid())
     where = _where_to_put(url, path, md5)
+    try:  # a new file under an unpredictable name (O_EXCL): a link planted at a predictable one was followed
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path)[:40], suffix=".part", dir=folder)
+        os.fchmod(fd, atomic.new_file_mode())
+        os.close(fd)
+    except OSError as e:
+        raise WeightsDownloadError("cannot write in the weights cache %s (%s); %s" % (folder, e, where)) from None
     print("Downloading data from %s" % url, file=sys.stderr)
     try:
         try:
@@ -109,7 +117,7 @@ def download(url, path, md5, size=None):
         except OSError as e:
             raise WeightsDownloadError("cannot write %s (%s); %s" % (path, e, where)) from None
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
