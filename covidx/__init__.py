@@ -1,4 +1,20 @@
-"""covidx: ResNet50 chest X-ray diagnosis on ordinary CPUs, with a Keras-compatible front."""
+"""covidx: ResNet50 chest X-ray diagnosis on ordinary CPUs, with a Keras-compatible front.
+
+A first example: the shipped model on the sample X-rays bundled with covidx, as a Keras notebook
+would run it (research use only; not for clinical decisions)::
+
+    import covidx
+    from covidx.data import SAMPLES_DIR
+    from covidx.preprocessing.image import ImageDataGenerator
+
+    model = covidx.load_model()            # the shipped model (class names COV19, Normal)
+    it = ImageDataGenerator(rescale=1. / 255).flow_from_directory(
+        SAMPLES_DIR, target_size=(224, 224), shuffle=False)
+    loss, accuracy = model.evaluate(it)
+    probabilities = model.predict(it)      # (8, 2): P(COV19), P(Normal) per image
+
+Keras files (.keras, .h5) and PyTorch ResNet50 state_dicts load the same way:
+covidx.load_model('model.keras'). From a shell: `covidx evaluate FOLDER`, `covidx predict FILES`."""
 __version__ = "0.1.0"
 
 try:

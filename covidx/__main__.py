@@ -11,7 +11,9 @@
                                           progress and notes go to stderr
     covidx info                           versions, OpenBLAS kernel, threads, CPU, the model card summary
 
-Options: --model FILE (a model file instead of the shipped model), --batch-size N, --threads N.
+Options: --model FILE (a model file instead of the shipped model), --rescale FACTOR (the input
+scaling the model was trained with, e.g. 1/255; needed for Keras files, which do not record it),
+--class-names A,B (the model's classes in output order), --batch-size N, --threads N, --version.
 Exit status: 0 success, 1 some files could not be read (the others are reported), 2 usage or
 model errors, or a missing optional package (pydicom, matplotlib); 130 interrupted; 141 the
 reader of stdout went away (a closed pipe)."""
@@ -30,21 +32,55 @@ from covidx.data import SAMPLES_DIR
 from covidx.distributed import image_files  # needs no dask
 
 
-def load_default_or(path, precision="fp32"):
+def load_default_or(path, precision="fp32", class_names=None):
     """(model, trained): the given file, the shipped model, or (where none is installed) the
     articles' architecture with random weights, said plainly. precision: 'fp32' or 'bf16'."""
     if path:
-        return covidx.load_model(path, precision=precision), True
+        return covidx.load_model(path, precision=precision, class_names=class_names), True
     try:
-        return covidx.load_model(precision=precision), True
+        return covidx.load_model(precision=precision, class_names=class_names), True
     except FileNotFoundError:
         from covidx.applications.resnet50 import ResNet50
 
-        model = ResNet50(weights=None, classes=2, head=(1024, 1024, 1024, 512), class_names=["COV19", "Normal"],
+        model = ResNet50(weights=None, classes=2, head=(1024, 1024, 1024, 512),
+                         class_names=class_names or ["COV19", "Normal"],
                          preprocessing={"rescale": 1.0 / 255}, seed=0, precision=precision)
         print("NOTE: no trained model is installed: running the articles' architecture with RANDOM weights; "
               "its predictions are meaningless.", file=sys.stderr)
         return model, False
+
+
+def prepare(args):
+    """(model, trained, scaling) with the command line's --class-names and --rescale applied;
+    scaling: the input scaling in words, for the header and the outputs. Refuses (UsageError) where
+    the input scaling matters and neither the file nor the command line says what it is."""
+    model, trained = load_default_or(args.model, args.precision, args.class_names)
+    file_says = model.preprocessing
+    if args.rescale is not None:
+        model.preprocessing = {"rescale": args.rescale[1]}
+        how = "rescale=%s (--rescale)" % args.rescale[0]
+        if file_says is not None and file_says != model.preprocessing:
+            how += "; the model file records %s" % covidx.model.describe_preprocessing(file_says)
+    elif file_says is not None:
+        how = "%s (recorded in the model file)" % covidx.model.describe_preprocessing(file_says)
+    elif model.architecture.get("rescaling"):
+        how = "raw 0..255 pixels (the model's own Rescaling layer scales them)"
+    elif model.architecture.get("input_norm"):
+        how = "raw 0..255 pixels (the model standardises each image, so their scale does not matter)"
+    else:
+        raise UsageError("%s does not record the input scaling the model was trained with (Keras files do not), "
+                         "and its outputs depend on it: say it with --rescale, e.g. --rescale 1/255 for a model "
+                         "trained on ImageDataGenerator(rescale=1./255) as in the articles, or --rescale 1 for raw "
+                         "0..255 pixels" % (args.model or "the model file"))
+    return model, trained, how
+
+
+def print_header(args, model, scaling, stream=sys.stdout):
+    """Which model, which classes, which input scaling: printed once the command line has passed
+    its checks, before the work."""
+    names = model.class_names or "none recorded (outputs numbered; --class-names names them)"
+    print("model: %s (%s), classes: %s" % (args.model or "the shipped model", model.name, names), file=stream)
+    print("input scaling: %s" % scaling, file=stream)
 
 
 def generator_for(model):
@@ -69,11 +105,11 @@ def cmd_evaluate(args):
         from covidx import plots
 
         plots.require_matplotlib()  # before the work, not after it
-    model, trained = load_default_or(args.model, args.precision)
     directory = args.dir or SAMPLES_DIR
     if not os.path.isdir(directory):
         print("covidx evaluate: no such directory: %s" % directory, file=sys.stderr)
         return 2
+    model, trained, scaling = prepare(args)
     if model._compiled is None:
         model.compile(loss="categorical_crossentropy" if model.output_shape[-1] > 1 else "binary_crossentropy",
                       metrics=["accuracy"])
@@ -84,6 +120,13 @@ def cmd_evaluate(args):
         print("covidx evaluate: no images found under %s (expected one sub-folder per class)" % directory,
               file=sys.stderr)
         return 2
+    check_classes(model, it)  # before the forward pass, not after it
+    from covidx.evaluation import apply_alignment, class_alignment
+
+    mapping, message = class_alignment(model, it)
+    print_header(args, model, scaling)
+    if message:
+        print(message)
     import warnings
 
     with warnings.catch_warnings():
@@ -93,18 +136,14 @@ def cmd_evaluate(args):
         else:
             p, scores = model.predict(it, verbose=1), None
     from covidx import losses, reports
-    from covidx.evaluation import apply_alignment, class_alignment
 
-    mapping, message = class_alignment(model, it)
-    if message:
-        print(message)
     labels = apply_alignment(it.classes.astype(np.float32), mapping, "sparse", p.shape[1]).astype(int)
     ok = ~np.isnan(p).any(axis=1)
     if not ok.any():
         print("covidx evaluate: none of the %d images under %s could be read:" % (len(ok), directory))
         print_skipped(it.skipped)
         return 1
-    names = model.class_names or [str(i) for i in range(max(p.shape[1], 2))]
+    names = model.class_names or class_names_of(it, mapping, p.shape[1])
     loss = (losses.sparse_categorical_crossentropy(labels[ok], p[ok]) if p.shape[1] > 1
             else losses.binary_crossentropy(labels[ok], p[ok]))
     acc = np.mean((np.argmax(p[ok], 1) if p.shape[1] > 1 else (p[ok, 0] > 0.5)) == labels[ok])
@@ -117,12 +156,36 @@ def cmd_evaluate(args):
     print_unfamiliar(flagged, int(ok.sum()), scores is not None)
     if args.report:
         write_html_report(args.report, model, it, labels[ok], p[ok], names, ok, directory,
-                          None if scores is None else scores[ok])
+                          None if scores is None else scores[ok], scaling)
     if it.skipped:
         print("%d file(s) could not be read:" % len(it.skipped))
         print_skipped(it.skipped)
         return 1
     return 0
+
+
+def check_classes(model, it):
+    """A folder whose classes cannot be matched to a model without class names is refused before
+    the work, with the command line's way to say them (--class-names)."""
+    folders = sorted(it.class_indices, key=it.class_indices.get)
+    units = model.output_shape[-1]
+    outputs = 2 if units == 1 else units
+    if model.class_names is None and len(folders) != outputs:
+        raise UsageError("the folder has %d class%s %s but the model has %d outputs and records no class names, so "
+                         "covidx cannot tell which output %s: give the model's classes in output order with "
+                         "--class-names, e.g. --class-names %s"
+                         % (len(folders), "" if len(folders) == 1 else "es", folders, outputs,
+                            "it is" if len(folders) == 1 else "each is",
+                            ",".join(folders[:outputs] + ["CLASS%d" % i for i in range(len(folders), outputs)])))
+
+
+def class_names_of(it, mapping, units):
+    """Column names for a model without class names: the folder's classes, which Keras matches to
+    the outputs by position (as aligned), else the output numbers."""
+    folders = sorted(it.class_indices, key=it.class_indices.get)
+    if mapping is None and len(folders) == max(units, 2):
+        return folders
+    return [str(i) for i in range(max(units, 2))]
 
 
 def print_skipped(skipped):
@@ -149,23 +212,23 @@ def print_unfamiliar(flagged, scored, available):
         print("  %s: score %.2f" % (path, score))
 
 
-def write_html_report(path, model, it, labels, probs, names, ok, directory, scores=None):
+def write_html_report(path, model, it, labels, probs, names, ok, directory, scores=None, scaling=None):
     from covidx import report_html
 
     files = [f for f, good in zip(it.filepaths, ok) if good]
     report_html.write_report(path, labels, probs, names, files=files, model=model, skipped=it.skipped,
-                             source=directory, unfamiliar=scores)
+                             source=directory, unfamiliar=scores, scaling=scaling)
     print("report written to %s" % path)
 
 
 def cmd_predict(args):
-    model, _ = load_default_or(args.model, args.precision)
     from covidx.preprocessing.image import ImageFileError, img_to_array, load_img
 
     paths = image_paths(args.paths)
     if not paths:
         print("covidx predict: no image files given", file=sys.stderr)
         return 2
+    model, _, scaling = prepare(args)
     from covidx.distributed import output_names, predicted_name
 
     names = output_names(model)
@@ -173,6 +236,7 @@ def cmd_predict(args):
         heatmaps = HeatmapWriter(model, args.gradcam) if args.gradcam else None
     except OSError as e:
         raise UsageError("--gradcam: cannot create the folder %s (%s)" % (args.gradcam, e.strerror or e)) from None
+    print_header(args, model, scaling, sys.stderr)  # stdout holds only the results
     records, failed = [], 0
     long_run = len(paths) > args.batch_size or (heatmaps and len(paths) > 1)
     bar = covidx.progbar.Progbar(len(paths), verbose=1, stream=sys.stderr) if long_run else None
@@ -198,14 +262,15 @@ def cmd_predict(args):
         for path in chunk:
             if path in errors:
                 failed += 1
-                records.append({"path": path, "error": errors[path]})
+                records.append({"path": path, "error": errors[path], "preprocessing": scaling})
                 continue
             p = next(probs)
             score = next(scores, None)
             rec = {"path": path, "probabilities": {n: float(v) for n, v in zip(names, p)},
                    "predicted": predicted_name(p, names),
                    "unfamiliar": None if score is None else bool(score > 1),
-                   "unfamiliar_score": None if score is None else round(float(score), 4)}
+                   "unfamiliar_score": None if score is None else round(float(score), 4),
+                   "preprocessing": scaling}
             if heatmaps:
                 rec["gradcam"] = heatmaps.write(path, images[path], p)
             records.append(rec)
@@ -259,14 +324,15 @@ def write_records(records, names, args):
     if args.csv:
         w = csv.writer(out)
         heatmaps = ["gradcam"] if args.gradcam else []
-        w.writerow(["path"] + names + ["predicted", "unfamiliar", "unfamiliar_score", "error"] + heatmaps)
+        w.writerow(["path"] + names + ["predicted", "unfamiliar", "unfamiliar_score", "error"] + heatmaps
+                   + ["preprocessing"])
         for r in records:
             probs = r.get("probabilities", {})
             flag, score = r.get("unfamiliar"), r.get("unfamiliar_score")
             w.writerow([r["path"]] + ["%.6f" % probs[n] if n in probs else "" for n in names]
                        + [r.get("predicted", ""), "" if flag is None else str(flag).lower(),
                           "" if score is None else "%.4f" % score, r.get("error", "")]
-                       + [r.get("gradcam", "") for _ in heatmaps])
+                       + [r.get("gradcam", "") for _ in heatmaps] + [r.get("preprocessing", "")])
         return
     width = max([len("file")] + [len(r["path"]) for r in records])
     checked = any(r.get("unfamiliar") is not None for r in records)
@@ -342,23 +408,59 @@ def thread_count(text):
     return value
 
 
+def scale_factor(text):
+    """('1/255', 0.00392...): a positive number or fraction, as typed and as a float."""
+    try:
+        parts = [float(t) for t in text.split("/")]
+        value = parts[0] / parts[1] if len(parts) == 2 else parts[0] if len(parts) == 1 else float("nan")
+    except (ValueError, ZeroDivisionError):
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError("expected a positive number or fraction such as 1/255, got %r" % text)
+    return text, value
+
+
+def class_names(text):
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 1 or not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("expected distinct class names separated by commas, e.g. COV19,Normal, "
+                                         "got %r" % text)
+    return names
+
+
 def parser():
     ap = ArgumentParser(prog="covidx", description="ResNet50 chest X-ray diagnosis (COVID-19 vs Normal). "
                         "Research use only; not for clinical decisions.")
+    ap.add_argument("--version", action="version", version="covidx %s" % covidx.__version__,
+                    help="print covidx's version and exit")
     ap.add_argument("--threads", type=thread_count, help="engine threads, 1 to 64 (default: the CPUs available)")
-    sub = ap.add_subparsers(dest="command")
+    sub = ap.add_subparsers(dest="command", metavar="{evaluate,predict,info,samples}",
+                            help="what to do (default: evaluate on the bundled samples); COMMAND --help for its "
+                            "options")
     ev = sub.add_parser("evaluate", help="evaluate on a folder with one sub-folder per class")
-    ev.add_argument("dir", nargs="?", help="default: the bundled sample X-rays")
+    ev.add_argument("dir", nargs="?", help="a folder with one sub-folder of images per class (default: the bundled "
+                    "sample X-rays)")
     ev.add_argument("--report", metavar="FILE.html", help="also write a one-page HTML report (needs matplotlib)")
     pr = sub.add_parser("predict", help="classify image files")
-    pr.add_argument("paths", nargs="+")
+    pr.add_argument("paths", nargs="+", help="image or DICOM files, or folders (searched "
+                    "recursively)")
     fmt = pr.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="stdout holds only JSON: one record per file")
-    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--csv", action="store_true", help="stdout holds only CSV: a header row, then one row per file")
     pr.add_argument("--gradcam", metavar="DIR", help="write a Grad-CAM overlay of the predicted class per file")
     for p in (ev, pr):
-        p.add_argument("--model", help="a model file (default: the shipped model)")
-        p.add_argument("--batch-size", type=positive_int, default=16)
+        p.add_argument("--model", metavar="FILE", help="a model file: covidx .safetensors, Keras .keras/.h5, "
+                       "PyTorch state_dict (default: the shipped model)")
+        p.add_argument("--rescale", type=scale_factor, metavar="FACTOR",
+                       help="multiply the pixel values (0..255) by FACTOR before the model, as "
+                       "ImageDataGenerator(rescale=FACTOR) does: 1/255 for a model trained on rescale=1./255 as "
+                       "in the articles, 1 for raw pixels. Needed for Keras files, which do not record it "
+                       "(default: what the model file records)")
+        p.add_argument("--class-names", type=class_names, metavar="A,B",
+                       help="the model's classes in output order, comma-separated, e.g. COV19,Normal (default: the "
+                       "names the model file records; Keras files record none)")
+        p.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
+                       help="images per forward pass (default 16)")
         p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                        help="bf16: faster on CPUs with AMX or AVX512_BF16, outputs within bf16 rounding of fp32 "
                        "(default fp32; `covidx info` shows the kernel each uses)")
@@ -376,7 +478,7 @@ def main(argv=None):
         if command in ("evaluate", "samples"):
             if command == "samples" or not hasattr(args, "dir"):
                 args.dir, args.model, args.batch_size, args.report = None, None, 16, None
-                args.precision = "fp32"
+                args.precision, args.rescale, args.class_names = "fp32", None, None
             return cmd_evaluate(args)
         if command == "predict":
             return cmd_predict(args)

@@ -62,12 +62,30 @@ def _positive_int(value, name, allow_none=True):
     return int(value)
 
 
+def describe_preprocessing(p):
+    """A model's recorded preprocessing in words: 'rescale=1/255', "preprocess_input(mode='caffe')",
+    or 'none (images as given)'."""
+    if isinstance(p, dict) and set(p) == {"rescale"}:
+        f = float(p["rescale"])
+        for d in (255, 127.5):
+            if f > 0 and abs(f * d - 1) < 1e-9:
+                return "rescale=1/%g" % d
+        return "rescale=%.8g" % f
+    if p in ("caffe", "tf", "torch"):
+        return "preprocess_input(mode=%r)" % p
+    return "none (images as given)" if p is None else repr(p)
+
+
 def warn_if_unscaled(model, x):
     """Warns once per model when images look like raw 0-255 values but the model's recorded
     preprocessing scales them (rescale=1/255: it was trained on 0..1): its outputs would be
-    plausible-looking numbers that mean nothing. Only the first 32 images are looked at."""
+    plausible-looking numbers that mean nothing. Only the first 32 images are looked at. A
+    model that standardises each image first (an input LayerNormalization) is left alone: the
+    images' scale changes its outputs only through the normalisation's epsilon."""
     p = model.preprocessing
     if not (isinstance(p, dict) and set(p) == {"rescale"}) or model.__dict__.get("_warned_unscaled"):
+        return
+    if model.architecture.get("input_norm"):
         return
     factor = float(p["rescale"])
     sample = np.asarray(x[:32])
@@ -149,6 +167,8 @@ class Model:
         return (None, architecture.output_units(self.architecture))
 
     def count_params(self):
+        """The number of weights (trainable or not, batchnorm statistics included), as Keras's
+        model.count_params()."""
         return int(sum(w.size for w in self._weights.values()))
 
     def _set_named_weights(self, named):
@@ -243,6 +263,8 @@ class Model:
         return [self._weights[k].copy() for k in self._weight_keys()]
 
     def set_weights(self, weights):
+        """Replaces every weight from a list of arrays in get_weights()'s order and shapes (Keras's
+        order); the list is checked whole before anything changes."""
         keys = self._weight_keys()
         weights = list(weights)
         if len(weights) != len(keys):
@@ -475,6 +497,8 @@ class Model:
         return self._layers
 
     def get_layer(self, name=None, index=None):
+        """The layer of model.layers with this name (or at this index), as Keras's get_layer;
+        ValueError when there is none."""
         if index is not None:
             return self.layers[index]
         for layer in self.layers:
@@ -492,6 +516,8 @@ class Model:
                                   show_trainable=show_trainable)
 
     def predict_on_batch(self, x):
+        """Outputs for one batch of images (batch, height, width, 3), used exactly as given (no
+        preprocessing), in one forward pass, as Keras's predict_on_batch."""
         return self._engine.forward(_as_images(x), output=0)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
@@ -677,6 +703,7 @@ def default_model_path():
 def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, class_names=None, precision="fp32"):
     """Loads a model file: covidx's safetensors format, or (see covidx.formats) a Keras .h5 /
     .keras / .weights.h5 file or a PyTorch ResNet50 state_dict, recognised by content.
+    load_model() (path None) loads the shipped model (FileNotFoundError where none is installed).
     class_names: for files that do not record them. compile=False gives an uncompiled model (as
     Keras: evaluate() then asks for compile()); nothing in a file is ever executed, so
     custom_objects and safe_mode change nothing. precision: 'fp32' (default) or 'bf16'

@@ -53,7 +53,7 @@ def unfamiliar_section(scores, files, model):
 
 def write_report(path, labels, probs, class_names, *, files=None, model=None, positive=None,
                  title="covidx evaluation report", examples=4, skipped=(), source=None, target_size=(224, 224),
-                 unfamiliar=None):
+                 unfamiliar=None, scaling=None):
     """Writes the report to path and returns path.
 
     labels: true class indices (n,); probs: the model's outputs (n, classes) or (n, 1) for a
@@ -61,17 +61,18 @@ def write_report(path, labels, probs, class_names, *, files=None, model=None, po
     `examples` images with Grad-CAM heatmaps (read at target_size). skipped: (path, reason) pairs
     of files that could not be read. source: what was evaluated (e.g. the folder), for the header.
     unfamiliar: the images' out-of-distribution scores (n,) (model.predict(...,
-    return_unfamiliar=True)); the report counts and lists those above 1."""
+    return_unfamiliar=True)); the report counts and lists those above 1. scaling: how the images
+    were scaled for the model, for the header (default: the model's recorded preprocessing)."""
     page = report_html(labels, probs, class_names, files=files, model=model, positive=positive, title=title,
                        examples=examples, skipped=skipped, source=source, target_size=target_size,
-                       unfamiliar=unfamiliar)
+                       unfamiliar=unfamiliar, scaling=scaling)
     with open(os.fspath(path), "w", encoding="utf-8") as f:
         f.write(page)
     return path
 
 
 def report_html(labels, probs, class_names, *, files=None, model=None, positive=None, title="covidx evaluation report",
-                examples=4, skipped=(), source=None, target_size=(224, 224), unfamiliar=None):
+                examples=4, skipped=(), source=None, target_size=(224, 224), unfamiliar=None, scaling=None):
     """The report as an HTML string (see write_report)."""
     labels = np.asarray(labels, np.int64)
     probs = two_columns(probs)
@@ -81,7 +82,7 @@ def report_html(labels, probs, class_names, *, files=None, model=None, positive=
     summary = reports.classification_summary(labels, probs, names, positive)
     pos = names.index(summary["positive"])
     scores, truth = probs[:, pos], labels == pos
-    parts = [header(title, summary, model, source),
+    parts = [header(title, summary, model, source, scaling),
              "<h2>Metrics</h2>", metrics_table(summary, scores, truth),
              "<h2>Per class</h2>", per_class_table(per_class_metrics(summary["confusion"], names)),
              "<h2>Plots</h2>", plots_section(summary, scores, truth)]
@@ -135,7 +136,8 @@ def binary_metrics(summary, scores, truth):
         ("Specificity", summary["specificity"], "%d of %d others" % (tn, tn + fp)),
         ("Precision (PPV)", precision, "%d of %d called %s" % (tp, tp + fp, summary["positive"])),
         ("NPV", reports.wilson(tn, tn + fn), "%d of %d called other" % (tn, tn + fn)),
-        ("ROC AUC", summary["roc_auc"], "DeLong interval"),
+        ("ROC AUC", summary["roc_auc"], "DeLong interval (Newcombe's below %d images a class)"
+         % reports.SMALL_CLASS),
         ("Average precision", plots.average_precision(scores, truth), "area under the PR curve"),
         ("F1", f1, ""),
     ]
@@ -235,8 +237,9 @@ def examples_section(model, files, labels, probs, names, positive, k, target_siz
 # --- text ------------------------------------------------------------------------------------------
 
 
-def header(title, summary, model, source):
+def header(title, summary, model, source, scaling=None):
     from . import __version__
+    from .model import describe_preprocessing
 
     counts = ", ".join("%s %d" % (n, sum(row)) for n, row in zip(summary["class_names"], summary["confusion"]))
     what = [("%d images (%s)" % (summary["n"], counts))]
@@ -244,6 +247,10 @@ def header(title, summary, model, source):
         what.append("from %s" % source)
     if model is not None:
         what.append("model %s" % getattr(model, "name", "?"))
+        if scaling is None:
+            scaling = describe_preprocessing(getattr(model, "preprocessing", None))
+    if scaling is not None:
+        what.append("input scaling: %s" % scaling)
     what.append("covidx %s, %s" % (__version__, datetime.datetime.now().strftime("%Y-%m-%d %H:%M")))
     return ("<h1>%s</h1><div class=sub>%s</div><p class=warn>Research use only; not for clinical decisions.</p>"
             % (esc(title), esc(" · ".join(what))))
@@ -251,9 +258,11 @@ def header(title, summary, model, source):
 
 def methods_note(summary):
     return ("<h2>Methods</h2><p class=note>95%% confidence intervals: Wilson score intervals for proportions "
-            "(accuracy, sensitivity, specificity, precision, NPV); DeLong's method for the ROC AUC. Average "
+            "(accuracy, sensitivity, specificity, precision, NPV); DeLong's method for the ROC AUC (Newcombe's "
+            "score interval, method 5, where a class has fewer than %d images or every pair is ranked alike, "
+            "where DeLong's is too narrow). Average "
             "precision: precision summed over the recall steps of the ranked %s scores, without interpolation. "
             "Heatmaps: Grad-CAM of the predicted class's logit at the last convolutional block "
             "(conv5_block3_out), upsampled bilinearly; red marks the regions that raised that class's score "
             "most. A heatmap shows where the model looked, not that it looked for the right reasons.</p>"
-            % esc(summary["positive"]))
+            % (reports.SMALL_CLASS, esc(summary["positive"])))

@@ -1,5 +1,6 @@
 """Classification metrics with 95% confidence intervals: accuracy, sensitivity and specificity of
-the COVID-19 class (Wilson score intervals), ROC AUC (Mann-Whitney, DeLong interval), and the
+the COVID-19 class (Wilson score intervals), ROC AUC (Mann-Whitney, DeLong interval; Newcombe's
+score interval where DeLong's is not valid: small classes, or every pair ranked alike), and the
 confusion matrix."""
 from __future__ import annotations
 
@@ -26,8 +27,35 @@ def _midrank_psi(pos, neg):
     return (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
 
 
+SMALL_CLASS = 20  # below this many images in a class, DeLong's interval is too narrow
+
+
+def auc_score_interval(auc, m, n, z=Z95):
+    """(low, high): Newcombe's score interval for a Mann-Whitney AUC of m positives and n
+    negatives (Newcombe 2006, Stat Med 25:559, method 5): the AUCs t whose Hanley-McNeil
+    variance, with N* = (m + n) / 2 images per class, puts the estimate within z standard errors.
+    It stays inside (0, 1) and keeps a width wherever m and n are finite (for an AUC of 1.0 on
+    4 + 4 images too)."""
+    big_n = (m + n) / 2.0
+
+    def excess(t):  # (auc - t)^2 - z^2 var(t): negative inside the interval
+        var = t * (1 - t) / (m * n) * (1 + (big_n - 1) * ((1 - t) / (2 - t) + t / (1 + t)))
+        return (auc - t) ** 2 - z * z * var
+
+    def root(inside, outside):
+        for _ in range(100):  # bisection: excess(inside) <= 0 < excess(outside)
+            mid = (inside + outside) / 2
+            inside, outside = (mid, outside) if excess(mid) <= 0 else (inside, mid)
+        return inside
+
+    return root(auc, 0.0), root(auc, 1.0)
+
+
 def roc_auc(scores, truth):
-    """(auc, low, high): the Mann-Whitney AUC of scores for truth (bool) with DeLong's variance."""
+    """(auc, low, high): the Mann-Whitney AUC of scores for truth (bool), with DeLong's interval;
+    where a class has fewer than SMALL_CLASS images or DeLong's variance is zero (every pair
+    ranked alike, which DeLong turns into an interval of zero width), Newcombe's score interval
+    (auc_score_interval) instead."""
     scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
     pos, neg = scores[truth], scores[~truth]
     if len(pos) == 0 or len(neg) == 0:
@@ -36,7 +64,9 @@ def roc_auc(scores, truth):
     auc = float(psi.mean())
     v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
     var = (v10.var(ddof=1) / len(pos) if len(pos) > 1 else 0.0) + (v01.var(ddof=1) / len(neg) if len(neg) > 1 else 0.0)
-    half = Z95 * math.sqrt(max(var, 0.0))
+    if min(len(pos), len(neg)) < SMALL_CLASS or not var > 0:
+        return (auc,) + auc_score_interval(auc, len(pos), len(neg))
+    half = Z95 * math.sqrt(var)
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 

@@ -304,6 +304,20 @@ def test_unscaled_images_warn_once(recwarn):
         other.predict(it, verbose=0)
 
 
+def test_no_unscaled_warning_where_the_model_standardises_each_image(recwarn):
+    """A model whose first layer standardises each image (the shipped model's input_norm) gives
+    the same outputs for 0..255 and 0..1 images (up to the epsilon): no warning about scale."""
+    model = ResNet50(weights=None, classes=2, head=(8,), seed=6, input_norm=1e-5, preprocessing={"rescale": 1 / 255})
+    x = images_of([p for p, _ in sample_files()])
+    raw = model.predict(x * 255, verbose=0)
+    scaled = model.predict(x, verbose=0)
+    assert np.abs(raw - scaled).max() < 1e-3 and scaled[:, 0].std() > 1e-3  # scale changes nothing that matters
+    assert not [w for w in recwarn if "rescale" in str(w.message)]
+    plain = ResNet50(weights=None, classes=2, head=(8,), seed=6, preprocessing={"rescale": 1 / 255})
+    with pytest.warns(UserWarning, match="reach 255"):  # without the standardisation the scale matters
+        plain.predict(x * 255, verbose=0)
+
+
 def test_predict_over_a_shuffling_iterator_warns(shuffled_tree, recwarn):
     model = spread_model(2, "softmax", seed=7)
     it = flow(shuffled_tree, "categorical")  # shuffle=False

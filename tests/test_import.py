@@ -27,3 +27,19 @@ def test_installed_package_imports_from_elsewhere(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().startswith(os.path.dirname(covidx.__file__))
+
+
+def test_the_package_docstring_example_runs():
+    """The first example in help(covidx) runs as written (the shipped model on the bundled samples)."""
+    if covidx.model.default_model_path() is None:
+        import pytest
+
+        pytest.skip("no shipped model in this installation")
+    lines = covidx.__doc__.split("::\n", 1)[1].split("\n\n")
+    code = "\n".join(line[4:] for line in "\n\n".join(lines[:2]).splitlines())
+    scope = {}
+    exec(compile(code, "covidx.__doc__", "exec"), scope)
+    assert scope["probabilities"].shape == (8, 2) and 0.5 < scope["accuracy"] <= 1.0
+    assert "(path None) loads the shipped model" in covidx.load_model.__doc__
+    for method in ("predict_on_batch", "set_weights", "count_params", "get_layer"):
+        assert getattr(covidx.Model, method).__doc__, method

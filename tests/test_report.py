@@ -2,6 +2,7 @@
 against them, the page's numbers against covidx.reports, and `covidx evaluate --report`."""
 import base64
 import io
+import math
 import os
 import re
 import shutil
@@ -68,6 +69,42 @@ def test_roc_figure_plots_the_roc_points():
     auc = reports.roc_auc(scores, truth)[0]
     assert "AUC %.3f" % auc in fig.axes[0].lines[1].get_label()
     assert fig.axes[0].lines[2].get_xydata().tolist() == [[0.2, 0.7]]
+
+
+def test_roc_auc_interval_keeps_its_width_on_small_samples():
+    """The 8 bundled samples, perfectly ranked: DeLong's variance is 0 there, an interval of zero
+    width. Newcombe's score interval (method 5) is used instead: it keeps a width, its bounds solve
+    its defining equation, and on small samples it covers the true AUC about 95% of the time."""
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    auc, low, high = reports.roc_auc(np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1]), truth)
+    assert auc == 1.0 and high == 1.0 and 0.4 < low < 0.9
+    m = n = 4
+    var = low * (1 - low) / (m * n) * (1 + (4 - 1) * ((1 - low) / (2 - low) + low / (1 + low)))
+    assert (auc - low) ** 2 == pytest.approx(reports.Z95 ** 2 * var, rel=1e-9)
+    rng = np.random.default_rng(0)
+    for size, shift in ((4, 1.5), (8, 1.0)):
+        true_auc = 0.5 * (1 + math.erf(shift / 2))  # P(N(shift, 1) > N(0, 1))
+        covered = 0
+        for _ in range(1000):
+            scores = np.r_[rng.normal(shift, 1, size), rng.normal(0, 1, size)]
+            _, lo, hi = reports.roc_auc(scores, np.r_[np.ones(size), np.zeros(size)].astype(bool))
+            covered += lo <= true_auc <= hi
+        assert 0.92 <= covered / 1000 <= 0.99, (size, covered)
+    big = rng.normal(0, 1, 400)  # 200 + 200 images: DeLong's interval, as before
+    labels = np.r_[np.ones(200), np.zeros(200)].astype(bool)
+    big[labels] += 1.0
+    auc, low, high = reports.roc_auc(big, labels)
+    pos, neg = big[labels], big[~labels]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    half = reports.Z95 * math.sqrt(psi.mean(1).var(ddof=1) / 200 + psi.mean(0).var(ddof=1) / 200)
+    assert (low, high) == pytest.approx((auc - half, auc + half), rel=1e-12)
+
+
+def test_cli_samples_roc_auc_interval_has_width(capsys):
+    assert cli.main(["evaluate"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("ROC AUC:"))
+    low, high = (float(v) for v in line.split("CI ")[1].rstrip(")").split("-"))
+    assert high - low > 0.05, line
 
 
 def test_precision_recall_figure_area_is_the_average_precision():

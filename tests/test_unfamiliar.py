@@ -402,7 +402,9 @@ def test_cli_without_statistics_says_so(tmp_path, capsys):
 
 # --- the shipped model on real images ------------------------------------------------------------
 
-SHARED_CXR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "cxr")
+# the real X-rays: $COVIDX_DATA (as covidx.data and test_articles read it), else ../shared/data/cxr
+SHARED_CXR = os.environ.get("COVIDX_DATA") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                          "shared", "data", "cxr")
 
 
 def shipped_scores(folder, classes=None):
@@ -415,7 +417,8 @@ def shipped_scores(folder, classes=None):
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_CXR, "unfamiliar")),
-                    reason="../shared/data/cxr is not beside the checkout")
+                    reason="the real X-rays are not here: set COVIDX_DATA to them (or put "
+                    "../shared/data/cxr beside the checkout)")
 def test_shipped_model_flags_few_of_the_test_split():
     """The shipped statistics (fitted on training images only): at most 3% of the test split
     flagged (the threshold is the 0.99 quantile of held-out training images)."""
@@ -425,12 +428,26 @@ def test_shipped_model_flags_few_of_the_test_split():
     assert len(test) == 894 and np.mean(test > 1) <= 0.03
 
 
+def test_the_real_x_rays_are_found_through_covidx_data(tmp_path):
+    """COVIDX_DATA names the real X-rays here as for covidx.data and test_articles (the tests run
+    where it points instead of skipping for want of ../shared)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, COVIDX_DATA=str(tmp_path))
+    code = "import sys; sys.path.insert(0, %r); import test_unfamiliar as t; print(t.SHARED_CXR)" % os.path.dirname(
+        os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == str(tmp_path), run.stderr
+
+
 SHORTFALL = ("the shipped model's features do not set these radiographs apart (measured: lateral 47%, children 0% "
              "flagged; weights/MODEL_CARD.md): the bars stand, the model falls short of them")
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_CXR, "unfamiliar")),
-                    reason="../shared/data/cxr is not beside the checkout")
+                    reason="the real X-rays are not here: set COVIDX_DATA to them (or put "
+                    "../shared/data/cxr beside the checkout)")
 @pytest.mark.parametrize("kind, at_least", [
     ("ct", 0.95),
     pytest.param("lateral", 0.80, marks=pytest.mark.xfail(strict=True, reason=SHORTFALL)),
