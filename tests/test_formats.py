@@ -97,10 +97,10 @@ def assert_matches(got, want):
 # --- Keras models ------------------------------------------------------------------------------
 
 
-def keras_articles_model(weights):
+def keras_articles_model(weights, size=SIZE):
     """The articles' model in Keras 3: ResNet50 without top, GAP, Dense(1024, relu) x3,
     Dense(512, relu), Dense(2, softmax); weights {'layer/weight': array}."""
-    base = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    base = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(size, size, 3))
     x = keras.layers.GlobalAveragePooling2D(name="global_average_pooling2d")(base.output)
     for name, (units, activation) in zip(HEAD_NAMES, ARTICLES_HEAD):
         x = keras.layers.Dense(units, activation=activation, name=name)(x)
@@ -304,6 +304,8 @@ def test_covidx_writes_keras_files_that_keras_loads(articles, tmp_path, ext):
     back = covidx.load_model(path)  # covidx's extras (class names, preprocessing) survive
     assert back.class_names == CLASSES and back.preprocessing == {"rescale": 1 / 255}
     assert back.architecture == model.architecture and back.metrics_names == ["loss", "accuracy"]
+    assert type(back.optimizer).__name__ == "SGD" and back.optimizer.get_config()["momentum"] == pytest.approx(0.9)
+    assert back.optimizer.learning_rate == pytest.approx(0.02)
     assert_matches(back.predict(articles["x"], verbose=0), articles["want"])
     again = tmp_path / ("keras" + ext)  # covidx -> Keras -> covidx
     loaded.save(again)
@@ -502,14 +504,20 @@ def test_input_norm_layer_is_read_and_written(articles, tmp_path, ext):
     loaded = covidx.load_model(tmp_path / ("norm" + ext))
     assert loaded.architecture["input_norm"] == {"name": "input_norm", "epsilon": 1e-5}
     loaded.save(tmp_path / ("back" + ext))
-    assert keras_layers(tmp_path / ("back" + ext))[:3] == [("input_layer", "InputLayer"),
-                                                          ("input_norm", "LayerNormalization"),
-                                                          ("conv1_pad", "ZeroPadding2D")]
+    assert keras_layers(tmp_path / ("back" + ext))[:3] == [
+        ("input_layer", "InputLayer"), ("input_norm", "LayerNormalization" if ext == ".keras" else "GroupNormalization"),
+        ("conv1_pad", "ZeroPadding2D")]
     written = keras_config_of(tmp_path / ("back" + ext), "input_norm")
-    assert (written["axis"], written["center"], written["scale"], written["epsilon"]) == ([1, 2, 3], False, False, 1e-5)
-    if ext == ".keras":  # Keras's legacy .h5 reader drops a LayerNormalization's axis list (its own files too)
-        layer = keras.models.load_model(tmp_path / ("back" + ext)).get_layer("input_norm")
-        assert list(layer.axis) == [1, 2, 3] and not layer.center and not layer.scale and layer.epsilon == 1e-5
+    layer = keras.models.load_model(tmp_path / ("back" + ext)).get_layer("input_norm")
+    assert (written["center"], written["scale"], written["epsilon"]) == (False, False, 1e-5)
+    assert not layer.center and not layer.scale and layer.epsilon == 1e-5
+    if ext == ".keras":
+        assert written["axis"] == [1, 2, 3] and list(layer.axis) == [1, 2, 3]
+    else:  # Keras's legacy .h5 reader turns a LayerNormalization's axis list into -1 (its own files too):
+        # the same standardisation is written as GroupNormalization with one group, which it keeps
+        assert keras_layers(tmp_path / "back.h5")[1] == ("input_norm", "GroupNormalization")
+        assert (written["groups"], written["axis"]) == (1, -1)
+        assert type(layer).__name__ == "GroupNormalization" and layer.groups == 1 and layer.axis == -1
     assert "input_norm" not in covidx_articles(articles).architecture  # absent: no such layer written
     assert "LayerNormalization" not in dict(keras_layers(articles["paths"][".h5"])).values()
 
@@ -523,6 +531,101 @@ def test_input_norm_outputs_match_keras(articles, tmp_path):
     want = keras_predict(model, raw)
     assert want[:, 0].std() > 1e-3, want  # the images still differ after the normalisation
     assert_matches(loaded.predict(raw, verbose=0), want)
+
+
+def sample_images(size=224):
+    """The 8 bundled X-rays as raw 0..255 RGB, float32."""
+    return np.stack([img_to_array(load_img(p, target_size=(size, size))) for p, _ in sample_files()])
+
+
+@pytest.mark.parametrize("ext", [".h5", ".keras"])
+def test_shipped_model_saved_as_keras_scores_the_same_in_keras(tmp_path, ext):
+    """The shipped model (input standardisation in front of ResNet50) saved as a Keras file: Keras 3
+    loads it with covidx's outputs, and covidx reads back both that file and Keras's own save of it."""
+    if covidx.model.default_model_path() is None:
+        pytest.skip("no shipped model in this installation")
+    model = covidx.load_model()
+    assert model.architecture.get("input_norm")
+    x = model.preprocess(sample_images())
+    want = model.predict(x, verbose=0)
+    path = tmp_path / ("shipped" + ext)
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert_matches(keras_predict(loaded, x), want)
+    back = covidx.load_model(path)
+    assert back.architecture == model.architecture and back.class_names == model.class_names
+    assert_matches(back.predict(x, verbose=0), want)
+    again = tmp_path / ("resaved" + ext)
+    loaded.save(again)  # Keras's own file of it: no covidx entry
+    twice = covidx.load_model(again)
+    assert twice.architecture["input_norm"] == model.architecture["input_norm"]
+    assert_matches(twice.predict(x, verbose=0), want)
+
+
+def test_cli_scores_a_keras_file_as_the_articles_cell(articles, tmp_path, capsys):
+    """A model trained and saved in Keras (which records no input scaling): `covidx evaluate
+    --rescale 1/255` prints the accuracy and loss of the articles' cell in Keras,
+    ImageDataGenerator(rescale=1./255).flow_from_directory + model.evaluate, on the same file;
+    without --rescale it refuses before scoring, saying how."""
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator as KerasGenerator
+
+    from covidx import __main__ as cli
+
+    data = tmp_path / "data"
+    for path, label in sample_files():
+        os.makedirs(data / label, exist_ok=True)
+        shutil.copy(path, data / label)
+    model = keras_articles_model(articles["weights"], size=224)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.save(tmp_path / "m.keras")
+    model = keras.models.load_model(tmp_path / "m.keras")
+    it = KerasGenerator(rescale=1. / 255).flow_from_directory(data, target_size=(224, 224), shuffle=False)
+    loss, accuracy = model.evaluate(it, verbose=0)
+    raw_loss, raw_accuracy = model.evaluate(
+        KerasGenerator().flow_from_directory(data, target_size=(224, 224), shuffle=False), verbose=0)
+    assert abs(raw_loss - loss) > 1e-3  # the scaling matters for this model
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(data), "--model", str(tmp_path / "m.keras")]) == 2
+    captured = capsys.readouterr()
+    assert "--rescale 1/255" in captured.err and "accuracy" not in captured.out
+    assert cli.main(["evaluate", str(data), "--model", str(tmp_path / "m.keras"), "--rescale", "1/255"]) == 0
+    out = capsys.readouterr().out
+    assert "input scaling: rescale=1/255 (--rescale)" in out
+    assert "8 images - accuracy: %.4f - loss: %.4f" % (accuracy, loss) in out, out
+    assert cli.main(["evaluate", str(data), "--model", str(tmp_path / "m.keras"), "--rescale", "1"]) == 0
+    assert "accuracy: %.4f - loss: %.4f" % (raw_accuracy, raw_loss) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("ext", [".h5", ".keras"])
+def test_compiled_keras_files_keep_trainable_flags_and_optimizer(articles, tmp_path, ext):
+    """A Keras model saved with its backbone frozen and compiled with SGD(0.01, momentum=0.9):
+    covidx restores each layer's trainable flag and the optimizer as Keras does when it loads
+    the file (Keras 3.15 writes no optimizer into a .keras file's compile_config, and gives
+    rmsprop for it), and summary() counts Keras's trainable parameters."""
+    model = keras_articles_model(articles["weights"])
+    for layer in model.layers[:175]:
+        layer.trainable = False
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    path = tmp_path / ("frozen" + ext)
+    model.save(path)
+    ref = keras.models.load_model(path)
+    got = covidx.load_model(path)
+    want_flags = {layer.name: layer.trainable for layer in ref.layers if layer.count_params()}
+    assert {layer.name: layer.trainable for layer in got.layers if layer.count_params()} == want_flags
+    trainable = sum(int(np.prod(w.shape)) for w in ref.trainable_weights)
+    assert trainable == 4723202 and sum(a.size for a in got.trainable_weights) == trainable
+    lines = []
+    got.summary(print_fn=lambda line, **kwargs: lines.append(line))
+    assert " Trainable params: {:,} ".format(trainable) in "\n".join(lines) + " "
+    assert type(got.optimizer).__name__ == type(ref.optimizer).__name__
+    assert got.optimizer.learning_rate == pytest.approx(float(keras.ops.convert_to_numpy(ref.optimizer.learning_rate)))
+    assert got.optimizer.get_config().get("momentum", 0.0) == pytest.approx(float(getattr(ref.optimizer, "momentum",
+                                                                                           0.0)))
+    if ext == ".h5":
+        assert type(got.optimizer).__name__ == "SGD" and got.optimizer.momentum == pytest.approx(0.9)
+    history = got.fit(articles["x"], np.eye(2)[[0] * 4 + [1] * 4], epochs=1, verbose=0)  # the backbone is frozen
+    assert np.isfinite(history.history["loss"][0])
 
 
 @pytest.mark.parametrize("opset", [17, 18])
@@ -577,6 +680,19 @@ def test_other_networks_name_their_first_unsupported_layer(tmp_path):
         small.save(tmp_path / name)
         with pytest.raises(ModelFileError, match=r"%s.*layer 'my_conv' \(Conv2D\).*ResNet50" % name):
             covidx.load_model(tmp_path / name)
+
+
+def test_a_deeper_resnet_is_named_as_another_architecture(tmp_path):
+    """Keras's ResNet101 matches ResNet50 up to conv4_block6: the first layer that differs is named,
+    with ResNet50's layer at that point, as another architecture."""
+    resnet101 = keras.applications.ResNet101(weights=None, include_top=False, input_shape=(64, 64, 3))
+    with zipfile.ZipFile(tmp_path / "resnet101.keras", "w") as z:  # the real config; no weights are reached
+        z.writestr("config.json", resnet101.to_json())
+        z.writestr("model.weights.h5", b"")
+    with pytest.raises(ModelFileError, match=r"layer 'conv4_block7_1_conv' is where ResNet50 has "
+                       r"'conv5_block1_1_conv': the file holds another architecture .*ResNet101") as e:
+        covidx.load_model(tmp_path / "resnet101.keras")
+    assert "filters" not in str(e.value)
 
 
 def edit_config(src, dst, change):

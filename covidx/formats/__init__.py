@@ -74,7 +74,32 @@ def _read_parts(path, arch):
                "or a covidx .safetensors file; the content is none of these)")
 
 
-def _compile_from(model, config):
+def _optimizer_from(config, path):
+    """The optimizer of Keras's compile settings (class and hyperparameters, as Keras restores
+    them): compile_config's 'optimizer' (.keras) or training_config's 'optimizer_config' (.h5).
+    Keras's default, rmsprop, where the file names none; one covidx cannot run is said, not
+    replaced quietly."""
+    from .. import optimizers
+
+    spec = config.get("optimizer", config.get("optimizer_config"))
+    if spec is None:
+        return optimizers.RMSprop()
+    try:
+        if isinstance(spec, dict):
+            settings = {k: v for k, v in (spec.get("config") or {}).items()
+                        if k not in ("is_legacy_optimizer", "jit_compile")}  # Keras 2's, no effect here
+            spec = {"class_name": spec.get("class_name"), "config": settings}
+        return optimizers.get(spec)
+    except (ValueError, TypeError) as e:
+        import warnings
+
+        warnings.warn("%s: the optimizer the file was compiled with (%s) cannot be restored (%s); the model is "
+                      "compiled with rmsprop: call compile(optimizer=...) before fit()"
+                      % (path, spec.get("class_name") if isinstance(spec, dict) else spec, e), stacklevel=4)
+        return optimizers.RMSprop()
+
+
+def _compile_from(model, config, path):
     """Keras's compile settings, where they are plain names covidx knows; others are skipped."""
     if not isinstance(config, dict) or not isinstance(config.get("loss"), str):
         return
@@ -83,9 +108,16 @@ def _compile_from(model, config):
         metrics = metrics[0]  # Keras 2 nested metrics per output
     metrics = [m for m in metrics if isinstance(m, str)] if isinstance(metrics, list) else []
     try:
-        model.compile(loss=config["loss"], metrics=metrics)
+        model.compile(optimizer=_optimizer_from(config, path), loss=config["loss"], metrics=metrics)
     except (ValueError, TypeError):
         model._compiled, model.optimizer = None, None
+
+
+def _set_trainable(model, flags):
+    """The file's per-layer trainable flags (frozen layers stay frozen, as Keras loads them)."""
+    for layer in model.layers:
+        if layer.name in flags:
+            layer.trainable = flags[layer.name]
 
 
 def load(path, class_names=None):
@@ -108,7 +140,8 @@ def load(path, class_names=None):
         return _model(Model, path, arch, named, class_names or file_class_names, TORCH_PREPROCESSING, "resnet50")
     model = _model(Model, path, parts.arch, parts.weights, class_names or parts.class_names, parts.preprocessing,
                    parts.name)
-    _compile_from(model, parts.compile_config)
+    _compile_from(model, parts.compile_config, path)
+    _set_trainable(model, parts.trainable)
     return model
 
 

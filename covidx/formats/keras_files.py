@@ -26,11 +26,13 @@ BACKBONE_TENSORS = sum(len(ws) for _, ws in architecture.weight_spec(
 
 
 class Parts:
-    """What a file gives covidx.Model: architecture, named weights, name, compile settings, and
-    the class names and preprocessing of files covidx wrote (None otherwise)."""
+    """What a file gives covidx.Model: architecture, named weights, name, compile settings, the
+    layers' trainable flags ({layer name: bool}, of full models), and the class names and
+    preprocessing of files covidx wrote (None otherwise)."""
 
-    def __init__(self, arch, weights, name="resnet50", compile_config=None, extra=None):
+    def __init__(self, arch, weights, name="resnet50", compile_config=None, extra=None, trainable=None):
         self.arch, self.weights, self.name, self.compile_config = arch, weights, name, compile_config
+        self.trainable = trainable or {}
         extra = extra or {}
         self.class_names, self.preprocessing = extra.get("class_names"), extra.get("preprocessing")
 
@@ -382,6 +384,12 @@ def _training_config(h5):
     return value if isinstance(value, dict) else None
 
 
+def _trainable(slots):
+    """{layer name: trainable} of a full model's layers (a layer inside a frozen nested model is
+    frozen, as in Keras)."""
+    return {name: layer.trainable for name, layer in slots.items()}
+
+
 def _model_name(config):
     inner = config.get("config")
     name = inner.get("name") if isinstance(inner, dict) else None
@@ -401,7 +409,7 @@ def _read_h5(h5, arch):
         named = _read_legacy_by_config(h5, weights_root, parsed_arch, slots)
         folded_arch, named = keras_graph.fold(parsed_arch, named, h5.where)
         extra = _covidx_entry(_loads(h5.text(root, "covidx") if "covidx" in root.attrs else None))
-        return Parts(folded_arch, named, _model_name(config), _training_config(h5), extra)
+        return Parts(folded_arch, named, _model_name(config), _training_config(h5), extra, _trainable(slots))
     if h5.names(root, "layer_names") is not None or h5.group(root, "model_weights") is not None:
         tensors = _legacy_tensors(h5, _legacy_root(h5))
         arch = arch or _infer_legacy_arch(h5, tensors)
@@ -465,7 +473,7 @@ def read_archive(path, arch=None):
     metadata = _loads(metadata)
     extra = _covidx_entry(metadata.get("covidx") if isinstance(metadata, dict) else None)
     return Parts(parsed_arch, named, _model_name(config), compile_config if isinstance(compile_config, dict) else None,
-                 extra)
+                 extra, _trainable(slots))
 
 
 def reorder(named, source_arch, target_arch, where):

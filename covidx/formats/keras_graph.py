@@ -1,8 +1,9 @@
 """Keras model configs (the model_config of a legacy .h5, the config.json of a .keras archive) read
 into a covidx architecture.
 
-covidx runs one graph: an optional Rescaling and an optional LayerNormalization of the whole image
-(axes 1, 2, 3, no center or scale) at the input, Keras's ResNet50 (keras.applications, flat or
+covidx runs one graph: an optional Rescaling and an optional standardisation of the whole image
+(LayerNormalization on axes 1, 2, 3, or GroupNormalization with one group; no center or scale) at
+the input, Keras's ResNet50 (keras.applications, flat or
 nested as one layer), then optional global pooling and a head of the layers covidx builds: Dense,
 BatchNormalization (folded into a neighbouring Dense layer, as covidx.keras.layers heads are),
 Activation, and Dropout, Flatten and the like, which change nothing at inference. The config is
@@ -239,6 +240,21 @@ def _bn_axis_ok(axis):
     return axis in (3, -1)
 
 
+# Keras's applications name ResNet layers conv<stage>_block<block>_...
+KERAS_RESNET_NAME = re.compile(r"conv(\d)_block(\d+)_\w+")
+
+
+def _stage_words(theirs, ours):
+    """Why a keras.applications layer name differs from ResNet50's at the same point, in words."""
+    blocks = {stage: n for stage, _f, n, _s in architecture.STAGES}
+    t, o = int(theirs.group(1)), int(ours.group(1))
+    if t < o and t in blocks:
+        return "more than ResNet50's %d blocks in stage %d, such as ResNet101 or ResNet152" % (blocks[t], t)
+    if t > o:
+        return "fewer than ResNet50's %d blocks in stage %d" % (blocks[o], o)
+    return "its blocks in another order"
+
+
 class _Checker:
     """Matches the flattened layers, in order, against Keras's ResNet50 layer list."""
 
@@ -253,6 +269,10 @@ class _Checker:
     def backbone_layer(self, layer, expected_name, expected_cls):
         """Checks one layer's class and settings against the ResNet50 layer it stands for."""
         cls, c = layer.cls, layer.config
+        ours, theirs = KERAS_RESNET_NAME.fullmatch(expected_name), KERAS_RESNET_NAME.fullmatch(layer.name)
+        if ours and theirs and ours.group(1, 2) != theirs.group(1, 2):  # e.g. ResNet101's conv4_block7
+            fail(self.where, "layer %r is where ResNet50 has %r: the file holds another architecture (a ResNet "
+                 "with %s), not ResNet50. %s" % (layer.name, expected_name, _stage_words(theirs, ours), SUPPORTED))
         if cls == "ReLU" and expected_cls == "Activation":
             if any(c.get(k) not in (None, 0, 0.0) for k in ("max_value", "negative_slope", "threshold")):
                 self.unsupported(layer, "a clipped or leaky ReLU where ResNet50 has %r" % expected_name)
@@ -317,7 +337,8 @@ def _input_ok(layer):
 
 def match(layers, output_uid, where):
     """(arch, slots): the covidx architecture of the flattened graph, and for every layer of
-    architecture.weight_spec(arch) the Layer of the file that holds its weights.
+    architecture.weight_spec(arch) the Layer of the file that holds its weights (the backbone's
+    other layers too, for their trainable flags).
 
     Raises ModelFileError naming the first layer that is not part of ResNet50 + a Dense head."""
     checker = _Checker(where)
@@ -338,8 +359,7 @@ def match(layers, output_uid, where):
         if sorted(got) != sorted(want) or (cls != "Add" and got != want):
             checker.unsupported(layer, "its inputs differ from ResNet50's %r" % name)
         mapped[name] = layer.uid
-        if cls in ("Conv2D", "BatchNormalization"):
-            slots[name] = layer
+        slots[name] = layer  # its weights (Conv2D, BatchNormalization) and its trainable flag
     if len(layers) < len(rows):
         last = layers[-1] if layers else source
         fail(where, "the model ends at layer %r (%s), inside ResNet50 (where %r follows). %s"
@@ -363,10 +383,11 @@ def _factor(value):
 
 def _input_layers(checker, layers, input_uid):
     """({'rescaling': ..., 'input_norm': ...}, the layers after them, the uid feeding conv1_pad): a
-    Rescaling right after the input, then a LayerNormalization of each whole image without
-    weights, both optional."""
+    Rescaling right after the input, then a standardisation of each whole image without weights
+    (LayerNormalization(axis=[1, 2, 3]) or GroupNormalization(groups=1), as covidx writes it in
+    .h5 files, whose Keras reader loses a LayerNormalization's axis list), both optional."""
     found, previous = {}, input_uid
-    while layers and layers[0].cls in ("Rescaling", "LayerNormalization"):
+    while layers and layers[0].cls in ("Rescaling", "LayerNormalization", "GroupNormalization"):
         layer, c = layers[0], layers[0].config
         if layer.inbound != [previous]:
             checker.unsupported(layer, "it does not follow the input directly")
@@ -380,14 +401,19 @@ def _input_layers(checker, layers, input_uid):
             found["rescaling"] = {"name": layer.name, "scale": scale, "offset": offset}
         else:
             if "input_norm" in found:
-                checker.unsupported(layer, "a second LayerNormalization")
+                checker.unsupported(layer, "a second input normalization")
             axis = c.get("axis")
             axis = sorted(axis) if isinstance(axis, list) else axis
-            if axis not in ([1, 2, 3], [-3, -2, -1]):
+            if layer.cls == "GroupNormalization":  # one group of all channels: the same per-image statistics
+                if c.get("groups") != 1 or axis not in (-1, 3, [-1], [3]):
+                    checker.unsupported(layer, "groups %r on axis %r; covidx runs one group of all channels "
+                                        "(groups=1, axis=-1), the standardisation of each whole image"
+                                        % (c.get("groups"), c.get("axis")))
+            elif axis not in ([1, 2, 3], [-3, -2, -1]):
                 checker.unsupported(layer, "it normalises axis %r; covidx runs a LayerNormalization of each whole "
                                     "image (axis=[1, 2, 3])" % (c.get("axis"),))
             if c.get("center", True) is not False or c.get("scale", True) is not False or c.get("rms_scaling"):
-                checker.unsupported(layer, "center, scale or rms_scaling; covidx runs the input LayerNormalization "
+                checker.unsupported(layer, "center, scale or rms_scaling; covidx runs the input normalization "
                                     "without them (center=False, scale=False)")
             eps = c.get("epsilon", 1e-3)
             if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:

@@ -5,9 +5,9 @@ model.load_weights read them (tested against Keras 3 itself).
 
 The graph is Keras's ResNet50 (keras.applications, v1) with an optional Rescaling and input
 standardisation in front (a LayerNormalization(axis=[1, 2, 3]) in .keras files, a
-GroupNormalization(groups=1) in .h5 files: see _legacy_input_norm), global pooling and the Dense head. A functional model's Dropout and
-BatchNormalization layers are written folded into its Dense layers (what covidx runs; the outputs
-are the same). The input is written as (None, None, 3): any image size, as covidx takes.
+GroupNormalization(groups=1) in .h5 files: see _legacy_input_norm), global pooling and the Dense
+head. A functional model's Dropout and BatchNormalization layers are written folded into its Dense
+layers (what covidx runs; the outputs are the same). The input is written as (None, None, 3): any image size, as covidx takes.
 Class names and preprocessing, which Keras files have no place for, go into covidx's own entry
 (metadata.json's "covidx", an HDF5 attribute "covidx"), which Keras ignores."""
 from __future__ import annotations
