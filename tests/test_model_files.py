@@ -127,3 +127,27 @@ def test_recorded_preprocessing_is_applied(saved):
     caffe.preprocessing = "imagenet?"
     with pytest.raises(ValueError, match="unknown preprocessing"):
         caffe.preprocess(raw)
+
+
+def test_backbone_of_a_model_file_keeps_its_input_standardisation(tmp_path):
+    """ResNet50(weights=<covidx file>, include_top=False) is that model's backbone, input layers
+    included: its features are the ones the model's head sees (the fine-tuning notebook's base)."""
+    model = ResNet50(weights=None, classes=2, head=(32,), class_names=["COV19", "Normal"],
+                     preprocessing={"rescale": 1 / 255}, seed=7, input_norm=1e-5)
+    path = tmp_path / "standardised.safetensors"
+    model.save(path)
+    base = ResNet50(weights=str(path), include_top=False, pooling="avg")
+    assert base.architecture["input_norm"] == model.architecture["input_norm"]
+    assert base.preprocessing == {"rescale": 1 / 255}
+    xs = x() * 3 + 0.5
+    np.testing.assert_allclose(base.predict(xs), model.features(xs), rtol=1e-5, atol=1e-6)
+    # Reference: the standardisation done in NumPy, into the same weights without the layer.
+    plain = ResNet50(weights=None, include_top=False, pooling="avg", seed=0)
+    plain.set_weights(base.get_weights())
+    x64 = xs.astype(np.float64)
+    mean = x64.mean(axis=(1, 2, 3), keepdims=True)
+    std = np.sqrt(x64.var(axis=(1, 2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(base.predict(xs), plain.predict(((x64 - mean) / std).astype(np.float32)),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="input_norm"):
+        ResNet50(weights=str(path), include_top=False, pooling="avg", input_norm=1e-3)

@@ -91,7 +91,9 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
     weights: None (random), 'imagenet' (Keras's official file, from Keras's cache or downloaded;
     see covidx.applications.imagenet), or the path of a weights file loaded into this
     architecture as Keras's load_weights does: Keras .h5 / .keras / .weights.h5, a PyTorch
-    torchvision state_dict (variant='v1.5'), or a covidx .safetensors model.
+    torchvision state_dict (variant='v1.5'), or a covidx .safetensors model. A covidx model's
+    backbone comes with its input layers (the shipped model's per-image standardisation), so
+    ResNet50(weights=<its file>, include_top=False) gives the very features that model's head sees.
 
     precision: 'fp32' (default) or 'bf16', see Model.set_precision.
 
@@ -131,6 +133,18 @@ def _resnet50(include_top, weights, input_tensor, input_shape, pooling, classes,
         # A covidx model file: its tensors that this architecture has (the backbone alone for
         # include_top=False); its class names only where the outputs are the same.
         source = load_model(weights)
+        for key in architecture.INPUT_LAYERS:
+            # The input layers (Rescaling, the per-image standardisation) come with the backbone: its
+            # features were learnt behind them, and without them they are other features.
+            theirs, ours = source.architecture.get(key), arch.get(key)
+            if ours is None:
+                if theirs is not None:
+                    arch[key] = dict(theirs)
+            elif theirs is None or {k: v for k, v in theirs.items() if k != "name"} != \
+                    {k: v for k, v in ours.items() if k != "name"}:
+                raise ValueError("weights=%r: the file's backbone has %s at its input, and this call asks for %s; "
+                                 "leave input_norm out to take the file's input layers with its weights"
+                                 % (os.fspath(weights), theirs or "no %s layer" % key, ours))
         wanted = {"%s/%s" % (layer, w) for layer, ws in architecture.weight_spec(arch) for w, _ in ws}
         named = {k: v for k, v in source.named_weights.items() if k in wanted}
         same_outputs = arch.get("head") and source.architecture.get("head") and \
