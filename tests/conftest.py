@@ -10,6 +10,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+# The slow tier: files whose tests take minutes (full networks against PyTorch and Keras, training,
+# notebooks, clusters, memory caps). `bash tests/run.sh --quick` leaves them out; CI runs them all.
+SLOW_FILES = {"test_engine_vs_torch.py", "test_notebooks.py", "test_distributed.py", "test_fit.py",
+              "test_keras_parity.py", "test_unfamiliar.py", "test_memory.py", "test_precision.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 ARTICLES_HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "softmax")]
 SIGMOID_HEAD = [(1, "sigmoid")]
 

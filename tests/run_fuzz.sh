@@ -6,7 +6,7 @@
 # Usage: bash tests/run_fuzz.sh [SECONDS per target] [extra libFuzzer flags]; CI runs a short session.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${COVIDX_TEST_VENV:-$root/.venv-test}
+. "$root/tests/env.sh"
 python=${COVIDX_FUZZ_PYTHON:-$venv/bin/python}
 seconds=${1:-60}
 shift || true

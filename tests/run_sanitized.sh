@@ -3,7 +3,7 @@
 # the engine tests that need no PyTorch against it. Uses the environment made by tests/run.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${COVIDX_TEST_VENV:-$root/.venv-test}
+. "$root/tests/env.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

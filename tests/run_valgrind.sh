@@ -4,7 +4,7 @@
 # not errors. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${COVIDX_TEST_VENV:-$root/.venv-test}
+. "$root/tests/env.sh"
 if ! command -v valgrind > /dev/null; then
     (apt-get update -qq && apt-get install -y -qq valgrind) > /dev/null 2>&1 || { echo "valgrind: not installed, skipped"; exit 0; }
 fi
