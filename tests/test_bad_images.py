@@ -1,6 +1,7 @@
 """Broken, hostile and unusual image files: each gives a correct image or a clear error naming the
 file, and a folder evaluation keeps the results of every good file."""
 import io
+import re
 import os
 import signal
 import threading
@@ -379,8 +380,9 @@ def test_no_image_reader_starts_a_process(tmp_path, monkeypatch):
 
 
 def near_limit_files(d):
-    """{name: (path, what load_img should do)}: 13000 x 13000 (just under twice Pillow's bomb
-    limit, where Pillow only warns) RGBA PNG of 670 KB and 16-bit grey PNG of 330 KB."""
+    """{name: path}: 13000 x 13000 (just under twice Pillow's bomb limit, where Pillow only warns)
+    RGBA PNG of 670 KB (676 MB decoded: more than covidx's per-image budget of 640 MB) and 16-bit
+    grey PNG of 330 KB (338 MB decoded)."""
     import hostile_files
 
     d.mkdir(parents=True, exist_ok=True)
@@ -393,9 +395,11 @@ def test_near_limit_images_are_read_in_bounded_memory_or_named(tmp_path):
     (float64 copies): each is now read in under 1 GB, or refused before decoding, naming the
     file and the per-image memory budget."""
     import bounded
+    import hostile_files
 
     files = near_limit_files(tmp_path)
-    cases = [("rgba.png", {}), ("grey16.png", {"xray": True})]
+    files["rgba12k.png"] = hostile_files.blank_png(tmp_path / "rgba12k.png", 12000, 12000, 6, 8)  # 576 MB decoded
+    cases = [("rgba12k.png", {}), ("grey16.png", {"xray": True}), ("grey16.png", {})]
     for name, kw in cases:
         def read(path=files[name], kw=kw):
             with warnings.catch_warnings():
@@ -405,16 +409,18 @@ def test_near_limit_images_are_read_in_bounded_memory_or_named(tmp_path):
         outcome = bounded.run(read)
         assert outcome.error is None, (name, kw, outcome)
         np.testing.assert_array_equal(outcome.value, np.zeros((224, 224, 3), np.uint8))
-    # converting the whole RGBA image before resizing (what bilinear resampling needs) cannot fit
-    outcome = bounded.run(lambda: load_img(files["rgba.png"], target_size=(224, 224), interpolation="bilinear"))
-    assert isinstance(outcome.error, ImageFileError), outcome
-    assert outcome.error.path == files["rgba.png"] and "per-image memory budget" in str(outcome.error)
-    assert outcome.extra_mb < 100  # refused from the header
+    # larger than the budget; converting the whole RGBA image before resizing (what bilinear
+    # resampling needs) does not fit either: refused from the header
+    for name, kw in [("rgba.png", {}), ("rgba12k.png", {"interpolation": "bilinear"})]:
+        outcome = bounded.run(lambda: load_img(files[name], target_size=(224, 224), **kw))
+        assert isinstance(outcome.error, ImageFileError), outcome
+        assert outcome.error.path == files[name] and "per-image memory budget of 640 MB" in str(outcome.error)
+        assert outcome.extra_mb < 100
 
 
 def test_folder_with_near_limit_images_scores_every_good_image(tmp_path):
-    """evaluate over good X-rays and near-limit images, 8 decoding threads: within 1 GB extra (the
-    decoding threads share one memory budget), every good image scored, the same as alone."""
+    """predict over good X-rays and near-limit images, on the decoding threads: within 1 GB extra,
+    every good image scored, the same as alone, and the image past the budget named."""
     import bounded
 
     good_dir = tmp_path / "good" / "COVID-19"
@@ -423,9 +429,6 @@ def test_folder_with_near_limit_images_scores_every_good_image(tmp_path):
         Image.open(p).save(good_dir / ("%d.png" % i))
     mixed = tmp_path / "mixed" / "COVID-19"
     near_limit_files(mixed)
-    near_limit_files(tmp_path / "more")
-    for n in ("rgba.png", "grey16.png"):
-        os.rename(tmp_path / "more" / n, mixed / ("b_" + n))
     for f in os.listdir(good_dir):
         os.link(good_dir / f, mixed / f)
 
@@ -443,10 +446,10 @@ def test_folder_with_near_limit_images_scores_every_good_image(tmp_path):
     assert outcome.error is None, outcome
     got_names, got, skipped = outcome.value
     rows = dict(zip(got_names, got))
-    assert len(got_names) == len(names) + 4
+    assert len(got_names) == len(names) + 2
     np.testing.assert_allclose(np.stack([rows[n] for n in names]), want, rtol=1e-5, atol=1e-6)
-    # bilinear: the RGBA images cannot be converted whole within the budget, the 16-bit ones can
-    assert sorted(os.path.basename(p) for p, _ in skipped) == ["b_rgba.png", "rgba.png"]
+    # the RGBA image does not fit the budget, the 16-bit one does
+    assert [os.path.basename(p) for p, _ in skipped] == ["rgba.png"]
     assert all("per-image memory budget" in why for _, why in skipped)
     assert np.isfinite(rows[os.path.join("COVID-19", "grey16.png")]).all()
 
@@ -573,3 +576,58 @@ def test_sixteen_bit_scaled_in_blocks_matches_the_whole_image(tmp_path, monkeypa
     got = img_to_array(load_img(str(tmp_path / "x16.png"), xray=True))[:, :, 0]
     want = np.floor((a.astype(np.float64) - a.min()) * 255.0 / (a.max() - a.min()) + 0.5)
     np.testing.assert_array_equal(got, want)
+
+
+def test_cli_scores_every_good_image_beside_near_limit_images(tmp_path):
+    """`covidx evaluate` on 8 X-rays + 2 near-limit PNGs ended in a MemoryError traceback with no
+    result (under a 3 GB cap): `covidx predict` and `covidx evaluate` now score every good file
+    within 1 GB extra (the X-rays exactly as without the large files), and name the one past the
+    per-image memory budget."""
+    import contextlib
+    import io as io_mod
+    import json
+
+    import bounded
+
+    from covidx import __main__ as cli
+
+    data = tmp_path / "data"
+    for i, (p, label) in enumerate(sample_files()):
+        (data / label).mkdir(parents=True, exist_ok=True)
+        Image.open(p).save(data / label / ("%d.png" % i))
+    good = sorted(str(p) for p in data.glob("*/*.png"))
+    big = near_limit_files(data / "COVID-19" / "big")
+    model_path = tmp_path / "m.safetensors"
+    model = ResNet50(weights=None, classes=2, head=(4,), class_names=["COV19", "Normal"], seed=3,
+                     preprocessing={"rescale": 1 / 255})
+    model.save(model_path)
+
+    def run(*args):
+        out = io_mod.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io_mod.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = cli.main(list(args) + ["--model", str(model_path), "--batch-size", "4"])
+        return code, out.getvalue()
+
+    outcome = bounded.run(lambda: run("predict", *(good[:4] + list(big.values()) + good[4:]), "--json"), seconds=120)
+    assert outcome.error is None, outcome
+    code, out = outcome.value
+    records = {r["path"]: r for r in json.loads(out)}
+    assert code == 1 and sorted(records) == sorted(good + list(big.values()))
+    assert "per-image memory budget" in records[big["rgba.png"]]["error"]
+    assert "probabilities" in records[big["grey16.png"]]
+    x = np.stack([img_to_array(load_img(p, target_size=(224, 224))) for p in good]) / 255
+    want = covidx.load_model(str(model_path)).predict(x, verbose=0)
+    got = np.array([[records[p]["probabilities"][n] for n in ("COV19", "Normal")] for p in good])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+    outcome = bounded.run(lambda: run("evaluate", str(data)), seconds=120)
+    assert outcome.error is None, outcome
+    code, out = outcome.value
+    assert code == 1 and "rgba.png" in out and "grey16.png" not in out, out
+    labels = np.array([0 if "/COVID-19/" in p else 1 for p in good] + [0])
+    x_all = np.concatenate([x, np.zeros((1,) + x.shape[1:], np.float32)])
+    p_all = covidx.load_model(str(model_path)).predict(x_all, verbose=0)
+    acc = np.mean(np.argmax(p_all, 1) == labels)
+    assert re.search(r"accuracy\W+%.4f" % acc, out) or ("%.4f" % acc) in out, (acc, out)

@@ -28,7 +28,7 @@ PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM")
 # Memory for decoding. Each image's peak (its decoded pixels, conversion and resizing) is estimated
 # from its header before a pixel is decoded: an image that needs more than this is refused, and the
 # images being decoded at once, in every thread of the process, together reserve at most this much.
-MAX_DECODE_BYTES = 768 << 20
+MAX_DECODE_BYTES = 640 << 20
 BLOCK_PIXELS = 1 << 20  # 16-bit images are scaled to 8 bits this many pixels at a time
 
 
@@ -216,7 +216,8 @@ class _Decoding:
 
     def __init__(self, color_mode, size, xray, interpolation):
         self.color_mode, self.size, self.xray, self.interpolation = color_mode, size, xray, interpolation
-        self.held = 0
+        self.held, self.name = 0, None
+        self.turned = xray  # an EXIF orientation to apply, as far as the header tells
 
     def need(self, size, mode, decoder_bytes=0):
         """Peak bytes of decoding, correcting, converting and resizing a size (w, h) image of this
@@ -225,8 +226,9 @@ class _Decoding:
         pixels = w * h
         now = pixels * _bytes_per_pixel(mode)
         peak = now + decoder_bytes
-        if self.xray:  # EXIF orientation: a transposed copy (assumed; the tag may only be read after decoding)
-            peak = max(peak, 2 * now)
+        if self.xray:
+            if self.turned:  # EXIF orientation: a transposed copy
+                peak = max(peak, 2 * now)
             if mode in ("I;16", "I;16B", "I;16L", "I") and self.color_mode != "grayscale":  # to 8 bits, in blocks
                 peak = max(peak, now + pixels + 16 * BLOCK_PIXELS)
                 now, mode = pixels, "L"
@@ -243,6 +245,9 @@ class _Decoding:
         return peak
 
     def plan(self, name, size, mode, img=None, decoder_bytes=0):
+        self.name = name
+        if self.xray:  # a DICOM file (no img) has no EXIF orientation
+            self.turned = img is not None and _orientation(img, before_decoding=True) not in (None, 1)
         need = self.need(size, mode, decoder_bytes)
         if need > MAX_DECODE_BYTES and img is not None and self.size is not None and img.format in ("JPEG", "MPO"):
             img.draft(None, self.size)  # DCT scaling while decoding: 1/2, 1/4 or 1/8, never below the target
@@ -258,7 +263,28 @@ class _Decoding:
     def release(self):
         if self.held:
             _memory.release(self.held)
+            if self.held >= TRIM_BYTES:
+                _return_freed_memory()
             self.held = 0
+
+
+TRIM_BYTES = 64 << 20
+_malloc_trim = None
+
+
+def _return_freed_memory():
+    """glibc keeps freed memory in the arena of the thread that freed it: without this, every
+    decoding thread would go on holding the largest image it has decoded."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 def is_dicom(data):
@@ -306,11 +332,26 @@ class _as_image_file_error:
         raise ImageFileError(self.name, "%s: %s" % (kind.__name__, e)) from None
 
 
-def _xray_corrected(img, color_mode):
+def _orientation(img, before_decoding=False):
+    """The EXIF orientation (1: upright). Before decoding, a PNG tells it only if its eXIf chunk
+    comes before the pixels (Pillow would decode the image to look further): None if it does not."""
+    if before_decoding and img.format == "PNG" and "exif" not in img.info:
+        return None
+    return img.getexif().get(0x0112, 1)
+
+
+def _xray_corrected(img, color_mode, decoding=None):
     """xray=True: EXIF orientation applied; 16/32-bit grey scaled from its full range to 8 bits."""
     from PIL import ImageOps
 
-    if img.getexif().get(0x0112, 1) not in (None, 1):  # exif_transpose copies even an upright image
+    if _orientation(img) not in (None, 1):  # exif_transpose copies even an upright image
+        if decoding is not None and not decoding.turned:  # an orientation found only after the pixels
+            decoding.turned = True
+            need = decoding.need(img.size, img.mode)
+            if need > MAX_DECODE_BYTES:
+                raise ImageFileError(decoding.name, "applying its EXIF orientation needs about %d MB, more than "
+                                                    "covidx's per-image memory budget of %d MB"
+                                     % (need >> 20, MAX_DECODE_BYTES >> 20))
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I") and color_mode != "grayscale":
         img = _sixteen_bit_to_8(img)
@@ -350,7 +391,7 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", 
         img, name = _open(path, decoding)
         with _as_image_file_error(name):
             if xray:
-                img = _xray_corrected(img, color_mode)
+                img = _xray_corrected(img, color_mode, decoding)
             early = _resize_first(img.mode, size, interpolation)
             if not early:
                 img = _converted(img, color_mode)
