@@ -29,6 +29,7 @@ import numpy as np
 
 import covidx
 from covidx.data import SAMPLES_DIR
+from covidx.display import printable, spreadsheet_cell
 from covidx.distributed import image_files  # needs no dask
 
 
@@ -105,6 +106,10 @@ def cmd_evaluate(args):
         from covidx import plots
 
         plots.require_matplotlib()  # before the work, not after it
+        from covidx.report_html import check_destination, csv_path
+
+        check_destination(args.report, "--report")
+        check_destination(csv_path(args.report), "--report's per-image CSV")
     directory = args.dir or SAMPLES_DIR
     if not os.path.isdir(directory):
         print("covidx evaluate: no such directory: %s" % directory, file=sys.stderr)
@@ -190,7 +195,7 @@ def class_names_of(it, mapping, units):
 
 def print_skipped(skipped):
     for path, reason in skipped:
-        print("  %s: %s" % (path, reason))
+        print("  %s: %s" % (printable(path), printable(reason)))
 
 
 def unfamiliar_files(paths, scores, ok):
@@ -209,7 +214,7 @@ def print_unfamiliar(flagged, scored, available):
     print("unfamiliar images: %d of %d (unlike the training images; their predictions deserve less trust)"
           % (len(flagged), scored))
     for path, score in flagged:
-        print("  %s: score %.2f" % (path, score))
+        print("  %s: score %.2f" % (printable(path), score))
 
 
 def write_html_report(path, model, it, labels, probs, names, ok, directory, scores=None, scaling=None):
@@ -218,7 +223,7 @@ def write_html_report(path, model, it, labels, probs, names, ok, directory, scor
     files = [f for f, good in zip(it.filepaths, ok) if good]
     report_html.write_report(path, labels, probs, names, files=files, model=model, skipped=it.skipped,
                              source=directory, unfamiliar=scores, scaling=scaling)
-    print("report written to %s" % path)
+    print("report written to %s (every image's result: %s)" % (printable(path), printable(report_html.csv_path(path))))
 
 
 def cmd_predict(args):
@@ -272,7 +277,14 @@ def cmd_predict(args):
                    "unfamiliar_score": None if score is None else round(float(score), 4),
                    "preprocessing": scaling}
             if heatmaps:
-                rec["gradcam"] = heatmaps.write(path, images[path], p)
+                try:
+                    rec["gradcam"] = heatmaps.write(path, images[path], p)
+                except (OSError, ValueError) as e:  # the file's result is kept; its overlay is reported missing
+                    failed += 1
+                    reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+                    rec["gradcam"], rec["gradcam_error"] = None, "%s: %s" % (path, reason)
+                    print("covidx predict: no Grad-CAM overlay for %s" % printable(rec["gradcam_error"]),
+                          file=sys.stderr)
             records.append(rec)
         if bar:
             bar.update(min(start + args.batch_size, len(paths)))
@@ -306,13 +318,34 @@ class HeatmapWriter:
         return out
 
     def unique_name(self, base):
-        """DIR/base.gradcam.png, numbered when two inputs share a file name."""
-        n, out = 1, os.path.join(self.directory, base + ".gradcam.png")
+        """DIR/base.gradcam.png, numbered when two inputs share a file name; base is shortened where
+        the name would be longer than the file system allows (a legal 250-byte input name)."""
+        n, out = 1, self.fitted(base, ".gradcam.png")
         while out in self.taken:
             n += 1
-            out = os.path.join(self.directory, "%s-%d.gradcam.png" % (base, n))
+            out = self.fitted(base, "-%d.gradcam.png" % n)
         self.taken.add(out)
         return out
+
+
+    def fitted(self, base, suffix):
+        try:
+            limit = os.pathconf(self.directory, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            limit = 255
+        while base and len(os.fsencode(base + suffix)) > limit:
+            base = base[:-1]
+        return os.path.join(self.directory, base + suffix)
+
+
+class SpreadsheetSafeWriter:
+    """csv.writer whose text cells are printable and never read as formulas (covidx.display)."""
+
+    def __init__(self, out):
+        self.writer = csv.writer(out)
+
+    def writerow(self, cells):
+        self.writer.writerow([spreadsheet_cell(c) if isinstance(c, str) else c for c in cells])
 
 
 def write_records(records, names, args):
@@ -322,7 +355,7 @@ def write_records(records, names, args):
         out.write("\n")
         return
     if args.csv:
-        w = csv.writer(out)
+        w = SpreadsheetSafeWriter(out)
         heatmaps = ["gradcam"] if args.gradcam else []
         w.writerow(["path"] + names + ["predicted", "unfamiliar", "unfamiliar_score", "error"] + heatmaps
                    + ["preprocessing"])
@@ -332,11 +365,15 @@ def write_records(records, names, args):
             w.writerow([r["path"]] + ["%.6f" % probs[n] if n in probs else "" for n in names]
                        + [r.get("predicted", ""), "" if flag is None else str(flag).lower(),
                           "" if score is None else "%.4f" % score, r.get("error", "")]
-                       + [r.get("gradcam", "") for _ in heatmaps] + [r.get("preprocessing", "")])
+                       + [r.get("gradcam") or r.get("gradcam_error", "") for _ in heatmaps]
+                       + [r.get("preprocessing", "")])
         return
+    # one line per file whatever its name holds (a newline in a name forged a row): covidx.display
+    records = [dict(r, path=printable(r["path"]), **({"error": printable(r["error"])} if "error" in r else {}))
+               for r in records]
     width = max([len("file")] + [len(r["path"]) for r in records])
     checked = any(r.get("unfamiliar") is not None for r in records)
-    out.write("%-*s  %s  predicted%s\n" % (width, "file", "  ".join("%8s" % n for n in names),
+    out.write("%-*s  %s  predicted%s\n" % (width, "file", "  ".join("%8s" % printable(n) for n in names),
                                           "  unfamiliar (score)" if checked else ""))
     for r in records:
         if "error" in r:
@@ -346,7 +383,7 @@ def write_records(records, names, args):
         if r.get("unfamiliar") is not None:
             flag = "  %-10s (%.2f)" % ("YES" if r["unfamiliar"] else "no", r["unfamiliar_score"])
         out.write("%-*s  %s  %-9s%s\n" % (width, r["path"], "  ".join("%8.4f" % r["probabilities"][n] for n in names),
-                                         r["predicted"], flag))
+                                         printable(r["predicted"]), flag))
 
 
 def cmd_info(args):

@@ -100,12 +100,12 @@ def confusion_figure(confusion, class_names, title="Confusion matrix"):
         for j in range(confusion.shape[1]):
             ax.text(j, i, "%d\n(%.0f%%)" % (confusion[i, j], 100 * row_share[i, j]), ha="center", va="center",
                     color="white" if row_share[i, j] > 0.6 else "black", fontsize=11)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names)
-    ax.set_yticks(ticks, class_names)
+    ticks, labels = range(len(class_names)), [literal(n) for n in class_names]
+    ax.set_xticks(ticks, labels)
+    ax.set_yticks(ticks, labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(literal(title))
     return fig
 
 
@@ -121,7 +121,7 @@ def roc_figure(scores, truth, positive_name="positive", operating_point=None):
     if operating_point is not None:
         ax.plot([operating_point[0]], [operating_point[1]], "o", color=COLOURS["point"], label="operating point")
     _unit_axes(ax, "false positive rate (1 - specificity)", "true positive rate (sensitivity)")
-    ax.set_title("ROC curve: %s" % positive_name)
+    ax.set_title("ROC curve: %s" % literal(positive_name))
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
@@ -142,7 +142,7 @@ def precision_recall_figure(scores, truth, positive_name="positive", operating_p
     if operating_point is not None:
         ax.plot([operating_point[0]], [operating_point[1]], "o", color=COLOURS["point"], label="operating point")
     _unit_axes(ax, "recall (sensitivity)", "precision (PPV)")
-    ax.set_title("Precision-recall: %s" % positive_name)
+    ax.set_title("Precision-recall: %s" % literal(positive_name))
     ax.legend(loc="lower left", fontsize=8)
     return fig
 
@@ -150,6 +150,7 @@ def precision_recall_figure(scores, truth, positive_name="positive", operating_p
 def score_histogram_figure(scores, truth, positive_name="positive", threshold=0.5, negative_name=None):
     """The positive class's probability, one histogram per true class."""
     scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
+    positive_name, negative_name = literal(positive_name), None if negative_name is None else literal(negative_name)
     fig = _figure(4.6, 3.4)
     ax = fig.subplots()
     bins = np.linspace(0, 1, 21)
@@ -174,14 +175,22 @@ def reliability_figure(curves, title="Reliability diagram"):
     for (label, rows), colour in zip(curves.items(), [COLOURS["point"], COLOURS["curve"], COLOURS["negative"]]):
         conf = [r[3] for r in rows]
         acc = [r[4] for r in rows]
-        ax.plot(conf, acc, color=colour, linewidth=1.2, marker="o", markersize=3, label=label)
+        ax.plot(conf, acc, color=colour, linewidth=1.2, marker="o", markersize=3, label=literal(label))
         ax.scatter(conf, acc, s=[max(8.0, 2.0 * r[2] ** 0.75) for r in rows], color=colour, alpha=0.35)
     _unit_axes(ax, "mean confidence (top class)", "accuracy")
     ax.set_xlim(0.45, 1.0)
     ax.set_ylim(0.0, 1.0)
-    ax.set_title(title)
+    ax.set_title(literal(title))
     ax.legend(loc="upper left", fontsize=8)
     return fig
+
+
+def literal(text):
+    """text shown as it is: class names come from model files and folder names, and matplotlib reads
+    $...$ in any label as mathtext (a name like '$\\frac' failed the whole report)."""
+    from .display import printable
+
+    return printable(text).replace("$", r"\$")
 
 
 def _unit_axes(ax, xlabel, ylabel):

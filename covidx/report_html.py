@@ -9,10 +9,12 @@ import datetime
 import html
 import io
 import os
+import urllib.parse
 
 import numpy as np
 
-from . import plots, reports
+from . import atomic, plots, reports
+from .display import printable, spreadsheet_cell
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1060px;
@@ -28,7 +30,23 @@ th:first-child, td:first-child { text-align: left; } th { background: #f5f5f5; }
 figure { margin: 0; border: 1px solid #eee; padding: 6px; } figure img { width: 49%; }
 figcaption { font-size: 12px; color: #444; } .wrong { color: #b03a2e; font-weight: 600; }
 .note { font-size: 12px; color: #666; }
+th.sort { cursor: pointer; } th.sort:after { content: " \\2195"; color: #aaa; }
+td.file { max-width: 420px; overflow-wrap: anywhere; }
 """
+
+# click a column's heading to sort the table by it (numbers by value); once more to reverse
+SORT_SCRIPT = """<script>
+document.querySelectorAll("table.sortable th.sort").forEach(function (th) {
+  th.addEventListener("click", function () {
+    var table = th.closest("table"), body = table.tBodies[0], col = th.cellIndex;
+    var down = th.dataset.order !== "down"; th.dataset.order = down ? "down" : "up";
+    var key = function (row) { var c = row.cells[col], v = c.dataset.v;
+                               return v !== undefined ? parseFloat(v) : c.textContent.toLowerCase(); };
+    Array.from(body.rows).sort(function (a, b) { var x = key(a), y = key(b);
+        return (x < y ? -1 : x > y ? 1 : 0) * (down ? -1 : 1); }).forEach(function (r) { body.appendChild(r); });
+  });
+});
+</script>"""
 
 
 def unfamiliar_section(scores, files, model):
@@ -63,17 +81,45 @@ def write_report(path, labels, probs, class_names, *, files=None, model=None, po
     unfamiliar: the images' out-of-distribution scores (n,) (model.predict(...,
     return_unfamiliar=True)); the report counts and lists those above 1. scaling: how the images
     were scaled for the model, for the header (default: the model's recorded preprocessing)."""
+    path = os.fspath(path)
+    table = csv_path(path)
+    check_destination(path, "report")
     page = report_html(labels, probs, class_names, files=files, model=model, positive=positive, title=title,
                        examples=examples, skipped=skipped, source=source, target_size=target_size,
-                       unfamiliar=unfamiliar, scaling=scaling)
-    with open(os.fspath(path), "w", encoding="utf-8") as f:
+                       unfamiliar=unfamiliar, scaling=scaling, csv_name=os.path.basename(table))
+    # written beside the page, each to a temporary file renamed into place: a failure leaves any earlier
+    # report as it was
+    with atomic.replacing(table) as (_, fd), os.fdopen(fd, "w", encoding="utf-8", newline="", closefd=False) as f:
+        write_per_image_csv(f, labels, probs, class_names, files, unfamiliar, positive)
+    with atomic.replacing(path) as (_, fd), os.fdopen(fd, "w", encoding="utf-8", closefd=False) as f:
         f.write(page)
     return path
 
 
+def csv_path(path):
+    """Where the per-image CSV of the report at path goes: beside it, r.html -> r.images.csv."""
+    return os.path.splitext(os.fspath(path))[0] + ".images.csv"
+
+
+def check_destination(path, what="report"):
+    """Raises ValueError naming path where a file cannot be written there (a directory, a missing or
+    read-only folder): checked before the work, so a run is never lost at the end."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError("%s: the %s path is a directory; give a file name (e.g. %s)"
+                         % (printable(path), what, printable(os.path.join(path, "report.html"))))
+    if not os.path.isdir(folder):
+        raise ValueError("%s: cannot write the %s: no such folder %s" % (printable(path), what, printable(folder)))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError("%s: cannot write the %s: the folder %s is not writable" % (printable(path), what,
+                                                                                    printable(folder)))
+
+
 def report_html(labels, probs, class_names, *, files=None, model=None, positive=None, title="covidx evaluation report",
-                examples=4, skipped=(), source=None, target_size=(224, 224), unfamiliar=None, scaling=None):
-    """The report as an HTML string (see write_report)."""
+                examples=4, skipped=(), source=None, target_size=(224, 224), unfamiliar=None, scaling=None,
+                csv_name=None):
+    """The report as an HTML string (see write_report). csv_name: the per-image CSV beside it, linked."""
     labels = np.asarray(labels, np.int64)
     probs = two_columns(probs)
     names = list(class_names)
@@ -90,12 +136,13 @@ def report_html(labels, probs, class_names, *, files=None, model=None, positive=
         parts += ["<h2>Examples with Grad-CAM heatmaps</h2>",
                   examples_section(model, files, labels, probs, names, pos, examples, target_size)]
     parts.append(unfamiliar_section(unfamiliar, files, model))
+    parts.append(per_image_section(labels, probs, names, files, unfamiliar, pos, csv_name))
     if skipped:
         items = "".join("<li>%s: %s</li>" % (esc(p), esc(r)) for p, r in skipped)
         parts.append("<h2>Files that could not be read (%d)</h2><ul class=note>%s</ul>" % (len(skipped), items))
     parts.append(methods_note(summary))
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>%s</title><style>%s</style></head>"
-            "<body>\n%s\n</body></html>\n" % (esc(title), CSS, "\n".join(parts)))
+            "<body>\n%s\n%s</body></html>\n" % (esc(title), CSS, "\n".join(parts), SORT_SCRIPT))
 
 
 def two_columns(probs):
@@ -107,7 +154,81 @@ def two_columns(probs):
 
 
 def esc(text):
-    return html.escape(str(text), quote=True)
+    """text for HTML: escaped, with file names' non-UTF-8 bytes and control characters shown as
+    escapes (see covidx.display), so that any name can be written."""
+    return html.escape(printable(text), quote=True)
+
+
+# --- per image ---------------------------------------------------------------------------------------
+
+
+def per_image_rows(labels, probs, names, files, unfamiliar, positive):
+    """[{file, true, predicted, outcome, probabilities, unfamiliar_score}] for every image, in the
+    given order; outcome: 'false negative' / 'false positive' / 'true positive' / 'true negative' for
+    the positive class of two, 'correct' / 'misclassified' otherwise."""
+    predicted = np.argmax(probs, axis=1)
+    rows = []
+    for i in range(len(labels)):
+        t, p = int(labels[i]), int(predicted[i])
+        if len(names) == 2:
+            outcome = "%s %s" % ("true" if t == p else "false", "positive" if p == positive else "negative")
+        else:
+            outcome = "correct" if t == p else "misclassified"
+        rows.append({"file": files[i] if files is not None else "image %d" % i, "true": names[t],
+                     "predicted": names[p], "outcome": outcome, "probabilities": probs[i],
+                     "unfamiliar_score": None if unfamiliar is None else float(unfamiliar[i])})
+    return rows
+
+
+def per_image_section(labels, probs, names, files, unfamiliar, positive, csv_name=None):
+    """Every misclassified image and every image flagged as unfamiliar, with its probabilities, in
+    a table sorted by clicking a heading; the CSV beside the page has every image."""
+    rows = per_image_rows(labels, probs, names, files, unfamiliar, positive)
+    shown = [r for r in rows if r["outcome"].startswith(("false", "misclassified"))
+             or (r["unfamiliar_score"] is not None and r["unfamiliar_score"] > 1)]
+    wrong = sum(r["outcome"].startswith(("false", "misclassified")) for r in rows)
+    flagged = sum(r["unfamiliar_score"] is not None and r["unfamiliar_score"] > 1 for r in rows)
+    text = ("<h2>Images to look at (%d)</h2><p>%d of %d images are misclassified%s. Each is listed below with "
+            "its probabilities (click a heading to sort).%s</p>"
+            % (len(shown), wrong, len(rows), "" if unfamiliar is None else
+               " and %d are flagged as unfamiliar" % flagged,
+               "" if csv_name is None else ' Every image\'s result: <a href="%s">%s</a>.'
+               % (esc(urllib.parse.quote(csv_name)), esc(csv_name))))
+    if not shown:
+        return text
+    score_head = "" if unfamiliar is None else "<th class=sort>unfamiliar score</th>"
+    head = ("<tr><th class=sort>file</th><th class=sort>true</th><th class=sort>predicted</th><th class=sort>outcome"
+            "</th>%s%s</tr>" % ("".join("<th class=sort>P(%s)</th>" % esc(n) for n in names), score_head))
+    body = []
+    for r in shown:
+        cells = "".join("<td data-v=%.6f>%.4f</td>" % (v, v) for v in r["probabilities"])
+        if unfamiliar is not None:
+            cells += "<td data-v=%.4f>%.2f</td>" % (r["unfamiliar_score"], r["unfamiliar_score"])
+        wrong_class = " class=wrong" if r["outcome"].startswith(("false", "misclassified")) else ""
+        body.append("<tr><td class=file>%s</td><td>%s</td><td>%s</td><td%s>%s</td>%s</tr>"
+                    % (esc(r["file"]), esc(r["true"]), esc(r["predicted"]), wrong_class, esc(r["outcome"]), cells))
+    return text + "<table class=sortable><thead>%s</thead><tbody>%s</tbody></table>" % (head, "".join(body))
+
+
+def write_per_image_csv(f, labels, probs, class_names, files=None, unfamiliar=None, positive=None):
+    """Every image's result as CSV on the text file f: file, true, predicted, outcome, one
+    probability per class, the unfamiliar score. Names are written as printable text, and a cell a
+    spreadsheet would take for a formula starts with an apostrophe (covidx.display)."""
+    import csv
+
+    labels = np.asarray(labels, np.int64)
+    probs = two_columns(probs)
+    names = list(class_names)
+    if len(names) == 1:
+        names, positive = ["not " + names[0], names[0]], 1 if positive is None else positive
+    pos = names.index(reports.classification_summary(labels, probs, names, positive)["positive"])
+    w = csv.writer(f)
+    w.writerow([spreadsheet_cell(c) for c in ["file", "true", "predicted", "outcome"]
+                + ["P(%s)" % n for n in names] + ["unfamiliar_score"]])
+    for r in per_image_rows(labels, probs, names, files, unfamiliar, pos):
+        w.writerow([spreadsheet_cell(r[k]) for k in ("file", "true", "predicted", "outcome")]
+                   + ["%.6f" % v for v in r["probabilities"]]
+                   + ["" if r["unfamiliar_score"] is None else "%.4f" % r["unfamiliar_score"]])
 
 
 # --- numbers ---------------------------------------------------------------------------------------

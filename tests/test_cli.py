@@ -203,3 +203,104 @@ def test_version_and_help_for_every_option(tmp_path):
         text = covidx_cli(command, "--help", cwd=tmp_path).stdout
         for option in ("--model", "--rescale", "--class-names", "--batch-size", "--precision"):
             assert option in text
+
+
+# --- output that any file name can be written to, and cannot forge ----------------------------------
+
+
+HOSTILE_NAMES = [b"bad\xff.png", b"two\nlines.png", b"=HYPERLINK(1).png", b"+1.png", b"@x.png", b"-x.png",
+                 b"tab\tand\x1b[31mred.png"]
+
+
+def hostile_folder(root):
+    """Copies of one X-ray under names that are legal on Linux but hostile to text output."""
+    os.makedirs(root)
+    source = sample_files()[0][0]
+    for name in HOSTILE_NAMES:
+        shutil.copy(source, os.path.join(os.fsencode(str(root)), name))
+    return root
+
+
+def strict_utf8_env():
+    return dict(os.environ, LC_ALL="C.UTF-8", PYTHONIOENCODING="utf-8:strict")
+
+
+def test_text_and_csv_output_show_every_name_on_one_line(model_file, tmp_path):
+    """Names that are not UTF-8, hold a newline, a tab or a terminal escape, under a strict UTF-8
+    stdout: every file gets exactly one row (text) or record (CSV), named printably (it was exit 2
+    with nothing printed, and a newline forged a row); JSON keeps the exact names."""
+    hostile_folder(tmp_path / "in")
+    names = sorted(HOSTILE_NAMES)
+    shown = [os.fsdecode(n).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+             .replace("\n", "\\n").replace("\t", "\\t").replace("\x1b", "\\x1b") for n in names]
+    run = covidx_cli("predict", "in", "--model", model_file, cwd=tmp_path, env=strict_utf8_env())
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1 + len(names), run.stdout
+    assert sorted(line.split("  ")[0].strip() for line in lines[1:]) == sorted("in/" + s for s in shown)
+    assert "\x1b" not in run.stdout
+    run = covidx_cli("predict", "in", "--model", model_file, "--csv", cwd=tmp_path, env=strict_utf8_env())
+    assert run.returncode == 0, run.stderr
+    rows = list(csv.DictReader(io.StringIO(run.stdout)))
+    assert sorted(r["path"] for r in rows) == sorted("in/" + s for s in shown)
+    run = covidx_cli("predict", "in", "--model", model_file, "--json", cwd=tmp_path, env=strict_utf8_env())
+    assert sorted(os.fsencode(r["path"]) for r in json.loads(run.stdout)) == [b"in/" + n for n in names]
+
+
+def test_csv_cells_are_never_spreadsheet_formulas(model_file, tmp_path):
+    """Relative names starting with = + @ - (and an error naming one): each such CSV cell starts with
+    an apostrophe, so a spreadsheet shows it as text instead of running it."""
+    hostile_folder(tmp_path / "in")
+    (tmp_path / "in" / "=broken.png").write_bytes(b"not an image")
+    files = ["=HYPERLINK(1).png", "+1.png", "@x.png", "-x.png", "=broken.png"]
+    run = covidx_cli("predict", "--model", model_file, "--csv", "--", *files, cwd=tmp_path / "in")
+    assert run.returncode == 1, run.stderr
+    rows = list(csv.reader(io.StringIO(run.stdout)))
+    assert [r[0] for r in rows[1:]] == ["'" + f for f in files]
+    error = rows[-1][rows[0].index("error")]
+    assert error.startswith("'=broken.png: "), error
+    formula_like = [c for r in rows for c in r if c[:1] in ("=", "+", "-", "@")]
+    assert formula_like == []
+
+
+def test_gradcam_for_a_250_byte_file_name(model_file, tmp_path):
+    """A legal 250-byte input name: its overlay's name is shortened to fit the file system (it failed
+    on "File name too long" and both records were lost); every record is kept."""
+    long_name = "x" * 246 + ".png"
+    for name in (long_name, "short.png"):
+        shutil.copy(sample_files()[0][0], tmp_path / name)
+    run = covidx_cli("predict", long_name, "short.png", "--model", model_file, "--json", "--gradcam", "cams",
+                     cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    records = json.loads(run.stdout)
+    assert [r["path"] for r in records] == [long_name, "short.png"]
+    for r in records:
+        assert os.path.isfile(tmp_path / r["gradcam"]) and len(os.path.basename(r["gradcam"])) <= 255
+        assert os.path.basename(r["gradcam"]).endswith(".gradcam.png")
+    assert os.path.basename(records[0]["gradcam"]).startswith("x" * 200)
+
+
+def test_gradcam_that_cannot_be_written_keeps_the_record(model_file, tmp_path):
+    """An overlay that cannot be written (a directory already has its name): the file's scores are
+    kept, the record says why it has no overlay, the next file gets its overlay, exit 1."""
+    for name in ("a.png", "b.png"):
+        shutil.copy(sample_files()[0][0], tmp_path / name)
+    os.makedirs(tmp_path / "cams" / "a.gradcam.png")
+    run = covidx_cli("predict", "a.png", "b.png", "--model", model_file, "--json", "--gradcam", "cams",
+                     cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    first, second = json.loads(run.stdout)
+    assert first["gradcam"] is None and first["gradcam_error"].startswith("a.png: ") and first["probabilities"]
+    assert first["probabilities"] == second["probabilities"] and os.path.isfile(tmp_path / second["gradcam"])
+    assert "no Grad-CAM overlay for a.png" in run.stderr
+
+
+@pytest.mark.parametrize("where", ["a directory", "a missing folder"])
+def test_report_destination_is_checked_before_the_work(model_file, tmp_path, where):
+    """--report naming a directory, or a file in a folder that does not exist: exit 2 at once, one
+    line naming it, nothing scored (it was found only after the forward pass)."""
+    pytest.importorskip("matplotlib")
+    data = sample_folder(tmp_path / "data")
+    target = str(tmp_path) if where == "a directory" else str(tmp_path / "nowhere" / "r.html")
+    run = covidx_cli("evaluate", data, "--model", model_file, "--report", target, cwd=tmp_path)
+    assert_usage_error(run, target, "directory" if where == "a directory" else "no such folder")

@@ -1,6 +1,7 @@
 """Evaluation plots and the HTML report: curves against brute-force definitions, the plotted data
 against them, the page's numbers against covidx.reports, and `covidx evaluate --report`."""
 import base64
+import csv
 import io
 import math
 import os
@@ -186,7 +187,11 @@ def test_report_is_self_contained_and_shows_the_summary(tmp_path):
     path = report_html.write_report(tmp_path / "r.html", labels, probs, names, skipped=[("x/bad.png", "truncated")],
                                     source="test set")
     page = open(path, encoding="utf-8").read()
-    assert "<script" not in page and "http" not in page  # nothing fetched from anywhere
+    # nothing fetched from anywhere: no external script, stylesheet or picture; the one script is
+    # the inline sorter of the per-image table
+    assert "http" not in page and " src=\"http" not in page and "<link" not in page
+    assert re.findall(r"<script[^>]*>", page) == ["<script>"] and page.count("<script") == 1
+    assert report_html.SORT_SCRIPT in page
     assert "COV&lt;19&gt;" in page and "COV<19>" not in page
     summary = reports.classification_summary(labels, probs, names)
     for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
@@ -299,3 +304,91 @@ def test_reliability_figure_plots_the_bins():
     np.testing.assert_allclose(line.get_xdata(), [r[3] for r in rows])
     np.testing.assert_allclose(line.get_ydata(), [r[4] for r in rows])
     assert plots.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- hostile names, and what a reader needs to act -------------------------------------------------
+
+
+def test_report_on_names_that_are_not_utf8_keeps_the_earlier_report_until_it_is_written(tmp_path, monkeypatch):
+    """File, folder and class names that are not UTF-8 (or hold a newline) are shown escaped (the
+    report died writing them, leaving r.html empty); the page and its CSV are written to temporary
+    files renamed into place, so a report that fails to be written leaves the earlier one whole."""
+    scores, truth = scores_with_ties(20, seed=1)
+    labels, probs = np.where(truth, 0, 1), np.c_[scores, 1 - scores]
+    files = [os.fsdecode(b"dir\xfe/img%d\xff\n.png" % i) for i in range(20)]
+    path = tmp_path / "r.html"
+    path.write_text("the earlier report", encoding="utf-8")
+    (tmp_path / "r.images.csv").write_text("the earlier table", encoding="utf-8")
+
+    def fails(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_html, "write_per_image_csv", fails)
+    with pytest.raises(OSError):
+        report_html.write_report(path, labels, probs, ["COV19", "Norm\udcffal"], files=files,
+                                 skipped=[(files[0], "bad")], source=os.fsdecode(b"src\xfd"))
+    assert path.read_text(encoding="utf-8") == "the earlier report"
+    assert (tmp_path / "r.images.csv").read_text(encoding="utf-8") == "the earlier table"
+    assert sorted(os.listdir(tmp_path)) == ["r.html", "r.images.csv"]
+    monkeypatch.undo()
+    report_html.write_report(path, labels, probs, ["COV19", "Norm\udcffal"], files=files,
+                             skipped=[(files[0], "bad")], source=os.fsdecode(b"src\xfd"))
+    page = path.read_text(encoding="utf-8")
+    assert "dir\\xfe/img0\\xff\\n.png" in page and "Norm\\xffal" in page and "src\\xfd" in page
+    rows = list(csv.reader(open(tmp_path / "r.images.csv", encoding="utf-8", newline="")))
+    assert [r[0] for r in rows[1:]] == ["dir\\xfe/img%d\\xff\\n.png" % i for i in range(20)]
+
+
+def test_class_names_with_mathtext_are_shown_as_written(tmp_path):
+    """Class names from a model file are text, not matplotlib mathtext ('$\\frac{' made the report
+    fail after scoring)."""
+    scores, truth = scores_with_ties(30, seed=2)
+    names = ["$\\frac{COV$", "Normal $x^"]
+    path = report_html.write_report(tmp_path / "r.html", np.where(truth, 0, 1), np.c_[scores, 1 - scores], names)
+    page = open(path, encoding="utf-8").read()
+    assert "$\\frac{COV$" in page
+    for figure in (plots.confusion_figure([[3, 1], [2, 4]], names), plots.roc_figure(scores, truth, names[0]),
+                   plots.score_histogram_figure(scores, truth, names[0], negative_name=names[1])):
+        plots.figure_png(figure)
+        texts = [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text"))]
+        assert any(names[0].replace("$", "\\$") in t for t in texts)
+
+
+def test_per_image_table_lists_every_misclassified_and_flagged_image(tmp_path):
+    """Every false negative, false positive and unfamiliar image is in the page's table with its
+    probabilities (the page named 1 of 27 false negatives); the CSV beside the page has every
+    image, its outcome and probabilities."""
+    rng = np.random.default_rng(5)
+    n = 120
+    labels = (rng.random(n) < 0.5).astype(int)  # class 0 'COV19' is the positive class
+    p_pos = np.clip(np.where(labels == 0, 0.7, 0.3) + rng.normal(0, 0.3, n), 0.001, 0.999)
+    probs = np.c_[p_pos, 1 - p_pos]
+    unfamiliar = rng.gamma(2.0, 0.3, n)
+    files = ["img%03d.png" % i for i in range(n)]
+    false_negative = (labels == 0) & (p_pos <= 0.5)
+    false_positive = (labels == 1) & (p_pos > 0.5)
+    flagged = unfamiliar > 1
+    assert false_negative.sum() > 5 and false_positive.sum() > 5 and 0 < flagged.sum() < n
+    path = report_html.write_report(tmp_path / "r.html", labels, probs, ["COV19", "Normal"], files=files,
+                                    unfamiliar=unfamiliar)
+    page = open(path, encoding="utf-8").read()
+    table = page[page.index("<table class=sortable>"):]
+    table = table[:table.index("</table>")]
+    listed = re.findall(r"<tr><td class=file>(img\d+\.png)</td><td>(\w+)</td><td>(\w+)</td><td[^>]*>([\w ]+)</td>"
+                        r"<td data-v=([\d.]+)>[\d.]+</td><td data-v=([\d.]+)>[\d.]+</td><td data-v=([\d.]+)>", table)
+    want = np.flatnonzero(false_negative | false_positive | flagged)
+    assert [int(f[3:6]) for f, *_ in listed] == list(want)
+    for (f, true, predicted, outcome, pc, pn, score), i in zip(listed, want):
+        assert true == ["COV19", "Normal"][labels[i]] and predicted == ["COV19", "Normal"][int(p_pos[i] <= 0.5)]
+        assert outcome == ("false negative" if false_negative[i] else "false positive" if false_positive[i]
+                           else "true positive" if labels[i] == 0 else "true negative")
+        assert abs(float(pc) - p_pos[i]) < 1e-6 and abs(float(pn) - (1 - p_pos[i])) < 1e-6
+        assert abs(float(score) - unfamiliar[i]) < 1e-4
+    assert "%d of %d images are misclassified" % (false_negative.sum() + false_positive.sum(), n) in page
+    assert 'href="r.images.csv"' in page
+    rows = list(csv.DictReader(open(tmp_path / "r.images.csv", encoding="utf-8", newline="")))
+    assert [r["file"] for r in rows] == files
+    np.testing.assert_allclose([float(r["P(COV19)"]) for r in rows], p_pos, atol=1e-6)
+    np.testing.assert_allclose([float(r["unfamiliar_score"]) for r in rows], unfamiliar, atol=1e-4)
+    assert [r["outcome"] == "false negative" for r in rows] == list(false_negative)
+    assert [r["outcome"] == "false positive" for r in rows] == list(false_positive)
