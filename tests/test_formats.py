@@ -251,6 +251,16 @@ def test_tf2_era_h5(articles, tmp_path):
     assert config["config"]["layers"][1]["inbound_nodes"] == [[["input_1", 0, 0, {}]]]
     model = covidx.load_model(path)
     assert_matches(model.predict(articles["x"], verbose=0), articles["want"])
+    assert type(model.optimizer).__name__ == "Adam"  # the fixture's compile(optimizer="adam")
+    with h5py.File(path, "r+") as f:  # TF 2.11-2.15's spelling of the optimizer
+        training = json.loads(f.attrs["training_config"])
+        training["optimizer_config"] = {"class_name": "Custom>Adam", "config": {
+            "name": "Adam", "learning_rate": 0.002, "decay": 0.0, "beta_1": 0.8, "beta_2": 0.999, "epsilon": 1e-07,
+            "amsgrad": False, "jit_compile": True, "is_legacy_optimizer": False}}
+        f.attrs["training_config"] = json.dumps(training).encode()
+    optimizer = covidx.load_model(path).optimizer
+    assert type(optimizer).__name__ == "Adam" and optimizer.learning_rate == pytest.approx(0.002)
+    assert optimizer.get_config()["beta_1"] == pytest.approx(0.8)
 
 
 # --- Keras files that covidx writes ------------------------------------------------------------

@@ -88,7 +88,9 @@ def _optimizer_from(config, path):
         if isinstance(spec, dict):
             settings = {k: v for k, v in (spec.get("config") or {}).items()
                         if k not in ("is_legacy_optimizer", "jit_compile")}  # Keras 2's, no effect here
-            spec = {"class_name": spec.get("class_name"), "config": settings}
+            name = spec.get("class_name")
+            name = name.rsplit(">", 1)[-1] if isinstance(name, str) else name  # TF 2.11's 'Custom>Adam'
+            spec = {"class_name": name, "config": settings}
         return optimizers.get(spec)
     except (ValueError, TypeError) as e:
         import warnings
