@@ -78,6 +78,9 @@ def predict_files(paths, client=None, *, model_path=None, batch_size=16, chunk_s
         raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError("chunk_size: expected a positive integer, got %r" % (chunk_size,))
+    from .preprocessing.image import check_target_size
+
+    check_target_size(target_size)
     if model_path is not None:
         model_path = os.path.abspath(os.fspath(model_path))
     own_client = None

@@ -147,3 +147,53 @@ def test_workers_that_cannot_import_covidx_fail_fast(model_file, files, tmp_path
                 cdist.predict_files(files[1][:2], c, model_path=model_file)
     finally:
         cluster.close()
+
+
+def _rss_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _start_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) starts again from here
+    return _rss_kb("VmRSS")
+
+
+def test_near_limit_images_cost_no_rows_and_under_1_gb_per_worker(model_file, files, tmp_path):
+    """48 X-rays and one 13000 x 13000 RGBA PNG (670 KB) on 1.6 GB workers lost all 49 rows
+    (KilledWorker: decoding took 1.3 GB). Every row now comes back, within 1 GB extra per worker:
+    the 16-bit PNG (338 MB decoded) scored, the RGBA one (676 MB) an error row naming the budget."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import hostile_files
+
+    big = [hostile_files.blank_png(tmp_path / "rgba.png", 13000, 13000, 6, 8),
+           hostile_files.blank_png(tmp_path / "grey16.png", 13000, 13000, 0, 16)]
+    _, good, _, _ = files
+    paths = good[:4] + big + good[4:]
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       worker_dashboard_address=None, memory_limit="1.6GB")
+    try:
+        with distributed.Client(cluster) as c:
+            before = c.run(_start_peak)
+            table = cdist.predict_files(paths, c, model_path=model_file, chunk_size=8, target_size=SIZE)
+            after = c.run(_rss_kb, "VmHWM")
+    finally:
+        cluster.close()
+    assert list(table["path"]) == paths
+    extra_mb = max((after[w] - before[w]) / 1024 for w in before)
+    assert extra_mb < 1024, extra_mb
+    ok = table["error"].isna()
+    assert list(ok) == [p != big[0] for p in paths], table["error"].tolist()
+    assert "per-image memory budget" in table.set_index("path").loc[big[0], "error"]
+    want = np.concatenate([local_predictions(model_file, [p])[0] for p in good])
+    np.testing.assert_allclose(table.loc[[p in good for p in paths], ["COV19", "Normal"]].to_numpy(), want,
+                               rtol=0, atol=1e-6)
+
+
+def test_bad_target_size_is_named(client, model_file, files):
+    for bad in [(224,), (0, 0), (10 ** 6, 10 ** 6)]:
+        with pytest.raises(ValueError, match="target_size"):
+            cdist.predict_files(files[1][:1], client, model_path=model_file, target_size=bad)
