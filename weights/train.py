@@ -316,6 +316,8 @@ def main():
     ap.add_argument("--kd-weight", type=float, default=0.8, help="share of the teacher's soft targets in the loss "
                     "(the rest: the hard labels)")
     ap.add_argument("--kd-temperature", type=float, default=2.0)
+    ap.add_argument("--teacher-size", type=int, default=0, help="the teacher labels the view resized (bilinear) to "
+                    "this size, the size it was trained at; 0: at the view's own size")
     ap.add_argument("--mixup", type=float, default=0.0, help="chance that a batch is mixed with a shuffled copy of "
                     "itself (weight uniform in [0, 1]): views between the training images for the teacher to label")
     args = ap.parse_args()
@@ -384,7 +386,11 @@ def main():
             if teacher is not None:
                 t = args.kd_temperature
                 with torch.no_grad():
-                    soft = F.softmax(teacher(xb) / t, dim=1)
+                    view = xb
+                    if args.teacher_size and xb.shape[-1] != args.teacher_size:
+                        view = F.interpolate(xb, size=(args.teacher_size, args.teacher_size), mode="bilinear",
+                                             align_corners=False).contiguous(memory_format=torch.channels_last)
+                    soft = F.softmax(teacher(view) / t, dim=1)
                 kd = F.kl_div(F.log_softmax(lg / t, dim=1), soft, reduction="batchmean") * t * t
                 loss = args.kd_weight * kd + (1 - args.kd_weight) * loss
             opt.zero_grad(set_to_none=True)
