@@ -631,3 +631,21 @@ def test_cli_scores_every_good_image_beside_near_limit_images(tmp_path):
     p_all = covidx.load_model(str(model_path)).predict(x_all, verbose=0)
     acc = np.mean(np.argmax(p_all, 1) == labels)
     assert re.search(r"accuracy\W+%.4f" % acc, out) or ("%.4f" % acc) in out, (acc, out)
+
+
+def test_image_dataset_from_directory_names_impossible_sizes():
+    """image_dataset_from_directory, like flow_from_directory: an image_size or batch_size that
+    cannot be right is a ValueError naming the argument, before any file is read."""
+    from covidx.data import samples_dir
+    from covidx.keras.utils import image_dataset_from_directory
+
+    for bad, words in [((0, 0), "image_size: expected two positive integers"),
+                       ((100000, 100000), "image_size: .*per-image memory budget"),
+                       ((224, 2.5), "image_size: expected two positive integers")]:
+        with pytest.raises(ValueError, match=words):
+            image_dataset_from_directory(samples_dir(), image_size=bad)
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer or None, got True"):
+        image_dataset_from_directory(samples_dir(), batch_size=True)
+    ds = image_dataset_from_directory(samples_dir(), image_size=(32, 48), batch_size=None, shuffle=False)
+    x, _ = ds[0]
+    assert x.shape == (8, 32, 48, 3)

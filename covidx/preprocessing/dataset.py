@@ -210,6 +210,12 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
     elif not isinstance(image_size, (list, tuple)) or len(image_size) != 2:
         raise ValueError("Invalid `image_size` value. Expected a tuple of 2 integers. Received: image_size=%s"
                          % (image_size,))
+    from .image import check_target_size
+
+    check_target_size(image_size, "image_size")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ValueError("batch_size: expected a positive integer or None, got %r" % (batch_size,))
     interpolation = interpolation.lower()
     if interpolation not in INTERPOLATIONS:
         raise ValueError("Argument `interpolation` should be one of %s (covidx resizes with Pillow). Received: "

@@ -159,7 +159,7 @@ def _bytes_per_pixel(mode):
     return 2 if mode.startswith("I;16") else 4
 
 
-def check_target_size(target_size):
+def check_target_size(target_size, argument="target_size"):
     """(width, height) for PIL, or None; a target_size that cannot be an image size is the caller's
     ValueError, named as such (not an IndexError, a MemoryError or every file's fault)."""
     if target_size is None:
@@ -167,15 +167,15 @@ def check_target_size(target_size):
     try:
         h, w = target_size
     except (TypeError, ValueError):
-        raise ValueError("target_size: expected (height, width), got %r" % (target_size,)) from None
+        raise ValueError("%s: expected (height, width), got %r" % (argument, target_size)) from None
     for v in (h, w):
         if (isinstance(v, bool) or not isinstance(v, (int, np.integer, float, np.floating))
                 or not (1 <= v < 1 << 31 and v == int(v))):
-            raise ValueError("target_size: expected two positive integers (height, width), got %r" % (target_size,))
+            raise ValueError("%s: expected two positive integers (height, width), got %r" % (argument, target_size))
     h, w = int(h), int(w)
     if int(h) * int(w) * 16 > MAX_DECODE_BYTES:  # the image as float32 RGBA
-        raise ValueError("target_size: %d x %d images need %d MB each as arrays, more than covidx's per-image memory "
-                         "budget of %d MB" % (h, w, int(h) * int(w) * 16 >> 20, MAX_DECODE_BYTES >> 20))
+        raise ValueError("%s: %d x %d images need %d MB each as arrays, more than covidx's per-image memory "
+                         "budget of %d MB" % (argument, h, w, int(h) * int(w) * 16 >> 20, MAX_DECODE_BYTES >> 20))
     return int(w), int(h)
 
 
