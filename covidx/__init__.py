@@ -36,8 +36,9 @@ from ._settings import settings  # noqa: E402
 from .preprocessing.image import ImageFileError  # noqa: E402
 from .formats import ModelFileError  # noqa: E402
 from .unfamiliar import fit_unfamiliar  # noqa: E402
+from .evaluation import true_labels  # noqa: E402
 from . import keras, metrics, losses, optimizers, callbacks  # noqa: E402,F401
 
 set_num_threads(min(64, _default_threads()))
 
-__all__ = ["Model", "load_model", "ImageFileError", "ModelFileError", "settings", "keras", "metrics", "losses", "optimizers", "callbacks", "set_num_threads", "get_num_threads", "show_config", "config", "fit_unfamiliar", "__version__"]
+__all__ = ["Model", "load_model", "ImageFileError", "ModelFileError", "settings", "keras", "metrics", "losses", "optimizers", "callbacks", "set_num_threads", "get_num_threads", "show_config", "config", "fit_unfamiliar", "true_labels", "__version__"]

@@ -153,6 +153,20 @@ def class_alignment(model, iterator):
                      "index: %s." % (list(names) if names else "outputs", pairs))
 
 
+def true_labels(model, iterator):
+    """The true class of each image of a flow_from_directory iterator, as indices into the model's
+    classes: the labels model.evaluate scores against (the folder's classes matched to the model's
+    by name where they differ, e.g. COVID-19 -> COV19). With model.predict on the same unshuffled
+    iterator, what reports.classification_summary takes. Raises ValueError where the folder's
+    classes cannot be matched to the model's (the message says how to be explicit)."""
+    if getattr(iterator, "classes", None) is None or getattr(iterator, "class_indices", None) is None:
+        raise TypeError("true_labels: expected a flow_from_directory iterator (one sub-folder per class), got %s"
+                        % type(iterator).__name__)
+    mapping, _ = class_alignment(model, iterator)
+    labels = np.asarray(iterator.classes, np.float32)
+    return apply_alignment(labels, mapping, "sparse", model_class_count(model)).astype(np.int64)
+
+
 def _subset_message(gen_names, names, n_model):
     found = "the folder has %d class%s %s" % (len(gen_names), "" if len(gen_names) == 1 else "es", gen_names)
     example = list(names) if names else ["COV19", "Normal"][:n_model] if n_model == 2 else ["..."] * n_model

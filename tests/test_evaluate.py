@@ -535,3 +535,17 @@ def test_arguments_that_cannot_be_right_are_named(tmp_path):
         with pytest.raises(ValueError, match="target_size: .*" + words):
             load_img(sample_files()[0][0], target_size=bad)
     assert load_img(sample_files()[0][0], target_size=(32.0, np.int64(48))).size == (48, 32)
+
+
+def test_true_labels_follow_the_model_classes():
+    """covidx.true_labels: each image's class as an index into the model's classes, from the folder
+    it is in (hand-computed from the file names), whatever order the model lists its classes in."""
+    it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(samples_dir(), target_size=(32, 32), shuffle=False)
+    covid = np.array([f.startswith("COVID-19") for f in it.filenames])
+    assert covid.sum() == 4 and (~covid).sum() == 4
+    for names in (["COV19", "Normal"], ["Normal", "COV19"]):
+        model = ResNet50(weights=None, classes=2, head=(8,), class_names=names, seed=0)
+        labels = covidx.true_labels(model, it)
+        np.testing.assert_array_equal(labels, np.where(covid, names.index("COV19"), names.index("Normal")))
+    with pytest.raises(TypeError, match="flow_from_directory iterator"):
+        covidx.true_labels(model, np.zeros((2, 32, 32, 3)))
