@@ -30,6 +30,10 @@ average of the weights. Progressive resizing (--schedule): most epochs at low re
 on a CPU), the last ones at 224x224; then the batchnorm statistics are re-estimated at 224x224 on
 un-augmented training images. A checkpoint is written after every epoch and --resume continues
 from it, so a long run survives an interruption.
+
+--teacher distils a network fine-tuned by teacher.py (an ImageNet EfficientNet-Lite): it labels
+the student's own augmented view (soft targets at --kd-temperature, --kd-weight of the loss), with
+--mixup mixing batches so that it labels views between the training images too.
 """
 import argparse
 import json
