@@ -76,9 +76,11 @@ def prepare(args):
     return model, trained, how
 
 
-def print_header(args, model, scaling, stream=sys.stdout):
+def print_header(args, model, scaling, stream=None):
     """Which model, which classes, which input scaling: printed once the command line has passed
-    its checks, before the work."""
+    its checks, before the work. stream: sys.stdout (looked up at the call, so a redirected
+    stdout gets it) unless given."""
+    stream = sys.stdout if stream is None else stream
     names = model.class_names or "none recorded (outputs numbered; --class-names names them)"
     print("model: %s (%s), classes: %s" % (args.model or "the shipped model", model.name, names), file=stream)
     print("input scaling: %s" % scaling, file=stream)
