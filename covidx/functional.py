@@ -794,8 +794,11 @@ class Model(model_mod.Model):
     def _set_named_weights(self, named):
         head_names = {d["name"] for d in self.architecture["head"]}
         head = {k: np.ascontiguousarray(v, np.float32) for k, v in named.items() if k.split("/")[0] in head_names}
+        synced = self.__dict__.get("_synced")
+        if self._unfamiliar is not None and synced is not None and synced[0] is not self._base._engine:
+            self._drop_unfamiliar()  # the backbone model's weights changed, not only the head's
         self.__dict__["_head_store"] = head
-        self.__dict__["_engine_store"] = self._build_engine(dict(self._base._weights, **head))
+        self.__dict__["_engine_store"] = self._engine_for(dict(self._base._weights, **head))
         self._synced = self._state()
 
     def _stale(self):

@@ -189,21 +189,31 @@ class Model:
             if a.shape != tuple(shape):
                 raise ValueError("weights[%r]: expected shape %s, got %s" % (key, tuple(shape), a.shape))
             weights[key] = np.array(a, dtype=np.float32, order="C")
-        engine = self._build_engine(weights)
         if self._unfamiliar is not None:
             head = {"%s/%s" % (d["name"], w) for d in self.architecture.get("head", []) for w in ("kernel", "bias")}
-            if all(np.array_equal(weights[k], self._weights[k]) for k in weights if k not in head):
-                engine.set_unfamiliar(self._unfamiliar.engine_args())
-            else:  # statistics of the old backbone's features would be wrong for the new one
-                import warnings
+            if not all(np.array_equal(weights[k], self._weights[k]) for k in weights if k not in head):
+                self._drop_unfamiliar()
+        self._engine = self._engine_for(weights)
+        self._weights = weights
 
-                warnings.warn("model %r: the backbone's weights changed, so its out-of-distribution statistics "
-                              "were dropped; refit them with covidx.fit_unfamiliar" % self.name, stacklevel=3)
-                self._unfamiliar = None
+    def _drop_unfamiliar(self):
+        """Statistics of the old backbone's features would be wrong for a new one."""
+        import warnings
+
+        warnings.warn("model %r: the backbone's weights changed, so its out-of-distribution statistics "
+                      "were dropped; refit them with covidx.fit_unfamiliar" % self.name, stacklevel=4)
+        self._unfamiliar = None
+
+    def _engine_for(self, weights):
+        """The C engine of these named float32 weights, with this model's precision and
+        out-of-distribution statistics applied. The one place an engine is made (a functional model
+        only says which weights go in), so nothing set on the model is lost when weights change."""
+        engine = self._build_engine(weights)
+        if self._unfamiliar is not None:
+            engine.set_unfamiliar(self._unfamiliar.engine_args())
         if self._precision != "fp32":  # the new engine packs its weights for bf16 too
             self._kernel = tuple(engine.set_precision(self._precision))
-        self._engine = engine
-        self._weights = weights
+        return engine
 
     # --- precision -------------------------------------------------------------------------------
 

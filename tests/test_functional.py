@@ -225,3 +225,55 @@ def test_dropout_in_training_and_in_predict():
     np.testing.assert_array_equal(grad, y)  # the same mask and scale on the way back
     same, _ = layer.forward(x, training=False)
     assert same is x
+
+
+def _articles_head_on(base):
+    return Model(inputs=base.input, outputs=Dense(2, activation="softmax")(GlobalAveragePooling2D()(base.output)))
+
+
+def test_functional_model_keeps_bf16_when_its_head_changes(monkeypatch):
+    """set_precision('bf16') lasts through set_weights and fit on the head: the engine rebuilt for
+    the new head packs its weights for bf16 again (it ran fp32, bit for bit, while precision_info
+    said bf16). Reference: a fresh model of the same weights set to bf16 on the emulated kernel."""
+    monkeypatch.setenv("COVIDX_GEMM", "amx-emu")
+    x = np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    fp32 = ResNet50(include_top=False, weights=None, seed=0).features(x)
+    bf16 = ResNet50(include_top=False, weights=None, seed=0).set_precision("bf16").features(x)
+    assert not np.array_equal(bf16, fp32)  # bf16 really differs from fp32 here
+    backbone = ResNet50(include_top=False, weights=None, seed=0)
+    backbone.trainable = False
+    m = _articles_head_on(backbone)
+    m.set_precision("bf16")
+    k, b = m.layers[-1].get_weights()
+    m.layers[-1].set_weights([k + 0.01, b])
+    assert m.precision_info()["running"] == "bf16"
+    np.testing.assert_array_equal(m.features(x), bf16)
+    m.compile(optimizer="sgd", loss="categorical_crossentropy")
+    m.fit(x, np.eye(2, dtype=np.float32), epochs=1, batch_size=2, verbose=0)
+    assert not np.array_equal(m.layers[-1].get_weights()[0], k + 0.01)  # fit changed the head
+    np.testing.assert_array_equal(m.features(x), bf16)
+
+
+def test_functional_model_keeps_its_unfamiliar_statistics_when_its_head_changes():
+    """fit_unfamiliar's statistics (of the backbone's features) survive a change of the head alone,
+    and their scores are the same as before it; a change of the backbone drops them, with a warning."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, (96, 64, 64, 3)).astype(np.float32)
+    x[:48] *= np.linspace(0.3, 1, 64, dtype=np.float32)[None, :, None, None]  # two kinds of image
+    y = np.repeat([0, 1], 48)
+    backbone = ResNet50(include_top=False, weights=None, seed=0, input_norm=1e-5)
+    backbone.trainable = False
+    m = _articles_head_on(backbone)
+    covidx.fit_unfamiliar(m, (x[::2], y[::2]), holdout=(x[1::2], y[1::2]))
+    _, before = m.predict(x[:8], verbose=0, return_unfamiliar=True)
+    k, b = m.layers[-1].get_weights()
+    m.layers[-1].set_weights([k + 0.01, b])
+    assert m.unfamiliar is not None
+    _, after = m.predict(x[:8], verbose=0, return_unfamiliar=True)
+    np.testing.assert_array_equal(after, before)
+    weights = backbone.get_weights()
+    weights[0] = weights[0] * 1.01
+    backbone.set_weights(weights)
+    with pytest.warns(UserWarning, match="out-of-distribution statistics were dropped"):
+        m.predict(x[:2], verbose=0)
+    assert m.unfamiliar is None
