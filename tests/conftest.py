@@ -13,7 +13,8 @@ if HERE not in sys.path:
 # The slow tier: files whose tests take minutes (full networks against PyTorch and Keras, training,
 # notebooks, clusters, memory caps). `bash tests/run.sh --quick` leaves them out; CI runs them all.
 SLOW_FILES = {"test_engine_vs_torch.py", "test_notebooks.py", "test_distributed.py", "test_fit.py",
-              "test_keras_parity.py", "test_unfamiliar.py", "test_memory.py", "test_precision.py"}
+              "test_articles.py", "test_keras_parity.py", "test_unfamiliar.py", "test_memory.py",
+              "test_precision.py"}
 
 
 def pytest_collection_modifyitems(config, items):
