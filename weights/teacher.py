@@ -115,10 +115,7 @@ def main():
     total = steps_per_epoch * len(sizes)
     torch.manual_seed(args.seed)
     net = Teacher(args.arch).to(memory_format=torch.channels_last)
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0}], lr=args.lr)
+    opt = train.adamw(net, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed + 1)
     log, first = [], 0
     if args.resume and os.path.exists(ckpt_path):

@@ -286,6 +286,15 @@ def parse_schedule(text):
     return sizes
 
 
+def adamw(net, lr, weight_decay):
+    """AdamW with decoupled weight decay on the kernels and Dense weights only (no decay on biases
+    and batchnorm parameters): the optimizer of this script and of teacher.py."""
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0}], lr=lr)
+
+
 def learning_rate(step, total, peak, warmup):
     """Linear warm-up, then cosine decay to 1% of the peak."""
     w = max(1, int(total * warmup))
@@ -352,10 +361,7 @@ def main():
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True)["state"])
     ema.load_state_dict(model.state_dict())
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0}], lr=args.lr)
+    opt = adamw(model, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
     log, first_epoch = [], 0
     if args.resume and os.path.exists(ckpt_path):
