@@ -333,6 +333,8 @@ def main():
                     "this size, the size it was trained at; 0: at the view's own size")
     ap.add_argument("--mixup", type=float, default=0.0, help="chance that a batch is mixed with a shuffled copy of "
                     "itself (weight uniform in [0, 1]): views between the training images for the teacher to label")
+    ap.add_argument("--keep-training-bn", action="store_true", help="also offer the trained weights with the "
+                    "batchnorm statistics they were trained with (no re-estimation) to the held-out choice")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -438,15 +440,24 @@ def main():
 
     # Both the trained weights and their moving average, batchnorm re-estimated at 224x224 on the
     # same un-augmented training images; the held-out tenth picks one.
+    # With --keep-training-bn the trained weights as they stand (statistics gathered on augmented,
+    # mixed batches) are a third candidate, kept in their own copy before the re-estimation.
     bn_idx = np.random.default_rng(args.seed).choice(len(ytr), size=min(args.bn_images, len(ytr)), replace=False)
-    results = {}
+    results, nets = {}, {"weights": model, "ema": ema}
+    if args.keep_training_bn:
+        kept = build_model(args.seed).to(memory_format=torch.channels_last)
+        kept.load_state_dict(model.state_dict())
+        nets["weights-training-bn"] = kept
+        results["weights-training-bn"] = evaluate(kept, xva, yva, 224)
+        print("weights with their training batchnorm statistics at 224: val_loss %.4f val_acc %.4f"
+              % results["weights-training-bn"], flush=True)
     for name, net in [("weights", model), ("ema", ema)]:
         recalibrate_bn(net, xtr[np.sort(bn_idx)], gen=torch.Generator().manual_seed(args.seed))
         results[name] = evaluate(net, xva, yva, 224)
         print("%s after batchnorm re-estimation at 224: val_loss %.4f val_acc %.4f" % ((name,) + results[name]),
               flush=True)
     chosen = min(results, key=lambda k: (results[k][0], k))
-    net = model if chosen == "weights" else ema
+    net = nets[chosen]
     final = os.path.join(args.work, "final.pt")
     torch.save({"state": net.state_dict(), "chosen": chosen}, final)
     minutes = (time.time() - t_start) / 60
