@@ -19,12 +19,14 @@ WEIGHTS = ["covid_resnet50.safetensors", "MODEL_CARD.md"]  # the shipped model, 
 
 # The GEMM kernels: one file per instruction set, each function compiled for its own target
 # (__attribute__((target))), the library for baseline x86-64; gemm_dispatch.c picks at run time.
-# The *_emu.c files are the same kernel sources over plain-C emulations (for tests).
+# The *_emu.c files are the same kernel sources over plain-C emulations (for tests). With cpu.c
+# (the CPU's features) they link on their own: tests/gemm_check.c is built from this list.
+# The one list of C sources: the tests and tests/run_sanitized.sh read it (tests/c_sources.py).
 GEMM_SOURCES = ["csrc/gemm_dispatch.c", "csrc/gemm_avx2.c", "csrc/gemm_avx512.c", "csrc/gemm_avx512_emu.c",
                 "csrc/gemm_bf16.c", "csrc/gemm_amx.c", "csrc/gemm_amx_emu.c", "csrc/gemm_avx512bf16.c",
-                "csrc/gemm_avx512bf16_emu.c"]
+                "csrc/gemm_avx512bf16_emu.c", "csrc/cpu.c"]
 SOURCES = ["csrc/module.c", "csrc/resnet50.c", "csrc/layers.c", "csrc/layers_ref.c", "csrc/winograd.c",
-           "csrc/threadpool.c", "csrc/cpu.c", "csrc/unfamiliar.c"] + GEMM_SOURCES
+           "csrc/threadpool.c", "csrc/unfamiliar.c"] + GEMM_SOURCES
 CFLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing", "-fvisibility=hidden"]
 LDFLAGS = ["-pthread"]
 

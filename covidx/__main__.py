@@ -500,7 +500,7 @@ def parser():
                        "names the model file records; Keras files record none)")
         p.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="images per forward pass (default 16)")
-        p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+        p.add_argument("--precision", choices=covidx._config.precisions(), default="fp32",
                        help="bf16: faster on CPUs with AMX or AVX512_BF16, outputs within bf16 rounding of fp32 "
                        "(default fp32; `covidx info` shows the kernel each uses)")
     sub.add_parser("info", help="versions, OpenBLAS kernel, GEMM kernel per precision, threads, model card")

@@ -54,17 +54,31 @@ def kernel_warning(corename, cpu):
     return None
 
 
-KERNEL_NAMES = {
-    "openblas": "OpenBLAS SGEMM",
-    "avx2": "covidx AVX2+FMA kernel (weights packed at load)",
-    "avx512": "covidx AVX-512F kernel (weights packed at load)",
-    "avx512-emu": "covidx AVX-512F kernel, emulated in plain C (tests only: slow)",
-    "amx": "covidx AMX-BF16 kernel (bf16 weights packed at load, fp32 sums)",
-    "amx-emu": "covidx AMX-BF16 kernel, emulated in plain C (tests only: slow)",
-    "avx512bf16": "covidx AVX512_BF16 kernel (bf16 weights packed at load, fp32 sums)",
-    "avx512bf16-emu": "covidx AVX512_BF16 kernel, emulated in plain C (tests only: slow)",
-}
-GEMM_CHOICES = ("auto", "amx", "avx512", "avx2", "openblas", "avx512-emu", "amx-emu", "avx512bf16-emu")
+def kernel_table():
+    """The C dispatch table's GEMM kernels, in its order: [{'name', 'precision', 'about',
+    'emulated', 'runs', 'covidx_gemm'}] (csrc/gemm_dispatch.c; 'runs': on this CPU,
+    'covidx_gemm': a value COVIDX_GEMM accepts). The only list of kernels: every set below is
+    derived from it."""
+    return _core.gemm_kernel_table()
+
+
+def precisions():
+    """The precisions the engine's kernels compute in ('fp32' first, the default)."""
+    return tuple(dict.fromkeys(["fp32"] + [row["precision"] for row in kernel_table()]))
+
+
+def kernel_precision(name):
+    """The precision a kernel computes in ('fp32', 'bf16', ...), or None for an unknown name."""
+    return next((row["precision"] for row in kernel_table() if row["name"] == name), None)
+
+
+def kernel_description(name):
+    return next((row["about"] for row in kernel_table() if row["name"] == name), name)
+
+
+def gemm_choices():
+    """The values COVIDX_GEMM accepts."""
+    return ("auto",) + tuple(row["name"] for row in kernel_table() if row["covidx_gemm"])
 
 
 def config():
@@ -82,7 +96,7 @@ def config():
         "openblas": blas["config"],
         "openblas_corename": blas["corename"],
         "openblas_threads": blas["num_threads"],
-        "conv_gemm": KERNEL_NAMES.get(kernels["fp32"], kernels["fp32"]),
+        "conv_gemm": kernel_description(kernels["fp32"]),
         "kernels": {"fp32": kernels["fp32"], "bf16": kernels["bf16"]},
         "bf16_note": kernels["bf16_note"],
         "covidx_gemm": env,
@@ -96,9 +110,10 @@ def config():
 
 
 def gemm_env_warning(env):
-    if env is None or env in GEMM_CHOICES:
+    choices = gemm_choices()
+    if env is None or env in choices:
         return None
-    return "COVIDX_GEMM=%r is not one of %s; it is ignored" % (env, ", ".join(GEMM_CHOICES))
+    return "COVIDX_GEMM=%r is not one of %s; it is ignored" % (env, ", ".join(choices))
 
 
 def show_config():
@@ -110,8 +125,8 @@ def show_config():
     print("  kernel:       %s" % c["openblas_corename"])
     print("  conv GEMMs:   fp32: %s" % c["conv_gemm"])
     bf16 = c["kernels"]["bf16"]
-    if bf16 in ("amx", "amx-emu", "avx512bf16", "avx512bf16-emu"):
-        print("                bf16 (precision='bf16'): %s" % KERNEL_NAMES.get(bf16, bf16))
+    if kernel_precision(bf16) == "bf16":
+        print("                bf16 (precision='bf16'): %s" % kernel_description(bf16))
     else:
         print("                bf16 (precision='bf16'): none; such models run in fp32 (%s)" % bf16)
     if c["bf16_note"]:

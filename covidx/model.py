@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from . import _core, architecture, evaluation, layer_table, safetensors_io
+from . import _config, _core, architecture, checks, evaluation, layer_table, safetensors_io
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from .progbar import Progbar
@@ -124,10 +124,6 @@ class InputRescaling:
         return getattr(self.engine, name)
 
 
-PRECISIONS = ("fp32", "bf16")
-BF16_KERNELS = {"amx", "amx-emu", "avx512bf16", "avx512bf16-emu"}
-
-
 class Model:
     """A ResNet50 backbone, global pooling and a Dense head, run by covidx's C engine.
 
@@ -232,12 +228,11 @@ class Model:
         RuntimeWarning says so; precision_info() and show_config() say which kernel runs. 'fp32':
         back to full precision (the default). Outputs in bf16 differ from fp32 by bf16 rounding:
         see README, 'Precision and CPU kernels'."""
-        if precision not in PRECISIONS:
-            raise ValueError("precision: expected 'fp32' or 'bf16', got %r" % (precision,))
+        checks.precision(precision)
         kernel, note = self._engine.set_precision(precision)
         self._precision = precision
         self._kernel = (kernel, note)
-        if precision == "bf16" and kernel not in BF16_KERNELS:  # AVX512_BF16 instead of AMX is only noted
+        if _config.kernel_precision(kernel) != precision:  # AVX512_BF16 instead of AMX is only noted
             import warnings
 
             warnings.warn("model %r: %s" % (self.name, note), RuntimeWarning, stacklevel=2)
@@ -250,7 +245,7 @@ class Model:
             kernel, note = _core.gemm_kernels()["fp32"], None
         else:
             kernel, note = self._kernel
-        running = "bf16" if kernel in BF16_KERNELS else "fp32"
+        running = _config.kernel_precision(kernel) or "fp32"
         return {"precision": self._precision, "running": running, "kernel": kernel, "note": note}
 
     def _build_engine(self, w):
@@ -718,8 +713,7 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
     Keras: evaluate() then asks for compile()); nothing in a file is ever executed, so
     custom_objects and safe_mode change nothing. precision: 'fp32' (default) or 'bf16'
     (Model.set_precision)."""
-    if precision not in PRECISIONS:
-        raise ValueError("precision: expected 'fp32' or 'bf16', got %r" % (precision,))
+    checks.precision(precision)
     model = _load_model(path, class_names, compile)
     if precision != "fp32":
         model.set_precision(precision)

@@ -44,9 +44,14 @@ typedef struct {
     uint16_t *bf16;  /* bf16 kernels, else NULL */
 } PackedB;
 
-/* Names ("avx2", "avx512", "amx", ...) and properties of a kernel. */
+/* Names ("avx2", "avx512", "amx", ...) and properties of a kernel (gemm_dispatch.c's table). */
 const char *gemm_kernel_name(int kernel);
+const char *gemm_kernel_precision(int kernel); /* "fp32", "bf16" */
+const char *gemm_kernel_about(int kernel);     /* a description, for covidx info */
 int gemm_kernel_is_bf16(int kernel);
+int gemm_kernel_emulated(int kernel);
+/* 1 when COVIDX_GEMM accepts the kernel's name. */
+int gemm_kernel_env(int kernel);
 /* 1 when the kernel can run here (the CPU has its instructions; the emulated ones always). */
 int gemm_kernel_runs(int kernel);
 /* The kernel kind given by name, or -1. */

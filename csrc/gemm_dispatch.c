@@ -15,30 +15,47 @@
 #include <unistd.h>
 #endif
 
+/* The one list of kernels: Python reads it through _core.gemm_kernel_table() (names, precisions,
+ * descriptions, which run here, which COVIDX_GEMM accepts), so a new row needs no Python edit. */
 typedef struct {
     const char *name;
-    int nr;         /* columns per packed panel */
-    int bf16;       /* weights packed as bf16 */
-    int emulated;   /* plain C: runs anywhere */
+    const char *precision; /* what the packed weights hold: "fp32" or "bf16" */
+    const char *about;     /* for covidx info */
+    int nr;                /* columns per packed panel */
+    int emulated;          /* plain C: runs anywhere; COVIDX_GEMM=<name> selects it (tests) */
+    int ceiling;           /* COVIDX_GEMM=<name> of a real kernel: 0 openblas, 1 avx2, 2 avx512, 3 no
+                            * limit; -1 not a COVIDX_GEMM value */
     GemmPackFn pack;
     GemmTaskFn run_task;
 } KernelDef;
 
+#define PACKED " kernel (weights packed at load)"
+#define PACKED_BF16 " kernel (bf16 weights packed at load, fp32 sums)"
+#define EMULATED " kernel, emulated in plain C (tests only: slow)"
+
 static const KernelDef KERNELS[GEMM_NKERNELS] = {
-    [GEMM_OPENBLAS] = {"openblas", 16, 0, 0, NULL, NULL},
-    [GEMM_AVX2] = {"avx2", 16, 0, 0, gemm_avx2_pack, gemm_avx2_run_task},
-    [GEMM_AVX512] = {"avx512", 32, 0, 0, gemm_avx512_pack, gemm_avx512_run_task},
-    [GEMM_AVX512_EMU] = {"avx512-emu", 32, 0, 1, gemm_avx512_pack_emu, gemm_avx512_run_task_emu},
-    [GEMM_AMX] = {"amx", 32, 1, 0, gemm_bf16_pack, gemm_amx_run_task},
-    [GEMM_AMX_EMU] = {"amx-emu", 32, 1, 1, gemm_bf16_pack, gemm_amx_run_task_emu},
-    [GEMM_AVX512BF16] = {"avx512bf16", 32, 1, 0, gemm_bf16_pack, gemm_avx512bf16_run_task},
-    [GEMM_AVX512BF16_EMU] = {"avx512bf16-emu", 32, 1, 1, gemm_bf16_pack, gemm_avx512bf16_run_task_emu},
+    [GEMM_OPENBLAS] = {"openblas", "fp32", "OpenBLAS SGEMM", 16, 0, 0, NULL, NULL},
+    [GEMM_AVX2] = {"avx2", "fp32", "covidx AVX2+FMA" PACKED, 16, 0, 1, gemm_avx2_pack, gemm_avx2_run_task},
+    [GEMM_AVX512] = {"avx512", "fp32", "covidx AVX-512F" PACKED, 32, 0, 2, gemm_avx512_pack, gemm_avx512_run_task},
+    [GEMM_AVX512_EMU] = {"avx512-emu", "fp32", "covidx AVX-512F" EMULATED, 32, 1, -1, gemm_avx512_pack_emu,
+                         gemm_avx512_run_task_emu},
+    [GEMM_AMX] = {"amx", "bf16", "covidx AMX-BF16" PACKED_BF16, 32, 0, 3, gemm_bf16_pack, gemm_amx_run_task},
+    [GEMM_AMX_EMU] = {"amx-emu", "bf16", "covidx AMX-BF16" EMULATED, 32, 1, -1, gemm_bf16_pack,
+                      gemm_amx_run_task_emu},
+    [GEMM_AVX512BF16] = {"avx512bf16", "bf16", "covidx AVX512_BF16" PACKED_BF16, 32, 0, -1, gemm_bf16_pack,
+                         gemm_avx512bf16_run_task},
+    [GEMM_AVX512BF16_EMU] = {"avx512bf16-emu", "bf16", "covidx AVX512_BF16" EMULATED, 32, 1, -1, gemm_bf16_pack,
+                             gemm_avx512bf16_run_task_emu},
 };
 
 static int valid(int kernel) { return kernel >= 0 && kernel < GEMM_NKERNELS; }
 
 const char *gemm_kernel_name(int kernel) { return valid(kernel) ? KERNELS[kernel].name : "?"; }
-int gemm_kernel_is_bf16(int kernel) { return valid(kernel) && KERNELS[kernel].bf16; }
+const char *gemm_kernel_precision(int kernel) { return valid(kernel) ? KERNELS[kernel].precision : "?"; }
+const char *gemm_kernel_about(int kernel) { return valid(kernel) ? KERNELS[kernel].about : "?"; }
+int gemm_kernel_is_bf16(int kernel) { return valid(kernel) && strcmp(KERNELS[kernel].precision, "bf16") == 0; }
+int gemm_kernel_emulated(int kernel) { return valid(kernel) && KERNELS[kernel].emulated; }
+int gemm_kernel_env(int kernel) { return valid(kernel) && (KERNELS[kernel].emulated || KERNELS[kernel].ceiling >= 0); }
 int gemm_kernel_nr(int kernel) { return valid(kernel) ? KERNELS[kernel].nr : 16; }
 
 int gemm_kernel_by_name(const char *name) {
@@ -61,23 +78,22 @@ int gemm_kernel_runs(int kernel) {
 }
 
 /* COVIDX_GEMM as a ceiling: 0 openblas, 1 avx2, 2 avx512, 3 amx (no limit); *emu the emulated
- * kernel asked for, or -1. */
+ * kernel asked for, or -1. "auto", a name the table does not accept, or none: no limit. */
 static int ceiling(int *emu) {
     const char *v = getenv("COVIDX_GEMM");
+    int k = v ? gemm_kernel_by_name(v) : -1;
     *emu = -1;
-    if (!v) return 3;
-    if (strcmp(v, "openblas") == 0) return 0;
-    if (strcmp(v, "avx2") == 0) return 1;
-    if (strcmp(v, "avx512") == 0) return 2;
-    if (strcmp(v, "avx512-emu") == 0) *emu = GEMM_AVX512_EMU;
-    if (strcmp(v, "amx-emu") == 0) *emu = GEMM_AMX_EMU;
-    if (strcmp(v, "avx512bf16-emu") == 0) *emu = GEMM_AVX512BF16_EMU;
-    return 3; /* "auto", "amx", an emulated kernel, or anything else: no limit */
+    if (k < 0 || !gemm_kernel_env(k)) return 3;
+    if (KERNELS[k].emulated) {
+        *emu = k;
+        return 3;
+    }
+    return KERNELS[k].ceiling;
 }
 
 int gemm_fp32_kernel(void) {
     int emu, top = ceiling(&emu);
-    if (emu == GEMM_AVX512_EMU) return emu;
+    if (emu >= 0 && strcmp(KERNELS[emu].precision, "fp32") == 0) return emu;
     if (top >= 2 && gemm_kernel_runs(GEMM_AVX512)) return GEMM_AVX512;
     if (top >= 1 && gemm_kernel_runs(GEMM_AVX2)) return GEMM_AVX2;
     return GEMM_OPENBLAS;
@@ -89,7 +105,7 @@ int gemm_bf16_kernel(const char **why) {
     int emu, top = ceiling(&emu);
     const char *reason = NULL;
     int k;
-    if (emu == GEMM_AMX_EMU || emu == GEMM_AVX512BF16_EMU) {
+    if (emu >= 0 && gemm_kernel_is_bf16(emu)) {
         k = emu;
     } else if (top >= 3 && gemm_kernel_runs(GEMM_AMX)) {
         k = GEMM_AMX;

@@ -536,6 +536,27 @@ static PyObject *gemm_kernels(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
                          gemm_kernel_name(bf16), "bf16_note", why);
 }
 
+/* The dispatch table's rows, in its order: [{'name', 'precision', 'about', 'emulated', 'runs',
+ * 'covidx_gemm'}], 'runs' whether the kernel runs on this CPU, 'covidx_gemm' whether COVIDX_GEMM
+ * accepts the name. The only list of kernels: Python derives its sets from it. */
+static PyObject *gemm_kernel_table(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
+    PyObject *rows = PyList_New(GEMM_NKERNELS);
+    if (!rows) return NULL;
+    for (int k = 0; k < GEMM_NKERNELS; k++) {
+        PyObject *row = Py_BuildValue("{s:s,s:s,s:s,s:O,s:O,s:O}", "name", gemm_kernel_name(k), "precision",
+                                      gemm_kernel_precision(k), "about", gemm_kernel_about(k), "emulated",
+                                      gemm_kernel_emulated(k) ? Py_True : Py_False, "runs",
+                                      gemm_kernel_runs(k) ? Py_True : Py_False, "covidx_gemm",
+                                      gemm_kernel_env(k) ? Py_True : Py_False);
+        if (!row) {
+            Py_DECREF(rows);
+            return NULL;
+        }
+        PyList_SET_ITEM(rows, k, row);
+    }
+    return rows;
+}
+
 static PyObject *cpu_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
     CpuFeatures f = cpu_features();
     return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:i}", "avx2", f.avx2 ? Py_True : Py_False, "fma",
@@ -551,6 +572,7 @@ static PyMethodDef module_methods[] = {
     {"blas_info", blas_info, METH_NOARGS, "OpenBLAS configuration and kernel (core name)."},
     {"cpu_info", cpu_info, METH_NOARGS, "CPU features detected at run time."},
     {"gemm_kernels", gemm_kernels, METH_NOARGS, "The GEMM kernel each precision uses on this CPU."},
+    {"gemm_kernel_table", gemm_kernel_table, METH_NOARGS, "The GEMM dispatch table's rows."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {

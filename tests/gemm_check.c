@@ -10,7 +10,8 @@
  * order must give the same bits; the padding beyond each row of C must stay untouched.
  * gemm_check KERNEL OTHER also requires KERNEL and OTHER to give the same bits (a kernel against
  * its emulated build). Built and run by tests/test_gemm.py (and under ASan/UBSan by
- * tests/run_sanitized.sh). Prints "ok <cases>" and exits 0, "skip: <why>" and exits 0 when the
+ * tests/run_sanitized.sh). gemm_check --list prints the packed kernels of the dispatch table, one
+ * name a line. Prints "ok <cases>" and exits 0, "skip: <why>" and exits 0 when the
  * CPU lacks the instructions, or says what differs and exits 1. */
 #include <float.h>
 #include <math.h>
@@ -111,6 +112,10 @@ static int check(int m, int n, int k, int use_bias, int use_res, int relu) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--list") == 0) { /* every kernel but OpenBLAS (kernel 0) */
+        for (int k = 1; k < GEMM_NKERNELS; k++) printf("%s\n", gemm_kernel_name(k));
+        return 0;
+    }
     kernel = gemm_kernel_by_name(argc > 1 ? argv[1] : "avx2");
     other = argc > 2 ? gemm_kernel_by_name(argv[2]) : -1;
     if (kernel <= 0 || (argc > 2 && other <= 0)) {

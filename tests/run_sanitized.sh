@@ -12,11 +12,10 @@ cp -r "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$root/LICENSE" 
 rm -rf "$work"/covidx/*.so "$work/covidx/_libs"
 # the packed GEMM kernels on their own, against plain loops: the emulated AVX-512, AVX512_BF16
 # and AMX builds always, the real ones where this CPU has them (gemm_check says "skip" otherwise)
+mapfile -t gemm_sources < <("$venv/bin/python" "$root/tests/c_sources.py" GEMM_SOURCES)  # setup.py's list
 gcc -O1 -g -std=c11 -Wall -Wextra -Werror -fsanitize=address,undefined -fno-sanitize-recover=all -I "$root/csrc" \
-    "$root/tests/gemm_check.c" "$root/csrc"/gemm_dispatch.c "$root/csrc"/gemm_avx2.c "$root/csrc"/gemm_avx512.c \
-    "$root/csrc"/gemm_avx512_emu.c "$root/csrc"/gemm_bf16.c "$root/csrc"/gemm_amx.c "$root/csrc"/gemm_amx_emu.c \
-    "$root/csrc"/gemm_avx512bf16.c "$root/csrc"/gemm_avx512bf16_emu.c "$root/csrc"/cpu.c -lm -pthread -o "$work/gemm_check"
-for kernel in avx2 avx512 avx512-emu amx amx-emu avx512bf16 avx512bf16-emu; do
+    "$root/tests/gemm_check.c" "${gemm_sources[@]}" -lm -pthread -o "$work/gemm_check"
+for kernel in $("$work/gemm_check" --list); do
     out=$(ASAN_OPTIONS=detect_leaks=1 "$work/gemm_check" "$kernel") || { echo "gemm_check $kernel: $out"; exit 1; }
     echo "gemm_check $kernel: $out"
 done

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .. import architecture, formats
+from .. import architecture, checks, formats
 from ..model import Model, load_model
 
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
@@ -98,8 +98,7 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
     precision: 'fp32' (default) or 'bf16', see Model.set_precision.
 
     Input images may have any size >= 32x32; input_shape is only checked."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError("precision: expected 'fp32' or 'bf16', got %r" % (precision,))
+    checks.precision(precision)
     model = _resnet50(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation, name,
                       head, variant, class_names, preprocessing, seed, input_norm)
     if precision != "fp32":
