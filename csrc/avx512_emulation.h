@@ -21,6 +21,7 @@ typedef uint16_t Mask16;
 static inline V16 v_zero(void) { V16 r; for (int i = 0; i < 16; i++) r.f[i] = 0.0f; return r; }
 static inline V16 v_set1(float x) { V16 r; for (int i = 0; i < 16; i++) r.f[i] = x; return r; }
 static inline V16 v_load(const float *p) { V16 r; memcpy(r.f, p, sizeof r.f); return r; }
+static inline void v_store(float *p, V16 v) { memcpy(p, v.f, sizeof v.f); }
 static inline V16 v_maskz_load(Mask16 m, const float *p) {
     V16 r;
     for (int i = 0; i < 16; i++) r.f[i] = (m >> i & 1) ? p[i] : 0.0f;

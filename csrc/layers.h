@@ -15,7 +15,7 @@ typedef struct {
     float *w;                           /* (kh*kw*cin, cout): HWIO flattened, the GEMM's B */
     float *bias;                        /* (cout) */
     float *wino;                        /* (16, cin, cout) Winograd-transformed weights, or NULL */
-    PackedB packed;                     /* w packed for gemm.c (data NULL where OpenBLAS runs) */
+    PackedB packed;                     /* w packed for the fp32 kernel (gemm.h; data NULL where OpenBLAS runs) */
     PackedB wino_packed[16];            /* the Winograd planes packed (then wino is NULL) */
     PackedB packed_bf16;                /* w packed for a bf16 kernel in the bf16 mode, else all NULL;
                                          * when present it is used, and Winograd is not */
@@ -63,8 +63,8 @@ void thumbnail(const float *x, int n, int h, int w, int c, int g, double eps, fl
 
 enum Activation { ACT_LINEAR = 0, ACT_RELU = 1, ACT_SOFTMAX = 2, ACT_SIGMOID = 3 };
 
-/* x (n, cin) -> out (n, cout) = act(x . w + bias); w (cin, cout), also packed for gemm.c where
- * packed->data is not NULL (then the packed kernel runs, else OpenBLAS). */
+/* x (n, cin) -> out (n, cout) = act(x . w + bias); w (cin, cout), also packed for the fp32
+ * kernel (gemm.h) where packed->data is not NULL (then the packed kernel runs, else OpenBLAS). */
 void dense(const float *x, int n, int cin, int cout, const float *w, const PackedB *packed, const float *bias,
            int act, float *out);
 

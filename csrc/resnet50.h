@@ -43,7 +43,7 @@ typedef struct {
 typedef struct {
     int cin, cout, act;
     float *w, *bias; /* (cin, cout), (cout) */
-    PackedB packed;  /* w packed for gemm.c (data NULL where OpenBLAS runs) */
+    PackedB packed;  /* w packed for the fp32 kernel (gemm.h; data NULL where OpenBLAS runs) */
 } DenseLayer;
 
 /* Activation buffers for one (batch, height, width); reused by every call that fits. */

@@ -4,8 +4,8 @@
  * defined, the same names come from avx512_emulation.h, in plain C.
  *
  *   V16 (16 floats), V16i (16 bf16 pairs), Mask16 (lane mask)
- *   v_zero, v_set1, v_load (unaligned), v_maskz_load, v_mask_store, v_fmadd (a * b + c, one
- *   rounding), v_add, v_max; vi_load (32 bf16), vi_set1 (one pair); v_dpbf16 (VDPBF16PS). */
+ *   v_zero, v_set1, v_load and v_store (unaligned), v_maskz_load, v_mask_store, v_fmadd (a * b + c,
+ *   one rounding), v_add, v_max; vi_load (32 bf16), vi_set1 (one pair); v_dpbf16 (VDPBF16PS). */
 #ifndef COVIDX_VEC512_H
 #define COVIDX_VEC512_H
 
@@ -34,6 +34,7 @@ typedef __mmask16 Mask16;
 V512_INLINE V512_TARGET V16 v_zero(void) { return _mm512_setzero_ps(); }
 V512_INLINE V512_TARGET V16 v_set1(float x) { return _mm512_set1_ps(x); }
 V512_INLINE V512_TARGET V16 v_load(const float *p) { return _mm512_loadu_ps(p); }
+V512_INLINE V512_TARGET void v_store(float *p, V16 v) { _mm512_storeu_ps(p, v); }
 V512_INLINE V512_TARGET V16 v_maskz_load(Mask16 m, const float *p) { return _mm512_maskz_loadu_ps(m, p); }
 V512_INLINE V512_TARGET void v_mask_store(float *p, Mask16 m, V16 v) { _mm512_mask_storeu_ps(p, m, v); }
 V512_INLINE V512_TARGET V16 v_fmadd(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }
