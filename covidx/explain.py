@@ -25,6 +25,8 @@ import os
 
 import numpy as np
 
+from .head import activate
+
 DEFAULT_SIZE = (224, 224)
 
 
@@ -93,7 +95,7 @@ def _explain(model, image, class_index, target_size, alpha, method):
     feature_map = np.asarray(model.feature_map(x)[0], np.float64)  # (H, W, 2048)
     pooled = pool(feature_map, model.architecture["pooling"])
     logits, masks = head_forward(model, pooled)
-    probabilities = activate(logits, _head(model)[-1]["activation"])
+    probabilities = activate(_head(model)[-1]["activation"], logits)  # the head's own activations, in float64
     index = predicted_class(probabilities) if class_index is None else check_class(model, class_index)
     seed = score_seed(model, logits, index)
     if method == "cam":
@@ -181,18 +183,6 @@ def head_backward(model, masks, seed):
         if i > 0 and masks[i - 1] is not None:
             grad = grad * masks[i - 1]
     return grad
-
-
-def activate(logits, activation):
-    """The last layer's activation, applied to its logits (the model's outputs, in float64)."""
-    if activation == "softmax":
-        e = np.exp(logits - logits.max())
-        return e / e.sum()
-    if activation == "sigmoid":
-        return 0.5 * (1.0 + np.tanh(0.5 * logits))  # the logistic function, without overflow
-    if activation == "relu":
-        return np.maximum(logits, 0.0)
-    return logits
 
 
 def score_seed(model, logits, index):

@@ -128,7 +128,19 @@ class Model:
     """A ResNet50 backbone, global pooling and a Dense head, run by covidx's C engine.
 
     Weights are kept as Keras stores them (get_weights/set_weights use Keras's order); the engine
-    holds its own copy with batchnorm folded into the convolutions."""
+    holds its own copy with batchnorm folded into the convolutions.
+
+    Model(architecture, weights, ...) is this plain model; as in Keras, Model(inputs=...,
+    outputs=...) builds a functional model (covidx.functional.Model, a subclass), so
+    covidx.keras.Model is this class and every covidx model is an instance of it."""
+
+    def __new__(cls, *args, **kwargs):
+        if cls is Model and (args or kwargs) and not (args and isinstance(args[0], dict)) \
+                and "arch" not in kwargs:
+            from . import functional  # the one import circle: model <-> functional, as in Keras
+
+            return super().__new__(functional.Model)
+        return super().__new__(cls)
 
     def __init__(self, arch, weights, class_names=None, preprocessing=None, name="resnet50"):
         self.architecture = architecture.validate(arch)
@@ -146,6 +158,7 @@ class Model:
         self._precision = "fp32"   # what the user asked for
         self._kernel = None        # (kernel name, note or None) of the engine's set_precision
         self._unfamiliar = None
+        self._trainable = True
         self.calibration = None  # how the outputs were calibrated (a dict, kept in covidx files), if they were
         self._set_named_weights(weights)
 
@@ -282,12 +295,31 @@ class Model:
     def _weights_and_flags(self):
         """[(array, trainable)] in Keras's model.weights order. As in Keras, batchnorm statistics
         never train, and a frozen layer's weights are all non-trainable."""
-        from . import functional
-
-        functional._apply_pending_trainable(self)
         trainable = {layer.name: layer.trainable for layer in self.layers}
         return [(self._weights["%s/%s" % (layer, w)], trainable.get(layer, True) and w not in STATISTICS)
                 for layer, ws in architecture.weight_spec(self.architecture) for w, _ in ws]
+
+    @property
+    def head_layers(self):
+        """The head's own layers, which fit() trains, for a functional model; None for a plain
+        model (fit trains Dense copies of its head and writes them back)."""
+        return None
+
+    @property
+    def trainable(self):
+        """Keras's model.trainable: setting it sets every layer's trainable flag (base_model.trainable
+        = False freezes the backbone); reading it gives the value last set (True at first)."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        self._trainable = bool(value)
+        for layer in self.layers:
+            layer.trainable = bool(value)
+
+    @trainable.deleter
+    def trainable(self):  # back to the default flag; the layers keep theirs
+        self._trainable = True
 
     @property
     def weights(self):

@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 
 from . import callbacks as callbacks_mod
-from . import evaluation, functional
+from . import evaluation
+from . import head as head_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import model as model_mod
@@ -104,8 +105,7 @@ class Head:
 
     def __init__(self, model):
         self.model = model
-        functional._apply_pending_trainable(model)
-        if isinstance(model, functional.Model):
+        if model.head_layers is not None:  # a functional model: its own layers
             self.layers = model.head_layers
             backbone = model.layers[:len(model.backbone.layers)]  # applies base_model.trainable = False
             self._copies = False
@@ -128,7 +128,7 @@ class Head:
         weights = model.named_weights
         copies, units_in = [], 2048
         for spec in arch["head"]:
-            dense = functional.Dense(spec["units"], activation=spec["activation"], name=spec["name"],
+            dense = head_mod.Dense(spec["units"], activation=spec["activation"], name=spec["name"],
                                      kernel_initializer="zeros")
             dense.build((None, units_in))
             dense.set_weights([weights[spec["name"] + "/kernel"], weights[spec["name"] + "/bias"]])

@@ -277,3 +277,23 @@ def test_functional_model_keeps_its_unfamiliar_statistics_when_its_head_changes(
     with pytest.warns(UserWarning, match="out-of-distribution statistics were dropped"):
         m.predict(x[:2], verbose=0)
     assert m.unfamiliar is None
+
+
+def test_every_covidx_model_is_a_keras_model_and_trainable_is_a_property():
+    """As in Keras: keras.Model(inputs=..., outputs=...) builds a functional model, every model
+    (ResNet50's too) is an instance of keras.Model, and model.trainable is an attribute whose
+    setting sets every layer's flag, while setting a layer's flag leaves the model's as it is."""
+    base = ResNet50(include_top=False, weights=None, seed=0)
+    assert isinstance(base, covidx.keras.Model) and covidx.keras.Model is covidx.Model is Model
+    assert base.trainable is True and all(layer.trainable for layer in base.layers)
+    base.trainable = False
+    assert base.trainable is False and not any(layer.trainable for layer in base.layers)
+    base.layers[-1].trainable = True
+    assert base.trainable is False
+    model = Model(inputs=base.input, outputs=Dense(2, activation="softmax")(GlobalAveragePooling2D()(base.output)))
+    assert type(model) is functional.Model and isinstance(model, covidx.keras.Model)
+    assert model.trainable is True and model.layers[-1].trainable and not model.layers[0].trainable
+    model.trainable = False
+    assert not any(layer.trainable for layer in model.layers) and base.trainable is False
+    with pytest.raises(TypeError):
+        covidx.Model()  # the plain model needs an architecture and weights

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .. import architecture, layer_table
+from .. import architecture, head, layer_table
 from .errors import ModelFileError, fail
 
 CONTAINERS = {"Functional", "Model", "Sequential"}
@@ -516,26 +516,24 @@ def fold(arch, named, where):
     """(architecture, weights) of what covidx runs: the file's head folded into Dense layers
     (BatchNormalization merged into a neighbouring Dense layer, activations into the Dense layer
     before them), as covidx.keras.layers heads are folded."""
-    from .. import functional
-
     layers, units = [], 2048
     for entry in arch.get("file_head", []):
         if entry["kind"] == "dense":
-            layer = functional.Dense(entry["units"], activation=entry["activation"], name=entry["name"],
-                                     kernel_initializer="zeros")
+            layer = head.Dense(entry["units"], activation=entry["activation"], name=entry["name"],
+                               kernel_initializer="zeros")
             layer.build((None, units))
             layer.set_weights([named[entry["name"] + "/kernel"], named[entry["name"] + "/bias"]])
             units = entry["units"]
         elif entry["kind"] == "batchnorm":
-            layer = functional.BatchNormalization(epsilon=entry["epsilon"], center=entry["center"],
-                                                  scale=entry["scale"], name=entry["name"])
+            layer = head.BatchNormalization(epsilon=entry["epsilon"], center=entry["center"],
+                                            scale=entry["scale"], name=entry["name"])
             layer.build((None, units))
             layer.set_weights([named["%s/%s" % (entry["name"], w)] for w in layer._weights])
         else:
-            layer = functional.Activation(entry["activation"], name=entry["name"])
+            layer = head.Activation(entry["activation"], name=entry["name"])
         layers.append(layer)
     try:
-        folded = functional.fold_head(layers)
+        folded = head.fold_head(layers)
     except ValueError as e:
         fail(where, "its head cannot run as covidx's Dense layers: %s. %s" % (e, SUPPORTED))
     head_names = {entry["name"] for entry in arch.get("file_head", [])}

@@ -123,9 +123,6 @@ def _legacy_input_norm(settings):
 def model_config(model, v3=True):
     """The model's Keras config: {'class_name': 'Functional', 'config': {...}} (with Keras 3's
     module and registration fields when v3, as in config.json; without, as in a legacy .h5)."""
-    from .. import functional
-
-    functional._apply_pending_trainable(model)  # base_model.trainable = False
     trainable = {layer.name: layer.trainable for layer in model.layers}
     layers, shapes = [], {}
     for name, cls, settings, inbound, shape, _ in graph_layers(model):

@@ -4,4 +4,4 @@ import lines (`from covidx.keras.preprocessing.image import ImageDataGenerator`,
 from . import (applications, backend, callbacks, layers, losses, metrics, models, optimizers,  # noqa: F401
                preprocessing, utils)
 from ..functional import Input, Sequential  # noqa: F401
-from .models import Model  # noqa: F401  (functional; with an architecture and weights, a plain covidx.Model)
+from .models import Model  # noqa: F401  (covidx.Model: Model(inputs=..., outputs=...) is a functional model)

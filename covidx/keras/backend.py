@@ -1,5 +1,5 @@
 """keras.backend: clear_session (restarts the automatic layer names; covidx keeps no graph to free)."""
-from ..functional import clear_session  # noqa: F401
+from ..head import clear_session  # noqa: F401
 
 
 def backend():

@@ -1,3 +1,4 @@
-"""keras.models: load_model, Model (functional: Model(inputs=..., outputs=...)) and Sequential."""
-from ..functional import Model, Sequential  # noqa: F401
-from ..model import load_model  # noqa: F401
+"""keras.models: load_model, Model (Model(inputs=..., outputs=...) builds a functional model; every
+covidx model is an instance of it) and Sequential."""
+from ..functional import Sequential  # noqa: F401
+from ..model import Model, load_model  # noqa: F401
