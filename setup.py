@@ -25,8 +25,12 @@ WEIGHTS = ["covid_resnet50.safetensors", "MODEL_CARD.md"]  # the shipped model, 
 GEMM_SOURCES = ["csrc/gemm_dispatch.c", "csrc/gemm_avx2.c", "csrc/gemm_avx512.c", "csrc/gemm_avx512_emu.c",
                 "csrc/gemm_bf16.c", "csrc/gemm_amx.c", "csrc/gemm_amx_emu.c", "csrc/gemm_avx512bf16.c",
                 "csrc/gemm_avx512bf16_emu.c", "csrc/cpu.c"]
-SOURCES = ["csrc/module.c", "csrc/resnet50.c", "csrc/layers.c", "csrc/layers_ref.c", "csrc/winograd.c",
-           "csrc/threadpool.c", "csrc/unfamiliar.c"] + GEMM_SOURCES
+# The Winograd convolution: winograd.c (its transforms built for AVX2 and baseline x86-64) and the
+# AVX-512 transforms with their emulated build; with GEMM_SOURCES and threadpool.c they link on
+# their own: tests/winograd_check.c is built from these lists.
+WINOGRAD_SOURCES = ["csrc/winograd.c", "csrc/winograd_avx512.c", "csrc/winograd_avx512_emu.c", "csrc/threadpool.c"]
+SOURCES = ["csrc/module.c", "csrc/resnet50.c", "csrc/layers.c", "csrc/layers_ref.c",
+           "csrc/unfamiliar.c"] + WINOGRAD_SOURCES + GEMM_SOURCES
 CFLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing", "-fvisibility=hidden"]
 LDFLAGS = ["-pthread"]
 

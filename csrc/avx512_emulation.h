@@ -33,6 +33,7 @@ static inline void v_mask_store(float *p, Mask16 m, V16 v) {
 }
 static inline V16 v_fmadd(V16 a, V16 b, V16 c) { for (int i = 0; i < 16; i++) c.f[i] = fmaf(a.f[i], b.f[i], c.f[i]); return c; }
 static inline V16 v_add(V16 a, V16 b) { for (int i = 0; i < 16; i++) a.f[i] = a.f[i] + b.f[i]; return a; }
+static inline V16 v_sub(V16 a, V16 b) { for (int i = 0; i < 16; i++) a.f[i] = a.f[i] - b.f[i]; return a; }
 static inline V16 v_max(V16 a, V16 b) { for (int i = 0; i < 16; i++) a.f[i] = a.f[i] > b.f[i] ? a.f[i] : b.f[i]; return a; }
 
 static inline V16i vi_load(const uint16_t *p) { V16i r; memcpy(r.u, p, sizeof r.u); return r; }

@@ -5,7 +5,8 @@
  *
  *   V16 (16 floats), V16i (16 bf16 pairs), Mask16 (lane mask)
  *   v_zero, v_set1, v_load and v_store (unaligned), v_maskz_load, v_mask_store, v_fmadd (a * b + c,
- *   one rounding), v_add, v_max; vi_load (32 bf16), vi_set1 (one pair); v_dpbf16 (VDPBF16PS). */
+ *   one rounding), v_add, v_sub, v_max (a > b ? a : b); vi_load (32 bf16), vi_set1 (one pair);
+ *   v_dpbf16 (VDPBF16PS). */
 #ifndef COVIDX_VEC512_H
 #define COVIDX_VEC512_H
 
@@ -39,6 +40,7 @@ V512_INLINE V512_TARGET V16 v_maskz_load(Mask16 m, const float *p) { return _mm5
 V512_INLINE V512_TARGET void v_mask_store(float *p, Mask16 m, V16 v) { _mm512_mask_storeu_ps(p, m, v); }
 V512_INLINE V512_TARGET V16 v_fmadd(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }
 V512_INLINE V512_TARGET V16 v_add(V16 a, V16 b) { return _mm512_add_ps(a, b); }
+V512_INLINE V512_TARGET V16 v_sub(V16 a, V16 b) { return _mm512_sub_ps(a, b); }
 V512_INLINE V512_TARGET V16 v_max(V16 a, V16 b) { return _mm512_max_ps(a, b); }
 V512_INLINE V512_TARGET V16i vi_load(const uint16_t *p) { return _mm512_loadu_si512((const void *)p); }
 V512_INLINE V512_TARGET V16i vi_set1(uint32_t x) { return _mm512_set1_epi32((int)x); }

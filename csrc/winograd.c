@@ -22,6 +22,7 @@
 
 #include "blas.h"
 #include "threadpool.h"
+#include "winograd_kernels.h"
 
 static void tile_counts(int h, int w, int *th, int *tw) {
     *th = (h + 1) / 2;
@@ -94,15 +95,6 @@ size_t winograd_scratch_floats(const Conv *c, int n, int h, int w) {
     return 16 * (size_t)chunk_tiles(c, n * th * tw) * (c->cin + c->cout);
 }
 
-typedef struct {
-    const Conv *c;
-    const float *x, *residual;
-    float *out, *v, *m;
-    int h, w, th, tw, t0, ntiles;
-    int relu;
-    int gemm_tasks; /* tasks per GEMM, with the packed kernel */
-} Wino;
-
 static void part_range(int n, int part, int *a, int *b) {
     int per = (n + WINO_PARTS - 1) / WINO_PARTS;
     *a = part * per;
@@ -117,23 +109,14 @@ static void part_range(int n, int part, int *a, int *b) {
 #define VECTOR_CLONES
 #endif
 
-/* V[xi][t][ci] = (B^T d B)[xi] for the tiles of this part; B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]. */
-VECTOR_CLONES static void input_transform_task(void *arg, int part) {
-    const Wino *j = arg;
-    int cin = j->c->cin, a, b;
-    part_range(j->ntiles, part, &a, &b);
+/* V[xi][t][ci] = (B^T d B)[xi] for tiles [a, b); B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]. */
+VECTOR_CLONES static void input_tiles(const Wino *j, int a, int b) {
+    int cin = j->c->cin;
     size_t plane = (size_t)j->ntiles * cin;
     static const float zeros[WINO_MAX_CIN]; /* the padding outside the image */
     for (int t = a; t < b; t++) {
-        int tile = j->t0 + t, per_img = j->th * j->tw;
-        int img = tile / per_img, ty = tile % per_img / j->tw, tx = tile % j->tw;
         const float *d[4][4];
-        for (int r = 0; r < 4; r++)
-            for (int s = 0; s < 4; s++) {
-                int iy = 2 * ty - 1 + r, ix = 2 * tx - 1 + s;
-                d[r][s] = (iy < 0 || iy >= j->h || ix < 0 || ix >= j->w)
-                              ? zeros : j->x + (((size_t)img * j->h + iy) * j->w + ix) * cin;
-            }
+        wino_patch(j, t, zeros, d);
         float *dst = j->v + (size_t)t * cin;
 #pragma GCC ivdep
         for (int ci = 0; ci < cin; ci++) {
@@ -225,23 +208,13 @@ static inline void tile_output_full(const float *restrict m, size_t plane, int c
     }
 }
 
-VECTOR_CLONES static void output_transform_task(void *arg, int part) {
-    const Wino *j = arg;
-    int cout = j->c->cout, a, b;
-    part_range(j->ntiles, part, &a, &b);
+VECTOR_CLONES static void output_tiles(const Wino *j, int a, int b) {
+    int cout = j->c->cout;
     size_t plane = (size_t)j->ntiles * cout;
     for (int t = a; t < b; t++) {
-        int tile = j->t0 + t, per_img = j->th * j->tw;
-        int img = tile / per_img, ty = tile % per_img / j->tw, tx = tile % j->tw;
         float *dst[4];
         const float *res[4];
-        for (int k = 0; k < 4; k++) {
-            int oy = 2 * ty + k / 2, ox = 2 * tx + k % 2;
-            size_t at = (((size_t)img * j->h + oy) * j->w + ox) * cout;
-            int inside = oy < j->h && ox < j->w;
-            dst[k] = inside ? j->out + at : NULL;
-            res[k] = inside && j->residual ? j->residual + at : NULL;
-        }
+        wino_outputs(j, t, dst, res);
         if (dst[3] && !j->residual)
             tile_output_full(j->m + (size_t)t * cout, plane, cout, j->c->bias, dst[0], dst[1], dst[2], dst[3], j->relu);
         else
@@ -249,15 +222,51 @@ VECTOR_CLONES static void output_transform_task(void *arg, int part) {
     }
 }
 
+/* The transforms for the layer's GEMM kernel: AVX-512 beside the AVX-512 kernel, the emulated
+ * build beside the emulated kernel (so that tests run it on any CPU), else the loops above. All
+ * give the same bits (winograd_kernels.h). */
+typedef struct {
+    WinoTilesFn input, output;
+} Transforms;
+
+static Transforms transforms_for(const Conv *c) {
+    Transforms t = {input_tiles, output_tiles};
+    int kernel = c->wino_packed[0].data ? c->wino_packed[0].kernel : GEMM_OPENBLAS;
+    if (kernel == GEMM_AVX512) t = (Transforms){wino_input_avx512, wino_output_avx512};
+    if (kernel == GEMM_AVX512_EMU) t = (Transforms){wino_input_avx512_emu, wino_output_avx512_emu};
+    return t;
+}
+
+typedef struct {
+    const Wino *j;
+    Transforms t;
+} WinoParts;
+
+static void input_transform_task(void *arg, int part) {
+    const WinoParts *p = arg;
+    int a, b;
+    part_range(p->j->ntiles, part, &a, &b);
+    p->t.input(p->j, a, b);
+}
+
+static void output_transform_task(void *arg, int part) {
+    const WinoParts *p = arg;
+    int a, b;
+    part_range(p->j->ntiles, part, &a, &b);
+    p->t.output(p->j, a, b);
+}
+
 void conv2d_winograd(const Conv *c, const float *x, int n, int h, int w, float *out, const float *residual,
                      int relu, float *scratch) {
     int th, tw;
     tile_counts(h, w, &th, &tw);
     int tiles = n * th * tw, step = chunk_tiles(c, tiles);
+    Transforms tf = transforms_for(c);
     for (int t0 = 0; t0 < tiles; t0 += step) {
         int nt = t0 + step < tiles ? step : tiles - t0;
         Wino j = {c, x, residual, out, scratch, scratch + (size_t)16 * nt * c->cin, h, w, th, tw, t0, nt, relu, 0};
-        pool_run(WINO_PARTS, input_transform_task, &j);
+        WinoParts parts = {&j, tf};
+        pool_run(WINO_PARTS, input_transform_task, &parts);
         if (c->wino_packed[0].data) {
             GemmJob g0 = packed_job(&j, 0); /* the 16 GEMMs have one shape */
             j.gemm_tasks = gemm_tasks(&g0);
@@ -265,6 +274,6 @@ void conv2d_winograd(const Conv *c, const float *x, int n, int h, int w, float *
         } else {
             pool_run(16, gemm_task, &j);
         }
-        pool_run(WINO_PARTS, output_transform_task, &j);
+        pool_run(WINO_PARTS, output_transform_task, &parts);
     }
 }

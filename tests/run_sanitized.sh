@@ -19,6 +19,13 @@ for kernel in $("$work/gemm_check" --list); do
     out=$(ASAN_OPTIONS=detect_leaks=1 "$work/gemm_check" "$kernel") || { echo "gemm_check $kernel: $out"; exit 1; }
     echo "gemm_check $kernel: $out"
 done
+# the Winograd transforms (AVX2 / baseline, AVX-512 where this CPU has it, the emulated build)
+# against a plain loop and each other, several chunks of tiles
+mapfile -t wino_sources < <("$venv/bin/python" "$root/tests/c_sources.py" WINOGRAD_SOURCES)
+gcc -O1 -g -std=c11 -Wall -Wextra -Werror -fsanitize=address,undefined -fno-sanitize-recover=all -DWINO_CHUNK_BYTES=65536 \
+    -I "$root/csrc" "$root/tests/winograd_check.c" "${wino_sources[@]}" "${gemm_sources[@]}" -lm -pthread -o "$work/winograd_check"
+out=$(ASAN_OPTIONS=detect_leaks=1 "$work/winograd_check") || { echo "winograd_check: $out"; exit 1; }
+echo "winograd_check: $out"
 (cd "$work" && COVIDX_SANITIZE=1 "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
 cd "$work"
 # libstdc++ too: a wheel that links it statically (matplotlib's ft2font) throws C++ exceptions that
