@@ -144,12 +144,10 @@ TARGET static void kernel_short(int mr, int kc, const float *const a[MR], const 
 }
 
 /* A narrow tile (nr < NR columns: the last panel of a layer whose width is not a multiple of NR,
- * such as a classifier's) runs through an MR x NR buffer; rows past mr repeat row r. Its epilogue
- * is the kernel's operations in the kernel's order, one element at a time. */
-static void short_tile(const GemmJob *g, int r, int mr, int col, int nr, int k0, int kc, const float *panel,
-                       int first, int last) {
-    const float *a[MR];
-    for (int i = 0; i < MR; i++) a[i] = g->a + (size_t)(r + (i < mr ? i : 0)) * g->lda + k0;
+ * such as a classifier's) runs through an MR x NR buffer. Its epilogue is the kernel's operations
+ * in the kernel's order, one element at a time. */
+static void narrow_tile(const GemmJob *g, const float *const a[MR], int r, int mr, int col, int nr, int kc,
+                        const float *panel, int first, int last) {
     float *c = g->c + (size_t)r * g->ldc + col;
     float buf[MR * NR] __attribute__((aligned(64)));
     memset(buf, 0, sizeof buf);
@@ -171,35 +169,36 @@ static void short_tile(const GemmJob *g, int r, int mr, int col, int nr, int k0,
     }
 }
 
-/* Rows r0..r1 of C against one panel of B: whole MR-row tiles straight into C, then the rows left
- * over; a narrow panel (nr < NR) goes through short_tile's buffer instead. */
-TARGET static void panel_rows(const GemmJob *g, int r0, int r1, int col, int nr, int k0, int kc,
-                              const float *panel, int first, int last) {
+/* Row pointers of A for the tile at row r (mr rows), from column k0; rows past mr repeat row r,
+ * so a short tile can run the full kernel into a buffer. */
+static inline void tile_rows(const GemmJob *g, int r, int mr, int k0, const float *a[MR]) {
+    for (int i = 0; i < MR; i++) a[i] = g->a + (size_t)(r + (i < mr ? i : 0)) * g->lda + k0;
+}
+
+/* C[r .. r + mr) x [col .. col + nr) (+)= A rows a[] . panel (kc rows of k), with the epilogue on
+ * the last block of k: a full tile straight into C, short rows through kernel_short, a narrow
+ * panel (nr < NR) through narrow_tile's buffer. */
+TARGET static inline void tile(const GemmJob *g, const float *const a[MR], int r, int mr, int col, int nr, int kc,
+                               const float *panel, int first, int last) {
     static const float zero_bias[NR];
     if (nr < NR) {
-        for (int r = r0; r < r1; r += MR)
-            short_tile(g, r, r1 - r < MR ? r1 - r : MR, col, nr, k0, kc, panel, first, last);
+        narrow_tile(g, a, r, mr, col, nr, kc, panel, first, last);
         return;
     }
-    size_t lda = (size_t)g->lda, ldc = (size_t)g->ldc;
-    Epilogue e = {g->bias ? g->bias + col : zero_bias, NULL, ldc, g->relu};
-    const float *a[MR];
-    int r = r0;
-    for (; r + MR <= r1; r += MR) {
-        for (int i = 0; i < MR; i++) a[i] = g->a + (size_t)(r + i) * lda + k0;
-        e.residual = g->residual ? g->residual + (size_t)r * ldc + col : NULL;
-        if (last && r + 2 * MR <= g->m) /* the next tile's residual and output lines, ahead of time */
-            for (int i = MR; i < 2 * MR; i++) {
-                if (g->residual) __builtin_prefetch(e.residual + i * ldc, 0, 3);
-                __builtin_prefetch(g->c + (size_t)(r + i) * ldc + col, 0, 3);
-            }
-        kernel_full(kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
+    size_t ldc = (size_t)g->ldc;
+    Epilogue e = {g->bias ? g->bias + col : zero_bias, g->residual ? g->residual + (size_t)r * ldc + col : NULL, ldc,
+                  g->relu};
+    float *c = g->c + (size_t)r * ldc + col;
+    if (mr < MR) {
+        kernel_short(mr, kc, a, panel, c, ldc, !first, last ? &e : NULL);
+        return;
     }
-    if (r < r1) {
-        for (int i = 0; i < MR; i++) a[i] = g->a + (size_t)(r + (r + i < r1 ? i : 0)) * lda + k0;
-        e.residual = g->residual ? g->residual + (size_t)r * ldc + col : NULL;
-        kernel_short(r1 - r, kc, a, panel, g->c + (size_t)r * ldc + col, ldc, !first, last ? &e : NULL);
-    }
+    if (last && r + 2 * MR <= g->m) /* the next row tile's residual and output lines, ahead of time */
+        for (int i = MR; i < 2 * MR; i++) {
+            if (g->residual) __builtin_prefetch(e.residual + i * ldc, 0, 3);
+            __builtin_prefetch(c + i * ldc, 0, 3);
+        }
+    kernel_full(kc, a, panel, c, ldc, !first, last ? &e : NULL);
 }
 
 /* Task `task` of the grid (gemm_kernels.h) with NR-column panels. */
@@ -208,21 +207,26 @@ void RUN_TASK_FN(const GemmJob *g, int task) {
     k_blocks(g->b->k, &nkb, &kc_base);
     int np = panels(g->b->n), n = g->b->n, k = g->b->k;
     gemm_task_bounds(g, NR, task, &r0, &r1, &j0, &j1);
+    const float *a[MR];
     if (nkb == 1) { /* one block of k: MR rows of A against every panel, so C fills row by row */
-        for (int r = r0; r < r1; r += MR)
-            for (int j = j0; j < j1; j++) {
-                int nr = n - j * NR < NR ? n - j * NR : NR;
-                panel_rows(g, r, r + MR < r1 ? r + MR : r1, j * NR, nr, 0, k, g->b->data + (size_t)j * k * NR, 1, 1);
-            }
+        for (int r = r0; r < r1; r += MR) {
+            int mr = r1 - r < MR ? r1 - r : MR;
+            tile_rows(g, r, mr, 0, a);
+            for (int j = j0; j < j1; j++)
+                tile(g, a, r, mr, j * NR, n - j * NR < NR ? n - j * NR : NR, k, g->b->data + (size_t)j * k * NR, 1, 1);
+        }
         return;
     }
     for (int blk = 0; blk < nkb; blk++) {
         int k0 = blk * kc_base, kc = k - k0 < kc_base ? k - k0 : kc_base;
         const float *block = g->b->data + (size_t)k0 * np * NR;
-        for (int j = j0; j < j1; j++) {
-            int nr = n - j * NR < NR ? n - j * NR : NR;
-            panel_rows(g, r0, r1, j * NR, nr, k0, kc, block + (size_t)j * kc * NR, blk == 0, blk == nkb - 1);
-        }
+        for (int j = j0; j < j1; j++) /* B panel j stays in L1 while the task's rows pass it */
+            for (int r = r0; r < r1; r += MR) {
+                int mr = r1 - r < MR ? r1 - r : MR;
+                tile_rows(g, r, mr, k0, a);
+                tile(g, a, r, mr, j * NR, n - j * NR < NR ? n - j * NR : NR, kc, block + (size_t)j * kc * NR, blk == 0,
+                     blk == nkb - 1);
+            }
     }
 }
 
