@@ -2,7 +2,8 @@
  * register tile (12 ymm accumulators, 2 for B, 1 broadcast of A) on the shared driver
  * (gemm_driver.h), which packs, blocks and orders the sums alike for every fp32 kernel. */
 #define MR 6    /* rows per register tile */
-#define NR 16   /* columns per register tile and per packed panel (two ymm vectors) */
+#define NR 16   /* columns per register tile and per packed panel */
+#define NV 2    /* ymm vectors per row of the tile */
 #define KC 256  /* rows of B per block: a 16 KiB panel, half of L1 */
 #define PACK_FN gemm_avx2_pack
 #define RUN_TASK_FN gemm_avx2_run_task

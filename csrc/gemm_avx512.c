@@ -8,7 +8,8 @@
 #include "vec512.h"
 
 #define MR 12   /* rows per register tile */
-#define NR 32   /* columns per register tile and per packed panel (two zmm vectors) */
+#define NR 32   /* columns per register tile and per packed panel */
+#define NV 2    /* zmm vectors per row of the tile */
 #define KC 192  /* rows of B per block: a 24 KiB panel, within a 32 or 48 KiB L1 */
 #define PACK_FN FN(gemm_avx512_pack)
 #define RUN_TASK_FN FN(gemm_avx512_run_task)

@@ -2,9 +2,9 @@
  * blocking, the task grid and the epilogue order. A kernel file (gemm_avx2.c, gemm_avx512.c)
  * defines its register tile and its vector operations, then includes this file once:
  *
- *   MR, NR, KC       rows per register tile; columns per tile and per packed panel (two vectors);
- *                    rows of B per block of k
- *   Vec, TARGET      the vector type of NR / 2 floats, and the function attribute that enables it
+ *   MR, NR, NV, KC   rows per register tile; columns per tile and per packed panel; vectors per
+ *                    row of the tile; rows of B per block of k
+ *   Vec, TARGET      the vector type of NR / NV floats, and the function attribute that enables it
  *   UNROLL(n)        a pragma unrolling the loops over the tile's rows (keeps them in registers)
  *   vec_zero(), vec_set1(x), vec_load(p), vec_store(p, v) (unaligned), vec_fmadd(a, b, c)
  *                    (a * b + c, one rounding), vec_add(a, b), vec_max(a, b) (a > b ? a : b)
@@ -17,7 +17,7 @@
  *     for each block of kc rows of B (kc <= KC):
  *         for each NR-column panel of the group:     B panel, kc x NR, stays in L1
  *             for each MR rows of the task's block:  A rows, MR x kc, come from L2
- *                 C[MR x NR] (+)= A[MR x kc] . Bpanel[kc x NR]     2 MR vector accumulators
+ *                 C[MR x NR] (+)= A[MR x kc] . Bpanel[kc x NR]     NV MR vector accumulators
  *
  * The first block of kc starts the accumulators at zero, later ones at the partial sums in C,
  * and the last one adds the bias and the residual and applies ReLU before storing. Each element
@@ -67,7 +67,7 @@ int PACK_FN(PackedB *p, const float *b, int k, int n, int ldb) {
 
 #if DRIVER_VECTORS
 
-#define VL (NR / 2) /* floats per vector */
+#define VL (NR / NV) /* floats per vector */
 
 typedef struct {
     const float *bias;     /* at the tile's first column (never NULL: zeros where there is none) */
@@ -78,41 +78,46 @@ typedef struct {
 
 /* c[mr x NR] (+)= a[mr rows][0..kc) . b[kc x NR], 1 <= mr <= MR; then the epilogue when e is not
  * NULL. Rows of a are given as pointers, so a caller may repeat a row to fill a tile. Always
- * inlined with a constant mr (below), so the 2 * mr accumulators stay in registers. */
+ * inlined with a constant mr (below), so the NV * mr accumulators stay in registers. */
 __attribute__((always_inline)) TARGET static inline void kernel_rows(int mr, int kc, const float *const a[MR],
                                                                     const float *restrict b, float *c, size_t ldc,
                                                                     int load, const Epilogue *e) {
-    Vec acc[MR][2];
-UNROLL(12)
-    for (int i = 0; i < mr; i++) {
-        acc[i][0] = load ? vec_load(c + i * ldc) : vec_zero();
-        acc[i][1] = load ? vec_load(c + i * ldc + VL) : vec_zero();
-    }
+    Vec acc[MR][NV];
+UNROLL(14)
+    for (int i = 0; i < mr; i++)
+UNROLL(4)
+        for (int v = 0; v < NV; v++) acc[i][v] = load ? vec_load(c + i * ldc + v * VL) : vec_zero();
     for (int k = 0; k < kc; k++, b += NR) {
-        Vec b0 = vec_load(b), b1 = vec_load(b + VL);
-UNROLL(12)
+        Vec bv[NV];
+UNROLL(4)
+        for (int v = 0; v < NV; v++) bv[v] = vec_load(b + v * VL);
+UNROLL(14)
         for (int i = 0; i < mr; i++) {
             Vec x = vec_set1(a[i][k]);
-            acc[i][0] = vec_fmadd(x, b0, acc[i][0]), acc[i][1] = vec_fmadd(x, b1, acc[i][1]);
+UNROLL(4)
+            for (int v = 0; v < NV; v++) acc[i][v] = vec_fmadd(x, bv[v], acc[i][v]);
         }
     }
     if (e) {
-        Vec bias0 = vec_load(e->bias), bias1 = vec_load(e->bias + VL), z = vec_zero();
-UNROLL(12)
-        for (int i = 0; i < mr; i++) {
-            acc[i][0] = vec_add(acc[i][0], bias0), acc[i][1] = vec_add(acc[i][1], bias1);
-            if (e->residual) {
-                acc[i][0] = vec_add(acc[i][0], vec_load(e->residual + i * e->ldr));
-                acc[i][1] = vec_add(acc[i][1], vec_load(e->residual + i * e->ldr + VL));
+        Vec bias[NV], z = vec_zero();
+UNROLL(4)
+        for (int v = 0; v < NV; v++) bias[v] = vec_load(e->bias + v * VL);
+UNROLL(14)
+        for (int i = 0; i < mr; i++)
+UNROLL(4)
+            for (int v = 0; v < NV; v++) {
+                acc[i][v] = vec_add(acc[i][v], bias[v]);
+                if (e->residual) acc[i][v] = vec_add(acc[i][v], vec_load(e->residual + i * e->ldr + v * VL));
+                if (e->relu) acc[i][v] = vec_max(acc[i][v], z);
             }
-            if (e->relu) acc[i][0] = vec_max(acc[i][0], z), acc[i][1] = vec_max(acc[i][1], z);
-        }
     }
-UNROLL(12)
-    for (int i = 0; i < mr; i++) vec_store(c + i * ldc, acc[i][0]), vec_store(c + i * ldc + VL, acc[i][1]);
+UNROLL(14)
+    for (int i = 0; i < mr; i++)
+UNROLL(4)
+        for (int v = 0; v < NV; v++) vec_store(c + i * ldc + v * VL, acc[i][v]);
 }
 
-/* The full tile: MR x NR, 2 MR accumulators. */
+/* The full tile: MR x NR, NV MR accumulators. */
 TARGET static void kernel_full(int kc, const float *const a[MR], const float *restrict b, float *c, size_t ldc,
                                int load, const Epilogue *e) {
     kernel_rows(MR, kc, a, b, c, ldc, load, e);
@@ -122,25 +127,40 @@ TARGET static void kernel_full(int kc, const float *const a[MR], const float *re
  * tiles are 16): one copy of the kernel per row count. */
 TARGET static void kernel_short(int mr, int kc, const float *const a[MR], const float *restrict b, float *c,
                                 size_t ldc, int load, const Epilogue *e) {
+#define ROWS(n)                                                                                   \
+    case n: kernel_rows(n, kc, a, b, c, ldc, load, e); break;
     switch (mr) {
-    case 1: kernel_rows(1, kc, a, b, c, ldc, load, e); break;
-    case 2: kernel_rows(2, kc, a, b, c, ldc, load, e); break;
-    case 3: kernel_rows(3, kc, a, b, c, ldc, load, e); break;
-    case 4: kernel_rows(4, kc, a, b, c, ldc, load, e); break;
-    case 5: kernel_rows(5, kc, a, b, c, ldc, load, e); break;
+        ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5)
 #if MR > 6
-    case 6: kernel_rows(6, kc, a, b, c, ldc, load, e); break;
-    case 7: kernel_rows(7, kc, a, b, c, ldc, load, e); break;
-    case 8: kernel_rows(8, kc, a, b, c, ldc, load, e); break;
-    case 9: kernel_rows(9, kc, a, b, c, ldc, load, e); break;
-    case 10: kernel_rows(10, kc, a, b, c, ldc, load, e); break;
-    case 11: kernel_rows(11, kc, a, b, c, ldc, load, e); break;
+        ROWS(6)
+#endif
+#if MR > 7
+        ROWS(7)
+#endif
+#if MR > 8
+        ROWS(8)
+#endif
+#if MR > 9
+        ROWS(9)
+#endif
+#if MR > 10
+        ROWS(10)
+#endif
+#if MR > 11
+        ROWS(11)
 #endif
 #if MR > 12
+        ROWS(12)
+#endif
+#if MR > 13
+        ROWS(13)
+#endif
+#if MR > 14
 #error "kernel_short: add the row counts up to MR - 1"
 #endif
     default: break;
     }
+#undef ROWS
 }
 
 /* A narrow tile (nr < NR columns: the last panel of a layer whose width is not a multiple of NR,
