@@ -1,8 +1,10 @@
 /* gemm_avx2.c: the AVX2 + FMA packed-weights SGEMM with its epilogue (see gemm.h): a 6 x 16
  * register tile (12 ymm accumulators, 2 for B, 1 broadcast of A) on the shared driver
  * (gemm_driver.h), which packs, blocks and orders the sums alike for every fp32 kernel. */
+#include "gemm_kernels.h"
+
 #define MR 6    /* rows per register tile */
-#define NR 16   /* columns per register tile and per packed panel */
+#define NR GEMM_AVX2_NR /* columns per register tile and per packed panel: 16 */
 #define NV 2    /* ymm vectors per row of the tile */
 #define KC 256  /* rows of B per block: a 16 KiB panel, half of L1 */
 #define PACK_FN gemm_avx2_pack

@@ -5,10 +5,11 @@
  *
  * Written over vec512.h: built for AVX-512F here, and as the plain-C emulation by
  * gemm_avx512_emu.c (COVIDX_AVX512_EMU), which gives the same bits and runs on any CPU. */
+#include "gemm_kernels.h"
 #include "vec512.h"
 
 #define MR 12   /* rows per register tile */
-#define NR 32   /* columns per register tile and per packed panel */
+#define NR GEMM_AVX512_NR /* columns per register tile and per packed panel: 32 */
 #define NV 2    /* zmm vectors per row of the tile */
 #define KC 192  /* rows of B per block: a 24 KiB panel, within a 32 or 48 KiB L1 */
 #define PACK_FN FN(gemm_avx512_pack)

@@ -35,9 +35,10 @@ typedef struct {
 
 static const KernelDef KERNELS[GEMM_NKERNELS] = {
     [GEMM_OPENBLAS] = {"openblas", "fp32", "OpenBLAS SGEMM", 16, 0, 0, NULL, NULL},
-    [GEMM_AVX2] = {"avx2", "fp32", "covidx AVX2+FMA" PACKED, 16, 0, 1, gemm_avx2_pack, gemm_avx2_run_task},
-    [GEMM_AVX512] = {"avx512", "fp32", "covidx AVX-512F" PACKED, 32, 0, 2, gemm_avx512_pack, gemm_avx512_run_task},
-    [GEMM_AVX512_EMU] = {"avx512-emu", "fp32", "covidx AVX-512F" EMULATED, 32, 1, -1, gemm_avx512_pack_emu,
+    [GEMM_AVX2] = {"avx2", "fp32", "covidx AVX2+FMA" PACKED, GEMM_AVX2_NR, 0, 1, gemm_avx2_pack, gemm_avx2_run_task},
+    [GEMM_AVX512] = {"avx512", "fp32", "covidx AVX-512F" PACKED, GEMM_AVX512_NR, 0, 2, gemm_avx512_pack,
+                     gemm_avx512_run_task},
+    [GEMM_AVX512_EMU] = {"avx512-emu", "fp32", "covidx AVX-512F" EMULATED, GEMM_AVX512_NR, 1, -1, gemm_avx512_pack_emu,
                          gemm_avx512_run_task_emu},
     [GEMM_AMX] = {"amx", "bf16", "covidx AMX-BF16" PACKED_BF16, 32, 0, 3, gemm_bf16_pack, gemm_amx_run_task},
     [GEMM_AMX_EMU] = {"amx-emu", "bf16", "covidx AMX-BF16" EMULATED, 32, 1, -1, gemm_bf16_pack,

@@ -23,8 +23,11 @@ void gemm_amx_run_task_emu(const GemmJob *g, int task);
 void gemm_avx512bf16_run_task(const GemmJob *g, int task);
 void gemm_avx512bf16_run_task_emu(const GemmJob *g, int task);
 
-/* Columns per packed panel of a kernel (16 for AVX2, 32 for the others). */
+/* Columns per packed panel of a kernel (its row of the table in gemm_dispatch.c). The fp32
+ * kernel files define their NR from these, so the task grid and the kernel always agree. */
 int gemm_kernel_nr(int kernel);
+#define GEMM_AVX2_NR 16
+#define GEMM_AVX512_NR 32
 
 /* The task grid: row blocks of GEMM_MC, column groups of whole nr-column panels, at least
  * GEMM_MIN_TASKS tasks where the shape allows it (small maps at batch 1 split along the
