@@ -16,7 +16,7 @@ static unsigned long long xgetbv0(void) {
 }
 
 CpuFeatures cpu_features(void) {
-    CpuFeatures f = {0, 0, 0, 0, 0, 0, 0};
+    CpuFeatures f = {0};
     unsigned int a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
     int osxsave = (c >> 27) & 1;
@@ -32,8 +32,10 @@ CpuFeatures cpu_features(void) {
     f.avx512f = zmm_ok && ((b >> 16) & 1);
     f.amx_bf16 = tile_ok && ((d >> 22) & 1);
     f.amx_tile = tile_ok && ((d >> 24) & 1);
+    f.avx512_vnni = zmm_ok && ((c >> 11) & 1);
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512_bf16 = zmm_ok && ((a >> 5) & 1);
+    f.avx_vnni = ymm_ok && ((a >> 4) & 1);
     if (f.amx_tile && __get_cpuid_max(0, 0) >= 0x1d) {
         __cpuid_count(0x1d, 0, a, b, c, d);
         f.amx_palette = a >= 1;
@@ -42,7 +44,7 @@ CpuFeatures cpu_features(void) {
 }
 #else
 CpuFeatures cpu_features(void) {
-    CpuFeatures f = {0, 0, 0, 0, 0, 0, 0};
+    CpuFeatures f = {0};
     return f;
 }
 #endif

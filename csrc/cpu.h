@@ -5,6 +5,7 @@
 typedef struct {
     int avx2, fma, avx512f, avx512_bf16, amx_bf16, amx_tile;
     int amx_palette; /* CPUID leaf 0x1D reports at least one tile palette (some VMs report none) */
+    int avx512_vnni, avx_vnni; /* VPDPBUSD on zmm (EVEX), on ymm (VEX, AVX-VNNI) */
 } CpuFeatures;
 
 CpuFeatures cpu_features(void);

@@ -8,6 +8,9 @@
  *          OpenBLAS (gemm_fp32_kernel() returns GEMM_OPENBLAS and the callers use sgemm).
  *   bf16:  AMX-BF16 tiles (gemm_amx.c), else AVX512_BF16 (gemm_avx512bf16.c), else the fp32
  *          kernel (gemm_bf16_kernel() says why).
+ *   int8:  AVX-512 VNNI (gemm_avx512vnni.c), else AVX-VNNI (gemm_avxvnni.c), else AVX2
+ *          (gemm_avx2int8.c), else the fp32 kernel (gemm_int8_kernel() says why). A is uint8
+ *          (0..127), B int8 per column scaled; see gemm_int8.h.
  *
  * A (the activations) is read in place, row by row, in fp32; the bf16 kernels round it to bf16
  * (nearest even) block by block. Every kernel sums each element of C in an order fixed by the
@@ -15,7 +18,8 @@
  *
  * COVIDX_GEMM forces a lower choice: openblas, avx2, avx512 (no AMX), or auto/amx (the default).
  * For tests only, avx512-emu, amx-emu and avx512bf16-emu select the plain-C builds of those
- * kernels (the same sources compiled over avx512_emulation.h / amx_emulation.h): exact but slow. */
+ * kernels (the same sources compiled over avx512_emulation.h / amx_emulation.h): exact but slow;
+ * avx512vnni-emu, avxvnni-emu and avx2int8-emu those of the int8 kernels (int8_emulation.h). */
 #ifndef COVIDX_GEMM_H
 #define COVIDX_GEMM_H
 
@@ -31,27 +35,36 @@ enum GemmKernel {
     GEMM_AMX_EMU,        /* bf16, gemm_amx.c over the plain-C tile emulation (tests) */
     GEMM_AVX512BF16,     /* bf16, AVX512_BF16 */
     GEMM_AVX512BF16_EMU, /* bf16, gemm_avx512bf16.c over the plain-C emulation (tests) */
+    GEMM_AVX512VNNI,     /* int8, AVX-512 VNNI (VPDPBUSD on zmm) */
+    GEMM_AVX512VNNI_EMU, /* int8, gemm_avx512vnni.c over the plain-C emulation (tests) */
+    GEMM_AVXVNNI,        /* int8, AVX-VNNI (VEX VPDPBUSD on ymm) */
+    GEMM_AVXVNNI_EMU,    /* int8, gemm_avxvnni.c over the plain-C emulation (tests) */
+    GEMM_AVX2INT8,       /* int8, AVX2 (VPMADDUBSW + VPMADDWD) */
+    GEMM_AVX2INT8_EMU,   /* int8, gemm_avx2int8.c over the plain-C emulation (tests) */
     GEMM_NKERNELS
 };
 
 /* B (k x n) packed for one kernel. fp32 kernels: data, blocks of kc rows, each a run of nr-column
  * panels (the last one padded with zeros), each panel kc x nr floats, row after row. bf16
- * kernels: bf16, see gemm_bf16.h. 64-byte aligned. */
+ * kernels: bf16, see gemm_bf16.h. int8 kernels: i8 and wscale, see gemm_int8.h. 64-byte aligned. */
 typedef struct {
     int k, n;
     int kernel;      /* enum GemmKernel that packed it (and runs it) */
     float *data;     /* fp32 kernels, else NULL */
     uint16_t *bf16;  /* bf16 kernels, else NULL */
+    int8_t *i8;      /* int8 kernels, else NULL */
+    float *wscale;   /* int8 kernels: (n) each column's scale (B ~ i8 * wscale), else NULL */
 } PackedB;
 
 /* Names ("avx2", "avx512", "amx", ...) and properties of a kernel (gemm_dispatch.c's table). */
 const char *gemm_kernel_name(int kernel);
-const char *gemm_kernel_precision(int kernel); /* "fp32", "bf16" */
+const char *gemm_kernel_precision(int kernel); /* "fp32", "bf16", "int8" */
 const char *gemm_kernel_about(int kernel);     /* a description, for covidx info */
 int gemm_kernel_is_bf16(int kernel);
 int gemm_kernel_emulated(int kernel);
 /* 1 when COVIDX_GEMM accepts the kernel's name. */
 int gemm_kernel_env(int kernel);
+int gemm_kernel_is_int8(int kernel);
 /* 1 when the kernel can run here (the CPU has its instructions; the emulated ones always). */
 int gemm_kernel_runs(int kernel);
 /* The kernel kind given by name, or -1. */
@@ -69,6 +82,10 @@ int gemm_bf16_kernel(const char **why);
  * (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), once per process). Returns the kernel to
  * use, which differs from `kernel` (a fallback, with *why set) when the request failed. */
 int gemm_bf16_enable(int kernel, const char **why);
+
+/* The kernel the int8 mode would use: an int8 kernel, or gemm_fp32_kernel() when there is none,
+ * with *why (when why is not NULL) set to a static sentence saying why, else to NULL. */
+int gemm_int8_kernel(const char **why);
 
 /* Packs b (k x n, leading dimension ldb) into p for gemm_fp32_kernel(), or for the given kernel.
  * 0, or -1 when out of memory (p->data and p->bf16 are then NULL). */

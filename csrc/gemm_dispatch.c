@@ -19,7 +19,7 @@
  * descriptions, which run here, which COVIDX_GEMM accepts), so a new row needs no Python edit. */
 typedef struct {
     const char *name;
-    const char *precision; /* what the packed weights hold: "fp32" or "bf16" */
+    const char *precision; /* what the packed weights hold: "fp32", "bf16" or "int8" */
     const char *about;     /* for covidx info */
     int nr;                /* columns per packed panel */
     int emulated;          /* plain C: runs anywhere; COVIDX_GEMM=<name> selects it (tests) */
@@ -31,6 +31,7 @@ typedef struct {
 
 #define PACKED " kernel (weights packed at load)"
 #define PACKED_BF16 " kernel (bf16 weights packed at load, fp32 sums)"
+#define PACKED_INT8 " kernel (int8 weights per channel packed at load, int32 sums)"
 #define EMULATED " kernel, emulated in plain C (tests only: slow)"
 
 static const KernelDef KERNELS[GEMM_NKERNELS] = {
@@ -47,6 +48,18 @@ static const KernelDef KERNELS[GEMM_NKERNELS] = {
                          gemm_avx512bf16_run_task},
     [GEMM_AVX512BF16_EMU] = {"avx512bf16-emu", "bf16", "covidx AVX512_BF16" EMULATED, 32, 1, -1, gemm_bf16_pack,
                              gemm_avx512bf16_run_task_emu},
+    [GEMM_AVX512VNNI] = {"avx512vnni", "int8", "covidx AVX-512 VNNI" PACKED_INT8, 32, 0, -1, gemm_int8_pack,
+                         gemm_avx512vnni_run_task},
+    [GEMM_AVX512VNNI_EMU] = {"avx512vnni-emu", "int8", "covidx AVX-512 VNNI" EMULATED, 32, 1, -1, gemm_int8_pack,
+                             gemm_avx512vnni_run_task_emu},
+    [GEMM_AVXVNNI] = {"avxvnni", "int8", "covidx AVX-VNNI" PACKED_INT8, 32, 0, -1, gemm_int8_pack,
+                      gemm_avxvnni_run_task},
+    [GEMM_AVXVNNI_EMU] = {"avxvnni-emu", "int8", "covidx AVX-VNNI" EMULATED, 32, 1, -1, gemm_int8_pack,
+                          gemm_avxvnni_run_task_emu},
+    [GEMM_AVX2INT8] = {"avx2int8", "int8", "covidx AVX2 int8" PACKED_INT8, 32, 0, -1, gemm_int8_pack,
+                       gemm_avx2int8_run_task},
+    [GEMM_AVX2INT8_EMU] = {"avx2int8-emu", "int8", "covidx AVX2 int8" EMULATED, 32, 1, -1, gemm_int8_pack,
+                           gemm_avx2int8_run_task_emu},
 };
 
 static int valid(int kernel) { return kernel >= 0 && kernel < GEMM_NKERNELS; }
@@ -57,6 +70,7 @@ const char *gemm_kernel_about(int kernel) { return valid(kernel) ? KERNELS[kerne
 int gemm_kernel_is_bf16(int kernel) { return valid(kernel) && strcmp(KERNELS[kernel].precision, "bf16") == 0; }
 int gemm_kernel_emulated(int kernel) { return valid(kernel) && KERNELS[kernel].emulated; }
 int gemm_kernel_env(int kernel) { return valid(kernel) && (KERNELS[kernel].emulated || KERNELS[kernel].ceiling >= 0); }
+int gemm_kernel_is_int8(int kernel) { return valid(kernel) && strcmp(KERNELS[kernel].precision, "int8") == 0; }
 int gemm_kernel_nr(int kernel) { return valid(kernel) ? KERNELS[kernel].nr : 16; }
 
 int gemm_kernel_by_name(const char *name) {
@@ -74,6 +88,9 @@ int gemm_kernel_runs(int kernel) {
     case GEMM_AVX512: return f.avx512f;
     case GEMM_AMX: return f.amx_tile && f.amx_bf16 && f.amx_palette && f.avx512f;
     case GEMM_AVX512BF16: return f.avx512f && f.avx512_bf16;
+    case GEMM_AVX512VNNI: return f.avx512f && f.avx512_vnni;
+    case GEMM_AVXVNNI: return f.avx2 && f.avx_vnni;
+    case GEMM_AVX2INT8: return f.avx2;
     default: return 0;
     }
 }
@@ -119,6 +136,30 @@ int gemm_bf16_kernel(const char **why) {
         reason = top < 2 && (gemm_kernel_runs(GEMM_AMX) || gemm_kernel_runs(GEMM_AVX512BF16))
                      ? "COVIDX_GEMM rules out the bf16 kernels; the model runs in fp32"
                      : "this CPU has neither AMX-BF16 nor AVX512_BF16; the model runs in fp32";
+    }
+    if (why) *why = reason;
+    return k;
+}
+
+int gemm_int8_kernel(const char **why) {
+    int emu, top = ceiling(&emu);
+    const char *reason = NULL;
+    int k;
+    if (emu >= 0 && gemm_kernel_is_int8(emu)) {
+        k = emu;
+    } else if (top >= 2 && gemm_kernel_runs(GEMM_AVX512VNNI)) {
+        k = GEMM_AVX512VNNI;
+    } else if (top >= 1 && gemm_kernel_runs(GEMM_AVXVNNI)) {
+        k = GEMM_AVXVNNI;
+    } else if (top >= 1 && gemm_kernel_runs(GEMM_AVX2INT8)) {
+        k = GEMM_AVX2INT8;
+        if (gemm_kernel_runs(GEMM_AVX512VNNI))
+            reason = "COVIDX_GEMM=avx2 rules out AVX-512 VNNI; int8 runs on AVX2";
+    } else {
+        k = gemm_fp32_kernel();
+        reason = top < 1 && gemm_kernel_runs(GEMM_AVX2INT8)
+                     ? "COVIDX_GEMM rules out the int8 kernels; the model runs in fp32"
+                     : "this CPU has no AVX2; the model runs in fp32";
     }
     if (why) *why = reason;
     return k;
@@ -171,6 +212,8 @@ int gemm_bf16_enable(int kernel, const char **why) {
 int gemm_pack_kernel(PackedB *p, int kernel, const float *b, int k, int n, int ldb) {
     p->data = NULL;
     p->bf16 = NULL;
+    p->i8 = NULL;
+    p->wscale = NULL;
     p->k = k;
     p->n = n;
     p->kernel = kernel;
@@ -185,8 +228,12 @@ int gemm_pack(PackedB *p, const float *b, int k, int n, int ldb) {
 void gemm_pack_free(PackedB *p) {
     free(p->data);
     free(p->bf16);
+    free(p->i8);
+    free(p->wscale);
     p->data = NULL;
     p->bf16 = NULL;
+    p->i8 = NULL;
+    p->wscale = NULL;
 }
 
 int gemm_tasks_per_row_block(const GemmJob *g) {

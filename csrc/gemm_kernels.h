@@ -22,6 +22,14 @@ void gemm_amx_run_task(const GemmJob *g, int task);
 void gemm_amx_run_task_emu(const GemmJob *g, int task);
 void gemm_avx512bf16_run_task(const GemmJob *g, int task);
 void gemm_avx512bf16_run_task_emu(const GemmJob *g, int task);
+/* int8 kernels (gemm_int8.h): one packing for all; run_task takes the GemmJob inside a GemmI8Job */
+int gemm_int8_pack(PackedB *p, const float *b, int k, int n, int ldb);
+void gemm_avx512vnni_run_task(const GemmJob *g, int task);
+void gemm_avx512vnni_run_task_emu(const GemmJob *g, int task);
+void gemm_avxvnni_run_task(const GemmJob *g, int task);
+void gemm_avxvnni_run_task_emu(const GemmJob *g, int task);
+void gemm_avx2int8_run_task(const GemmJob *g, int task);
+void gemm_avx2int8_run_task_emu(const GemmJob *g, int task);
 
 /* Columns per packed panel of a kernel (its row of the table in gemm_dispatch.c). The fp32
  * kernel files define their NR from these, so the task grid and the kernel always agree. */

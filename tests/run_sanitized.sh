@@ -10,8 +10,8 @@ trap 'rm -rf "$work"' EXIT
 "$venv/bin/pip" install -q --disable-pip-version-check 'setuptools>=77' numpy 'scipy-openblas32==0.3.34.481.3'
 cp -r "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$root/LICENSE" "$root/csrc" "$root/covidx" "$work/"
 rm -rf "$work"/covidx/*.so "$work/covidx/_libs"
-# the packed GEMM kernels on their own, against plain loops: the emulated AVX-512, AVX512_BF16
-# and AMX builds always, the real ones where this CPU has them (gemm_check says "skip" otherwise)
+# the packed GEMM kernels on their own, against plain loops: the emulated AVX-512, AVX512_BF16,
+# AMX and int8 builds always, the real ones where this CPU has them (gemm_check says "skip" otherwise)
 mapfile -t gemm_sources < <("$venv/bin/python" "$root/tests/c_sources.py" GEMM_SOURCES)  # setup.py's list
 gcc -O1 -g -std=c11 -Wall -Wextra -Werror -fsanitize=address,undefined -fno-sanitize-recover=all -I "$root/csrc" \
     "$root/tests/gemm_check.c" "${gemm_sources[@]}" -lm -pthread -o "$work/gemm_check"

@@ -5,7 +5,11 @@ Each kernel is checked on its own: the real instruction sets where the CPU has t
 test skips, saying so), and the emulated builds of the AVX-512, AVX512_BF16 and AMX kernels
 (the same sources over plain-C emulations) on every machine. The bf16 kernels are checked
 against the reference on bf16-rounded inputs (what is left is the fp32 accumulation). Where the
-CPU has the instructions, the real and emulated builds must also give the same bits."""
+CPU has the instructions, the real and emulated builds must also give the same bits.
+
+The int8 kernels (AVX-512 VNNI, AVX-VNNI, AVX2) are checked bit for bit against a plain loop of
+the quantised arithmetic, and against each other: all give the same integers and the same
+epilogue, so the same bits."""
 import os
 import shutil
 import subprocess
@@ -43,17 +47,18 @@ def test_packed_gemm_matches_plain_loops(gemm_check):
     run_check(gemm_check, "avx2")
 
 
-@pytest.mark.parametrize("kernel", ["avx512-emu", "amx-emu", "avx512bf16-emu"])
+@pytest.mark.parametrize("kernel", ["avx512-emu", "amx-emu", "avx512bf16-emu", "avx512vnni-emu", "avxvnni-emu",
+                                    "avx2int8-emu"])
 def test_emulated_kernel_matches_plain_loops(gemm_check, kernel):
     run_check(gemm_check, kernel)
 
 
-@pytest.mark.parametrize("kernel", ["avx512", "amx", "avx512bf16"])
+@pytest.mark.parametrize("kernel", ["avx512", "amx", "avx512bf16", "avx512vnni", "avxvnni", "avx2int8"])
 def test_native_kernel_matches_plain_loops(gemm_check, kernel):
     run_check(gemm_check, kernel)
 
 
-@pytest.mark.parametrize("kernel", ["avx512", "amx", "avx512bf16"])
+@pytest.mark.parametrize("kernel", ["avx512", "amx", "avx512bf16", "avx512vnni", "avxvnni", "avx2int8"])
 def test_native_and_emulated_builds_agree_bit_for_bit(gemm_check, kernel):
     run_check(gemm_check, kernel, kernel + "-emu")
 
@@ -63,3 +68,10 @@ def test_avx512_and_avx2_kernels_agree_bit_for_bit(gemm_check):
     results do not change between AVX2 and AVX-512 CPUs. (The emulated AVX-512 build stands for
     the real one, which equals it bit for bit.)"""
     run_check(gemm_check, "avx512-emu", "avx2")
+
+
+@pytest.mark.parametrize("pair", [("avx512vnni-emu", "avx2int8-emu"), ("avxvnni-emu", "avx2int8-emu")])
+def test_int8_kernels_agree_bit_for_bit(gemm_check, pair):
+    """VPDPBUSD (zmm or ymm) and VPMADDUBSW + VPMADDWD give the same int32 sums (no saturation on
+    0..127 x -127..127), and the epilogue is shared: the same bits on every CPU."""
+    run_check(gemm_check, *pair)

@@ -1,0 +1,70 @@
+/* gemm_avxvnni.c: the int8 GEMM block on AVX-VNNI, the VEX form of VPDPBUSD on ymm, for CPUs
+ * with it but without AVX-512 (see gemm_int8.h for the packing, the driver and the epilogue).
+ *
+ * c[rows x 32] int32 = a[rows x 4 kg] uint8 . panel[4 kg x 32] int8, one 16-column half of the
+ * panel at a time, 6 rows in 12 ymm accumulators: per group of 4 values of k, two ymm of B
+ * (16 columns x 4 bytes) and one broadcast dword of A per row, VPDPBUSD.
+ *
+ * Written over vec_int8.h: built for AVX-VNNI here, and as the plain-C emulation by
+ * gemm_avxvnni_emu.c (COVIDX_INT8_EMU). */
+#include <string.h>
+
+#include "gemm_int8.h"
+#include "vec_int8.h"
+
+#if Q_BUILD
+
+#define MR 6
+
+/* Rows 0 .. mr - 1 against columns 16 h .. 16 h + 15, 1 <= mr <= 6; always inlined with a
+ * constant mr. */
+__attribute__((always_inline)) Q_AVXVNNI static inline void rows_avxvnni(int mr, const uint8_t *a, size_t lda,
+                                                                        const int8_t *b, int kg, int32_t *c) {
+    for (int h = 0; h < 2; h++) {
+        Q8 acc[MR][2];
+Q_UNROLL(6)
+        for (int i = 0; i < mr; i++) acc[i][0] = q8_zero(), acc[i][1] = q8_zero();
+        const int8_t *bh = b + 64 * h;
+        for (int g = 0; g < kg; g++, bh += 128) {
+            Q8 b0 = q8_load(bh), b1 = q8_load(bh + 32);
+Q_UNROLL(6)
+            for (int i = 0; i < mr; i++) {
+                int32_t x;
+                memcpy(&x, a + (size_t)i * lda + 4 * (size_t)g, sizeof x);
+                Q8 xa = q8_set1(x);
+                acc[i][0] = q8_dpbusd(acc[i][0], xa, b0), acc[i][1] = q8_dpbusd(acc[i][1], xa, b1);
+            }
+        }
+Q_UNROLL(6)
+        for (int i = 0; i < mr; i++) q8_store(c + i * 32 + 16 * h, acc[i][0]), q8_store(c + i * 32 + 16 * h + 8, acc[i][1]);
+    }
+}
+
+/* The I8BlockFn of gemm_int8.h. */
+Q_AVXVNNI static void block_avxvnni(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows) {
+    int i = 0;
+    for (; i + MR <= rows; i += MR) rows_avxvnni(MR, a + (size_t)i * lda, lda, b, kg, c + i * 32);
+    const uint8_t *ar = a + (size_t)i * lda;
+    int32_t *cr = c + i * 32;
+    switch (rows - i) {
+    case 0: break;
+    case 1: rows_avxvnni(1, ar, lda, b, kg, cr); break;
+    case 2: rows_avxvnni(2, ar, lda, b, kg, cr); break;
+    case 3: rows_avxvnni(3, ar, lda, b, kg, cr); break;
+    case 4: rows_avxvnni(4, ar, lda, b, kg, cr); break;
+    default: rows_avxvnni(5, ar, lda, b, kg, cr); break;
+    }
+}
+
+void QFN(gemm_avxvnni_run_task)(const GemmJob *g, int task) {
+    gemm_int8_task((const GemmI8Job *)(const void *)g, task, block_avxvnni);
+}
+
+#else /* not x86-64: never picked (gemm_kernel_runs() says 0) */
+
+void QFN(gemm_avxvnni_run_task)(const GemmJob *g, int task) {
+    (void)g;
+    (void)task;
+}
+
+#endif

@@ -1,0 +1,78 @@
+/* gemm_int8.c: packing B for the int8 kernels, and the driver they share (see gemm_int8.h). */
+#include "gemm_int8.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int kpad(int k) { return (k + 3) / 4 * 4; }
+
+/* b (k x n, leading dimension ldb) -> p->i8 (layout of gemm_int8.h) and p->wscale. */
+int gemm_int8_pack(PackedB *p, const float *b, int k, int n, int ldb) {
+    int kp = kpad(k), np = (n + I8_NR - 1) / I8_NR;
+    size_t bytes = ((size_t)np * kp * I8_NR + 63) / 64 * 64;
+    int8_t *data = aligned_alloc(64, bytes ? bytes : 64);
+    float *ws = malloc(sizeof(float) * (n > 0 ? n : 1));
+    if (!data || !ws) {
+        free(data);
+        free(ws);
+        return -1;
+    }
+    memset(data, 0, bytes ? bytes : 64);
+    for (int col = 0; col < n; col++) {
+        float amax = 0.0f;
+        for (int kk = 0; kk < k; kk++) {
+            float v = fabsf(b[(size_t)kk * ldb + col]);
+            amax = v > amax ? v : amax;
+        }
+        float s = amax / 127.0f;
+        ws[col] = s;
+        int8_t *panel = data + (size_t)(col / I8_NR) * kp * I8_NR;
+        for (int kk = 0; s > 0.0f && kk < k; kk++) {
+            float q = nearbyintf(b[(size_t)kk * ldb + col] / s); /* round half to even */
+            q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+            panel[(size_t)(kk / 4) * 128 + (col % I8_NR) * 4 + kk % 4] = (int8_t)q;
+        }
+    }
+    p->k = k;
+    p->n = n;
+    p->i8 = data;
+    p->wscale = ws;
+    return 0;
+}
+
+void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block) {
+    const GemmJob *g = &j->g;
+    int r0, r1, j0, j1;
+    int k = g->b->k, n = g->b->n, kp = kpad(k), kg = k / 4, tail = k % 4;
+    gemm_task_bounds(g, I8_NR, task, &r0, &r1, &j0, &j1);
+    int32_t acc[I8_MB * I8_NR] __attribute__((aligned(64)));
+    for (int r = r0; r < r1; r += I8_MB) {
+        int mr = r1 - r < I8_MB ? r1 - r : I8_MB;
+        const uint8_t *a = j->a + (size_t)r * j->lda;
+        for (int pj = j0; pj < j1; pj++) {
+            int col = pj * I8_NR, nr = n - col < I8_NR ? n - col : I8_NR;
+            const int8_t *panel = g->b->i8 + (size_t)pj * kp * I8_NR;
+            block(a, j->lda, panel, kg, acc, mr);
+            for (int i = 0; tail && i < mr; i++) /* the last k % 4 values of k */
+                for (int jj = 0; jj < nr; jj++)
+                    for (int t = 0; t < tail; t++)
+                        acc[i * I8_NR + jj] += (int32_t)a[(size_t)i * j->lda + 4 * kg + t] *
+                                               panel[(size_t)kg * 128 + jj * 4 + t];
+            /* the epilogue: one rounding per operation, in this order (no contraction: -std=c11) */
+            const float *sc = j->scale + col, *bias = g->bias ? g->bias + col : NULL;
+            for (int i = 0; i < mr; i++) {
+                float *dst = g->c + (size_t)(r + i) * g->ldc + col;
+                const float *res = g->residual ? g->residual + (size_t)(r + i) * g->ldc + col : NULL;
+                const int32_t *s = acc + i * I8_NR;
+                for (int jj = 0; jj < nr; jj++) {
+                    float v = (float)s[jj] * sc[jj];
+                    if (bias) v = v + bias[jj];
+                    if (res) v = v + res[jj];
+                    if (g->relu) v = v > 0.0f ? v : 0.0f;
+                    dst[jj] = v;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+/* gemm_int8.h: what the int8 kernels (gemm_avx512vnni.c, gemm_avxvnni.c, gemm_avx2int8.c) share:
+ * the job, the packed layout of B, and the driver that runs one task. The kernels compute exact
+ * int32 sums; everything in floating point (the epilogue) is here, in one order, so every kernel
+ * gives the same bits.
+ *
+ *     C[m x n] = relu?( float(A . Bq) * scale + bias (+ residual) )     per column, in that order
+ *
+ * A is uint8 with values 0..127 (the activations, quantised by the caller): with B in -127..127 a
+ * VPMADDUBSW pair sum is at most 2 * 127 * 127 = 32258, so the AVX2 kernel never saturates and
+ * all kernels give the same integers. Products are summed in int32 (exact for k < 133000).
+ *
+ * Packed B (gemm_int8_pack): each column quantised symmetrically, wscale[j] = max_k |B[k][j]| / 127
+ * (0 for a zero column), Bq = rint(B / wscale) in -127..127 (round half to even). K is padded
+ * with zeros to kp = a multiple of 4, N to panels of 32 columns. Panel j starts at
+ * i8 + j * kp * 32; in it, group g (k = 4g .. 4g + 3) is 128 bytes, 4 per column:
+ *
+ *     panel_j[g * 128 + col * 4 + t] = Bq[4 g + t][32 j + col]
+ *
+ * which is the B operand of VPDPBUSD as it is (a 32-bit lane per column), and of VPMADDUBSW.
+ *
+ * The driver (gemm_int8_task): task grid of gemm_kernels.h (32-column panels); for each
+ * I8_MB rows, for each panel, the kernel writes the rows' int32 sums over the whole groups of 4
+ * to a stack buffer, the driver adds the last k % 4 products and applies the epilogue. */
+#ifndef COVIDX_GEMM_INT8_H
+#define COVIDX_GEMM_INT8_H
+
+#include <stdint.h>
+
+#include "gemm_kernels.h"
+
+#define I8_NR 32 /* columns per panel */
+#define I8_MB 24 /* rows per kernel call: whole tiles of 12, 6 and 4 */
+
+/* An int8 GEMM: the fp32 job's fields say the shape, B (packed by an int8 kernel), C and the
+ * epilogue (g.a is not read); the int8 kernels' run_task (gemm.h) takes &job->g. */
+typedef struct {
+    GemmJob g;
+    const uint8_t *a;   /* row r at a + r * lda: k values in 0..127 */
+    size_t lda;
+    const float *scale; /* (n): the scale of A times each column's wscale */
+} GemmI8Job;
+
+/* The kernel's part: c[rows x 32] (row stride 32) = a[rows][0 .. 4 kg) . the panel's first kg
+ * groups, in int32; 1 <= rows <= I8_MB. */
+typedef void (*I8BlockFn)(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows);
+
+/* Task `task` of the grid through block(). */
+void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block);
+
+#endif
