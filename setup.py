@@ -32,7 +32,7 @@ GEMM_SOURCES = ["csrc/gemm_dispatch.c", "csrc/gemm_avx2.c", "csrc/gemm_avx512.c"
 # their own: tests/winograd_check.c is built from these lists.
 WINOGRAD_SOURCES = ["csrc/winograd.c", "csrc/winograd_avx512.c", "csrc/winograd_avx512_emu.c", "csrc/threadpool.c"]
 SOURCES = ["csrc/module.c", "csrc/resnet50.c", "csrc/layers.c", "csrc/layers_ref.c",
-           "csrc/unfamiliar.c"] + WINOGRAD_SOURCES + GEMM_SOURCES
+           "csrc/unfamiliar.c", "csrc/conv_int8.c", "csrc/net_int8.c"] + WINOGRAD_SOURCES + GEMM_SOURCES
 CFLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fno-strict-aliasing", "-fvisibility=hidden"]
 LDFLAGS = ["-pthread"]
 

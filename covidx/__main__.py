@@ -35,7 +35,7 @@ from covidx.distributed import image_files  # needs no dask
 
 def load_default_or(path, precision="fp32", class_names=None):
     """(model, trained): the given file, the shipped model, or (where none is installed) the
-    articles' architecture with random weights, said plainly. precision: 'fp32' or 'bf16'."""
+    articles' architecture with random weights, said plainly. precision: 'fp32', 'bf16' or 'int8'."""
     if path:
         return covidx.load_model(path, precision=precision, class_names=class_names), True
     try:
@@ -501,7 +501,8 @@ def parser():
         p.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="images per forward pass (default 16)")
         p.add_argument("--precision", choices=covidx._config.precisions(), default="fp32",
-                       help="bf16: faster on CPUs with AMX or AVX512_BF16, outputs within bf16 rounding of fp32 "
+                       help="bf16: faster on CPUs with AMX or AVX512_BF16, outputs within bf16 rounding of fp32; "
+                       "int8: faster on CPUs with AVX2 or VNNI, for models calibrated with Model.calibrate_int8 "
                        "(default fp32; `covidx info` shows the kernel each uses)")
     sub.add_parser("info", help="versions, OpenBLAS kernel, GEMM kernel per precision, threads, model card")
     sub.add_parser("samples", help="the same as `covidx evaluate` on the bundled samples")

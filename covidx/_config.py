@@ -97,12 +97,14 @@ def config():
         "openblas_corename": blas["corename"],
         "openblas_threads": blas["num_threads"],
         "conv_gemm": kernel_description(kernels["fp32"]),
-        "kernels": {"fp32": kernels["fp32"], "bf16": kernels["bf16"]},
+        "kernels": {p: kernels[p] for p in precisions()},
         "bf16_note": kernels["bf16_note"],
+        "int8_note": kernels["int8_note"],
         "covidx_gemm": env,
         "threads": get_num_threads(),
         "cpus": cpu["cpus"],
-        "cpu_features": [k for k in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if cpu[k]],
+        "cpu_features": [k for k in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
+                                     "amx_tile") if cpu[k]],
         # OpenBLAS's kernel only matters where it runs the convolutions (COVIDX_GEMM=openblas, or no AVX2)
         "warning": "; ".join(w for w in (kernel_warning(blas["corename"], cpu) if kernels["fp32"] == "openblas" else None,
                                          gemm_env_warning(env)) if w) or None,
@@ -131,6 +133,13 @@ def show_config():
         print("                bf16 (precision='bf16'): none; such models run in fp32 (%s)" % bf16)
     if c["bf16_note"]:
         print("                note: %s" % c["bf16_note"])
+    int8 = c["kernels"]["int8"]
+    if kernel_precision(int8) == "int8":
+        print("                int8 (precision='int8', calibrated models): %s" % kernel_description(int8))
+    else:
+        print("                int8 (precision='int8', calibrated models): none; such models run in fp32 (%s)" % int8)
+    if c["int8_note"]:
+        print("                note: %s" % c["int8_note"])
     if c["covidx_gemm"]:
         print("  COVIDX_GEMM:  %s" % c["covidx_gemm"])
     print("  threads:      %d engine threads x %d OpenBLAS thread(s) each; %d CPUs available"

@@ -225,6 +225,8 @@ class Model(model_mod.Model):
         synced = self.__dict__.get("_synced")
         if self._unfamiliar is not None and synced is not None and synced[0] is not self._base._engine:
             self._drop_unfamiliar()  # the backbone model's weights changed, not only the head's
+        if self.int8_calibration is not None and synced is not None and synced[0] is not self._base._engine:
+            self._drop_int8_calibration()  # its scales were measured on the old backbone
         self.__dict__["_head_store"] = head
         self.__dict__["_engine_store"] = self._engine_for(dict(self._base._weights, **head))
         self._synced = self._state()

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from . import _config, _core, architecture, checks, evaluation, layer_table, safetensors_io
+from . import _config, _core, architecture, checks, evaluation, int8, layer_table, safetensors_io
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from .progbar import Progbar
@@ -120,6 +120,9 @@ class InputRescaling:
         scaled = np.ascontiguousarray(x * self.scale + self.offset, np.float32)
         return self.engine.forward(scaled, **kwargs)
 
+    def activation_histograms(self, x):
+        return self.engine.activation_histograms(np.ascontiguousarray(x * self.scale + self.offset, np.float32))
+
     def __getattr__(self, name):  # workspace_bytes, set_unfamiliar, ...: the engine's own
         return getattr(self.engine, name)
 
@@ -160,6 +163,7 @@ class Model:
         self._unfamiliar = None
         self._trainable = True
         self.calibration = None  # how the outputs were calibrated (a dict, kept in covidx files), if they were
+        self.int8_calibration = None  # the int8 mode's input scales (calibrate_int8; kept in covidx files)
         self._set_named_weights(weights)
 
     # --- weights ---------------------------------------------------------------------------------
@@ -198,10 +202,13 @@ class Model:
             if a.shape != tuple(shape):
                 raise ValueError("weights[%r]: expected shape %s, got %s" % (key, tuple(shape), a.shape))
             weights[key] = np.array(a, dtype=np.float32, order="C")
-        if self._unfamiliar is not None:
+        if self._unfamiliar is not None or self.int8_calibration is not None:
             head = {"%s/%s" % (d["name"], w) for d in self.architecture.get("head", []) for w in ("kernel", "bias")}
             if not all(np.array_equal(weights[k], self._weights[k]) for k in weights if k not in head):
-                self._drop_unfamiliar()
+                if self._unfamiliar is not None:
+                    self._drop_unfamiliar()
+                if self.int8_calibration is not None:
+                    self._drop_int8_calibration()
         self._engine = self._engine_for(weights)
         self._weights = weights
 
@@ -213,6 +220,15 @@ class Model:
                       "were dropped; refit them with covidx.fit_unfamiliar" % self.name, stacklevel=4)
         self._unfamiliar = None
 
+    def _drop_int8_calibration(self):
+        """Scales measured on the old backbone's activations would be wrong for a new one."""
+        warnings.warn("model %r: the backbone's weights changed, so its int8 calibration was dropped%s; calibrate "
+                      "again with model.calibrate_int8(training_images)"
+                      % (self.name, " and it runs in fp32" if self._precision == "int8" else ""), stacklevel=4)
+        self.int8_calibration = None
+        if self._precision == "int8":
+            self._precision, self._kernel = "fp32", None
+
     def _engine_for(self, weights):
         """The C engine of these named float32 weights, with this model's precision and
         out-of-distribution statistics applied. The one place an engine is made (a functional model
@@ -220,6 +236,8 @@ class Model:
         engine = self._build_engine(weights)
         if self._unfamiliar is not None:
             engine.set_unfamiliar(self._unfamiliar.engine_args())
+        if self.int8_calibration is not None:
+            engine.set_int8_scales(int8.scale_array(self.int8_calibration, self.architecture))
         if self._precision != "fp32":  # the new engine packs its weights for bf16 too
             self._kernel = tuple(engine.set_precision(self._precision))
         return engine
@@ -228,8 +246,9 @@ class Model:
 
     @property
     def precision(self):
-        """'fp32' (the default) or 'bf16', as set by set_precision (see precision_info for the
-        kernel that actually runs: bf16 falls back to fp32 where the CPU has no bf16 kernel)."""
+        """'fp32' (the default), 'bf16' or 'int8', as set by set_precision (see precision_info for
+        the kernel that actually runs: bf16 and int8 fall back to fp32 where the CPU has no kernel
+        for them)."""
         return self._precision
 
     def set_precision(self, precision):
@@ -240,8 +259,20 @@ class Model:
         it has neither (or COVIDX_GEMM rules them out), the model keeps running in fp32 and a
         RuntimeWarning says so; precision_info() and show_config() say which kernel runs. 'fp32':
         back to full precision (the default). Outputs in bf16 differ from fp32 by bf16 rounding:
-        see README, 'Precision and CPU kernels'."""
+        see README, 'Precision and CPU kernels'.
+
+        'int8': the convolutions after the stem run in int8: weights (batchnorm folded) quantised
+        per output channel, symmetric, once, now; each convolution's input quantised to 0..127
+        with the scale calibrate_int8 found for it; sums exact in int32, then scaled back to fp32
+        with the bias, residual and ReLU (the stem, pooling and the Dense head stay fp32). On
+        AVX-512 VNNI, else AVX-VNNI, else AVX2; a model without int8 calibration is refused
+        (ValueError: calibrate it first with calibrate_int8 on training images)."""
         checks.precision(precision)
+        if precision == "int8" and self.int8_calibration is None:
+            raise ValueError("precision 'int8': model %r has no int8 calibration; calibrate it first on training "
+                             "images (never on the images you measure it on): model.calibrate_int8(images), "
+                             "then save it to keep the scales (weights/calibrate_int8.py does this for the shipped "
+                             "model)" % self.name)
         kernel, note = self._engine.set_precision(precision)
         self._precision = precision
         self._kernel = (kernel, note)
@@ -251,9 +282,34 @@ class Model:
             warnings.warn("model %r: %s" % (self.name, note), RuntimeWarning, stacklevel=2)
         return self
 
+    def calibrate_int8(self, x, batch_size=None, steps=None, verbose=0, method="mse"):
+        """Calibrates the int8 mode (set_precision('int8')) on images x: an array (batch, height,
+        width, 3), preprocessed as for predict, or an image iterator / generator (steps: how many
+        of its batches). Use training images, never the ones the model is measured on. Runs x in
+        fp32 and picks each convolution's input scale from a histogram of its values (method
+        'mse': least squared error, the default; or 'max': no clipping), see covidx.int8. The
+        scales are kept in int8_calibration and saved with the model (.safetensors). A model
+        already in int8 switches to the new scales. Returns int8_calibration."""
+        from . import int8
+
+        calibration = int8.calibrate(self, x, batch_size=checks.positive_int(batch_size, "batch_size"),
+                                     steps=checks.positive_int(steps, "steps"), verbose=verbose, method=method)
+        self._set_int8_calibration(calibration)
+        return calibration
+
+    def _set_int8_calibration(self, calibration):
+        """Takes calibration (checked), gives its scales to the engine and re-applies int8."""
+        from . import int8
+
+        self.int8_calibration = int8.check_calibration(calibration, self.architecture)
+        self._engine.set_int8_scales(int8.scale_array(calibration, self.architecture))
+        if self._precision == "int8":
+            self._kernel = tuple(self._engine.set_precision("int8"))
+
     def precision_info(self):
-        """{'precision': asked for, 'running': 'fp32' or 'bf16', 'kernel': the GEMM kernel of the
-        convolutions, 'note': why bf16 runs elsewhere than on AMX (or in fp32), else None}."""
+        """{'precision': asked for, 'running': 'fp32', 'bf16' or 'int8', 'kernel': the GEMM kernel
+        of the convolutions, 'note': why bf16 runs elsewhere than on AMX, or int8 elsewhere than on
+        AVX-512 VNNI (or either in fp32), else None}."""
         if self._kernel is None:
             kernel, note = _core.gemm_kernels()["fp32"], None
         else:
@@ -670,6 +726,8 @@ class Model:
         if self._compiled is not None and self._compiled["config"]["loss"] is not None:
             meta["training_config"] = json.dumps(self._compiled["config"])
         tensors = {k: v.astype(dtype) for k, v in self._weights.items()}
+        if self.int8_calibration is not None:
+            meta["int8_calibration"] = json.dumps(self.int8_calibration)
         if self._unfamiliar is not None:  # always float32: the residual term is a small difference
             stats_tensors, meta["unfamiliar"] = self._unfamiliar.to_file()
             tensors.update(stats_tensors)
@@ -743,8 +801,8 @@ def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, 
     load_model() (path None) loads the shipped model (FileNotFoundError where none is installed).
     class_names: for files that do not record them. compile=False gives an uncompiled model (as
     Keras: evaluate() then asks for compile()); nothing in a file is ever executed, so
-    custom_objects and safe_mode change nothing. precision: 'fp32' (default) or 'bf16'
-    (Model.set_precision)."""
+    custom_objects and safe_mode change nothing. precision: 'fp32' (default), 'bf16' or 'int8'
+    (Model.set_precision; int8 needs a file with int8 calibration, see Model.calibrate_int8)."""
     checks.precision(precision)
     model = _load_model(path, class_names, compile)
     if precision != "fp32":
@@ -798,6 +856,8 @@ def _load_model(path, class_names, compile):
                       preprocessing=field("preprocessing"), name=meta.get("name", "resnet50"))
         calibration = field("calibration")
         model.calibration = calibration if isinstance(calibration, dict) else None
+        if "int8_calibration" in meta:
+            model._set_int8_calibration(field("int8_calibration"))
         if "unfamiliar" in meta or stats:
             from .unfamiliar import UnfamiliarStats
 

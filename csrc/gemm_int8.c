@@ -25,12 +25,12 @@ int gemm_int8_pack(PackedB *p, const float *b, int k, int n, int ldb) {
             float v = fabsf(b[(size_t)kk * ldb + col]);
             amax = v > amax ? v : amax;
         }
-        float s = amax / 127.0f;
+        float s = amax / (float)I8_WMAX;
         ws[col] = s;
         int8_t *panel = data + (size_t)(col / I8_NR) * kp * I8_NR;
         for (int kk = 0; s > 0.0f && kk < k; kk++) {
             float q = nearbyintf(b[(size_t)kk * ldb + col] / s); /* round half to even */
-            q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+            q = q > (float)I8_WMAX ? (float)I8_WMAX : q < -(float)I8_WMAX ? -(float)I8_WMAX : q;
             panel[(size_t)(kk / 4) * 128 + (col % I8_NR) * 4 + kk % 4] = (int8_t)q;
         }
     }

@@ -28,6 +28,8 @@
 
 #include "gemm_kernels.h"
 
+#define I8_AMAX 127 /* A in 0 .. I8_AMAX */
+#define I8_WMAX 127 /* B in -I8_WMAX .. I8_WMAX: a VPMADDUBSW pair, 2 * 127 * 127 = 32258, fits int16 */
 #define I8_NR 32 /* columns per panel */
 #define I8_MB 24 /* rows per kernel call: whole tiles of 12, 6 and 4 */
 

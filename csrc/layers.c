@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "conv_int8.h"
 #include "threadpool.h"
 #include "winograd.h"
 
@@ -40,6 +41,7 @@ static int chunk_rows(const Conv *c, int m) {
 }
 
 size_t conv_scratch_floats(const Conv *c, int n, int h, int w) {
+    if (conv_is_int8(c)) return conv_int8_scratch_floats(c, n, h, w);
     if (winograd_worth_it(c, n, h, w)) return winograd_scratch_floats(c, n, h, w);
     if (!needs_im2col(c)) return 0;
     int m = n * out_size(h, c->kh, c->stride, c->pad) * out_size(w, c->kw, c->stride, c->pad);
@@ -179,6 +181,10 @@ static void gemm_epilogue(Gemm *g) {
 
 void conv2d(const Conv *c, const float *x, int n, int h, int w, float *out, const float *residual,
             int relu, float *scratch) {
+    if (conv_is_int8(c)) {
+        conv2d_int8(c, x, n, h, w, out, residual, relu, scratch);
+        return;
+    }
     if (winograd_worth_it(c, n, h, w)) {
         conv2d_winograd(c, x, n, h, w, out, residual, relu, scratch);
         return;

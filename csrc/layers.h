@@ -19,6 +19,8 @@ typedef struct {
     PackedB wino_packed[16];            /* the Winograd planes packed (then wino is NULL) */
     PackedB packed_bf16;                /* w packed for a bf16 kernel in the bf16 mode, else all NULL;
                                          * when present it is used, and Winograd is not */
+    struct ConvInt8 *int8;              /* the int8 mode's weights and scales, and the calibration
+                                         * histogram (conv_int8.h), or NULL */
     int winograd;                       /* 1 when either Winograd form is ready */
     int wino_min_tiles;                 /* use Winograd for batches with at least this many tiles */
 } Conv;

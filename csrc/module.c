@@ -7,6 +7,8 @@
  *       input_norm_eps > 0: each image is standardised before the first convolution
  *   Engine.set_unfamiliar([(offset, basis (d, r), variances (r,), residual_variance, means (k, d),
  *                           threshold), ...]), or set_unfamiliar(None) to drop the statistics
+ *   Engine.set_precision('fp32' | 'bf16' | 'int8'), Engine.set_int8_scales(scales (53,) or None),
+ *   Engine.activation_histograms(x) -> (53, 32768) counts (the int8 mode's calibration)
  *   Engine.forward(x, output=0, reference=False, unfamiliar=False) -> ndarray, or
  *       (ndarray, scores (n,)) with unfamiliar=True; output 3: the descriptor (resnet50.h)
  *   DESCRIPTOR_FLOATS, DESCRIPTOR_TAP_OFFSETS: its size and where each tap's values start
@@ -27,6 +29,7 @@
 #include "blas.h"
 #include "gemm.h"
 #include "cpu.h"
+#include "conv_int8.h"
 #include "resnet50.h"
 #include "threadpool.h"
 
@@ -425,25 +428,30 @@ static PyObject *Engine_set_unfamiliar(EngineObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* set_precision('fp32' | 'bf16') -> (kernel name, note or None). bf16: the convolutions' weights
- * (all but the stem's)
- * are rounded to bf16 and packed for the bf16 kernel gemm_dispatch.c picks (asking Linux for AMX
- * the first time); where there is none, or the request fails, the engine stays in fp32 and the
- * note says why. */
+/* set_precision('fp32' | 'bf16' | 'int8') -> (kernel name, note or None). bf16: the convolutions'
+ * weights (all but the stem's) are rounded to bf16 and packed for the bf16 kernel gemm_dispatch.c
+ * picks (asking Linux for AMX the first time); int8: quantised per output channel and packed for
+ * the int8 kernel, with the input scales of set_int8_scales (a ValueError without them). Where
+ * there is no such kernel, or the request fails, the engine stays in fp32 and the note says why. */
 static PyObject *Engine_set_precision(EngineObject *self, PyObject *arg) {
     if (!self->built) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
         return NULL;
     }
     if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "precision: expected 'fp32' or 'bf16'");
+        PyErr_SetString(PyExc_TypeError, "precision: expected 'fp32', 'bf16' or 'int8'");
         return NULL;
     }
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    int bf16 = strcmp(name, "bf16") == 0;
-    if (!bf16 && strcmp(name, "fp32") != 0) {
-        PyErr_Format(PyExc_ValueError, "precision: expected 'fp32' or 'bf16', got %R", arg);
+    int bf16 = strcmp(name, "bf16") == 0, int8 = strcmp(name, "int8") == 0;
+    if (!bf16 && !int8 && strcmp(name, "fp32") != 0) {
+        PyErr_Format(PyExc_ValueError, "precision: expected 'fp32', 'bf16' or 'int8', got %R", arg);
+        return NULL;
+    }
+    if (int8 && !self->net.int8_scales) {
+        PyErr_SetString(PyExc_ValueError, "precision 'int8': this engine has no activation scales (set_int8_scales); "
+                        "calibrate the model on training images first");
         return NULL;
     }
     const char *why = NULL;
@@ -453,13 +461,112 @@ static PyObject *Engine_set_precision(EngineObject *self, PyObject *arg) {
     if (bf16) {
         kernel = gemm_bf16_kernel(&why);
         if (gemm_kernel_is_bf16(kernel)) kernel = gemm_bf16_enable(kernel, &why);
+    } else if (int8) {
+        kernel = gemm_int8_kernel(&why);
     }
     rc = net_set_bf16(&self->net, gemm_kernel_is_bf16(kernel) ? kernel : 0);
+    if (rc == 0) rc = net_set_int8(&self->net, gemm_kernel_is_int8(kernel) ? kernel : 0);
     pthread_mutex_unlock(&g_compute);
     Py_END_ALLOW_THREADS
     if (rc != 0) return PyErr_NoMemory();
-    int used = self->net.bf16_kernel ? self->net.bf16_kernel : gemm_fp32_kernel();
+    int used = self->net.bf16_kernel ? self->net.bf16_kernel : self->net.int8_kernel ? self->net.int8_kernel
+                                                                                     : gemm_fp32_kernel();
     return Py_BuildValue("(sz)", gemm_kernel_name(used), why);
+}
+
+/* set_int8_scales(scales (53,) or None): the scale of each convolution's input for the int8 mode
+ * (entry 0, the stem's, is not used; 0: that convolution stays fp32). Takes effect at the next set_precision('int8'); None drops
+ * them (and the int8 mode: the engine runs fp32). */
+static PyObject *Engine_set_int8_scales(EngineObject *self, PyObject *arg) {
+    if (!self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
+        return NULL;
+    }
+    float *scales = NULL;
+    if (arg != Py_None) {
+        PyArrayObject *a = as_f32(arg, 1, "int8 scales");
+        if (!a) return NULL;
+        if (PyArray_DIM(a, 0) != RESNET50_NCONV) {
+            PyErr_Format(PyExc_ValueError, "int8 scales: expected %d values, got %zd", RESNET50_NCONV,
+                         (Py_ssize_t)PyArray_DIM(a, 0));
+            Py_DECREF(a);
+            return NULL;
+        }
+        const float *v = PyArray_DATA(a);
+        for (int i = 1; i < RESNET50_NCONV; i++)
+            if (!(v[i] == 0.0f || (v[i] > 0.0f && v[i] <= 1e30f && 1.0f / v[i] <= 1e30f))) {
+                PyErr_Format(PyExc_ValueError, "int8 scales: value %d is %g; expected a positive finite number "
+                             "(or 0: that convolution stays fp32)", i, (double)v[i]);
+                Py_DECREF(a);
+                return NULL;
+            }
+        scales = malloc(sizeof(float) * RESNET50_NCONV);
+        if (!scales) {
+            Py_DECREF(a);
+            return PyErr_NoMemory();
+        }
+        memcpy(scales, v, sizeof(float) * RESNET50_NCONV);
+        Py_DECREF(a);
+    }
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&g_compute);
+    free(self->net.int8_scales);
+    self->net.int8_scales = scales;
+    if (!scales && self->net.int8_kernel) rc = net_set_int8(&self->net, 0);
+    pthread_mutex_unlock(&g_compute);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* activation_histograms(x) -> uint64 (53, INT8_HIST_BINS): a forward pass over x (to the last
+ * feature map) counting each convolution's input values by the upper 16 bits of their float32
+ * (conv_int8.h); row 0, the stem's, is zeros. The int8 mode is calibrated from these. */
+static PyObject *Engine_activation_histograms(EngineObject *self, PyObject *xo) {
+    if (!self->built) {
+        PyErr_SetString(PyExc_RuntimeError, "Engine is not built");
+        return NULL;
+    }
+    PyArrayObject *x = as_f32(xo, 4, "input");
+    if (!x) return NULL;
+    npy_intp n = PyArray_DIM(x, 0), h = PyArray_DIM(x, 1), w = PyArray_DIM(x, 2), c = PyArray_DIM(x, 3);
+    if (n < 1 || h < 32 || w < 32 || c != 3 || (double)n * h * w * 16.0 > (double)INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "input: expected shape (batch >= 1, height >= 32, width >= 32, 3) of a "
+                     "moderate size, got (%zd, %zd, %zd, %zd)", (Py_ssize_t)n, (Py_ssize_t)h, (Py_ssize_t)w,
+                     (Py_ssize_t)c);
+        Py_DECREF(x);
+        return NULL;
+    }
+    int ho, wo;
+    resnet50_feature_map_size(self->net.variant, (int)h, (int)w, &ho, &wo);
+    npy_intp hdims[2] = {RESNET50_NCONV, INT8_HIST_BINS};
+    PyArrayObject *hist = (PyArrayObject *)PyArray_SimpleNew(2, hdims, NPY_UINT64);
+    float *fmap = malloc(sizeof(float) * (size_t)n * ho * wo * 2048);
+    if (!hist || !fmap) {
+        Py_DECREF(x);
+        Py_XDECREF(hist);
+        free(fmap);
+        return hist ? PyErr_NoMemory() : NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&g_compute);
+    rc = net_int8_observe(&self->net, 1, NULL);
+    if (rc == 0) {
+        resnet50_interrupt = 0;
+        rc = resnet50_forward(&self->net, PyArray_DATA(x), (int)n, (int)h, (int)w, OUT_FEATURE_MAP, 0, fmap, NULL);
+    }
+    net_int8_observe(&self->net, 0, PyArray_DATA(hist));
+    pthread_mutex_unlock(&g_compute);
+    Py_END_ALLOW_THREADS
+    free(fmap);
+    Py_DECREF(x);
+    if (rc != 0) {
+        Py_DECREF(hist);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)hist;
 }
 
 static PyObject *Engine_workspace_bytes(EngineObject *self, PyObject *Py_UNUSED(ignored)) {
@@ -480,7 +587,12 @@ static PyMethodDef Engine_methods[] = {
      "projection_mean, cells]), ...]) or set_unfamiliar(None):\n"
      "the out-of-distribution statistics, a Gaussian per part over descriptor[offset:offset + d]."},
     {"set_precision", (PyCFunction)Engine_set_precision, METH_O,
-     "set_precision('fp32' | 'bf16') -> (kernel, note or None): the convolutions' arithmetic."},
+     "set_precision('fp32' | 'bf16' | 'int8') -> (kernel, note or None): the convolutions' arithmetic."},
+    {"set_int8_scales", (PyCFunction)Engine_set_int8_scales, METH_O,
+     "set_int8_scales(scales (53,) float32 or None): each convolution's input scale for the int8 mode."},
+    {"activation_histograms", (PyCFunction)Engine_activation_histograms, METH_O,
+     "activation_histograms(x) -> uint64 (53, 32768): each convolution's input values over x, binned by\n"
+     "the upper 16 bits of their float32 (values <= 0 in bin 0); for calibrating the int8 mode."},
     {"workspace_bytes", (PyCFunction)Engine_workspace_bytes, METH_NOARGS,
      "Bytes held by the activation buffers of the current plan."},
     {NULL, NULL, 0, NULL}};
@@ -527,13 +639,13 @@ static PyObject *blas_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
                          gemm_available() ? Py_True : Py_False);
 }
 
-/* The kernel each precision would use now: {'fp32': name, 'bf16': name, 'bf16_note': str or None}.
- * Reads COVIDX_GEMM; does not ask Linux for AMX. */
+/* The kernel each precision would use now: {'fp32': name, 'bf16': name, 'bf16_note': str or None,
+ * 'int8': name, 'int8_note': str or None}. Reads COVIDX_GEMM; does not ask Linux for AMX. */
 static PyObject *gemm_kernels(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
-    const char *why = NULL;
-    int bf16 = gemm_bf16_kernel(&why);
-    return Py_BuildValue("{s:s,s:s,s:z}", "fp32", gemm_kernel_name(gemm_fp32_kernel()), "bf16",
-                         gemm_kernel_name(bf16), "bf16_note", why);
+    const char *why = NULL, *why8 = NULL;
+    int bf16 = gemm_bf16_kernel(&why), int8 = gemm_int8_kernel(&why8);
+    return Py_BuildValue("{s:s,s:s,s:z,s:s,s:z}", "fp32", gemm_kernel_name(gemm_fp32_kernel()), "bf16",
+                         gemm_kernel_name(bf16), "bf16_note", why, "int8", gemm_kernel_name(int8), "int8_note", why8);
 }
 
 /* The dispatch table's rows, in its order: [{'name', 'precision', 'about', 'emulated', 'runs',
@@ -559,11 +671,13 @@ static PyObject *gemm_kernel_table(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a
 
 static PyObject *cpu_info(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
     CpuFeatures f = cpu_features();
-    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:i}", "avx2", f.avx2 ? Py_True : Py_False, "fma",
+    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:i}", "avx2", f.avx2 ? Py_True : Py_False, "fma",
                          f.fma ? Py_True : Py_False, "avx512f", f.avx512f ? Py_True : Py_False,
                          "avx512_bf16", f.avx512_bf16 ? Py_True : Py_False, "amx_bf16",
                          f.amx_bf16 ? Py_True : Py_False, "amx_tile", f.amx_tile ? Py_True : Py_False,
-                         "amx_palette", f.amx_palette ? Py_True : Py_False, "cpus", cpu_count_online());
+                         "amx_palette", f.amx_palette ? Py_True : Py_False, "avx512_vnni",
+                         f.avx512_vnni ? Py_True : Py_False, "avx_vnni", f.avx_vnni ? Py_True : Py_False,
+                         "cpus", cpu_count_online());
 }
 
 static PyMethodDef module_methods[] = {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conv_int8.h"
 #include "winograd.h"
 
 static const int STAGE_FILTERS[4] = {64, 128, 256, 512};
@@ -98,6 +99,8 @@ static void plan_free(Plan *p) {
     memset(p, 0, sizeof(*p));
 }
 
+void resnet50_plan_free(Net *net) { plan_free(&net->plan); }
+
 void net_free(Net *net) {
     Conv *slots[RESNET50_NCONV];
     resnet50_conv_slots(net, slots);
@@ -107,6 +110,7 @@ void net_free(Net *net) {
         free(slots[i]->wino);
         gemm_pack_free(&slots[i]->packed);
         gemm_pack_free(&slots[i]->packed_bf16);
+        conv_int8_free(slots[i]);
         for (int xi = 0; xi < 16; xi++) gemm_pack_free(&slots[i]->wino_packed[xi]);
     }
     for (int i = 0; i < MAX_DENSE; i++) { /* all slots: a layer that failed to load may hold memory */
@@ -115,6 +119,7 @@ void net_free(Net *net) {
         gemm_pack_free(&net->head[i].packed);
     }
     net_set_unfamiliar(net, NULL, 0);
+    free(net->int8_scales);
     plan_free(&net->plan);
 }
 
@@ -233,6 +238,7 @@ volatile sig_atomic_t resnet50_interrupt = 0;
 static void run_conv(const Conv *c, const float *x, int n, int h, int w, float *out,
                      const float *residual, int relu, float *scratch, int reference) {
     if (resnet50_interrupt) return;
+    if (c->int8 && c->int8->hist) conv_int8_record(c, x, (size_t)n * h * w * c->cin); /* int8 calibration */
     if (reference)
         conv2d_ref(c, x, n, h, w, out, residual, relu);
     else

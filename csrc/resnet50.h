@@ -5,6 +5,7 @@
 
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "layers.h"
 #include "unfamiliar.h"
@@ -71,6 +72,9 @@ typedef struct {
     int sub_batch; /* images per pass through the network (0: SUB_BATCH) */
     int bf16_kernel; /* the bf16 mode's kernel (enum GemmKernel, its weights in each conv's
                       * packed_bf16), or 0 in fp32 */
+    float *int8_scales; /* (RESNET50_NCONV) the calibrated scale of each convolution's input (the
+                         * stem's unused; 0: the convolution stays fp32), or NULL */
+    int int8_kernel;    /* the int8 mode's kernel (each conv's int8, conv_int8.h), or 0 */
 } Net;
 
 /* Fills shapes[RESNET50_NCONV] for the variant. */
@@ -96,6 +100,17 @@ void net_free(Net *net);
 int net_set_bf16(Net *net, int kernel);
 
 /* Output size of the final feature map for an input h x w. */
+/* The int8 mode (net_int8.c): switches the convolutions after the stem to int8 weights for
+ * `kernel` (an int8 kernel) with the input scales in net->int8_scales (which must be set; a
+ * convolution whose scale is 0 stays fp32), or back (kernel 0). 0, or -1 when out of memory (the network is then left in fp32). */
+int net_set_int8(Net *net, int kernel);
+/* Starts (on 1) or stops (on 0) collecting each convolution's input histogram (conv_int8.h);
+ * hist (RESNET50_NCONV x INT8_HIST_BINS) receives them on stop when not NULL. 0, or -1 when out
+ * of memory (nothing is then collected). */
+int net_int8_observe(Net *net, int on, uint64_t *hist);
+/* Drops the buffers (the next pass sizes them again: a precision changes the scratch needed). */
+void resnet50_plan_free(Net *net);
+
 void resnet50_feature_map_size(int variant, int h, int w, int *ho, int *wo);
 
 /* Shape of one image's output for an input h x w: (ho, wo, 2048) for a feature map, else one

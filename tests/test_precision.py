@@ -67,7 +67,7 @@ def test_show_config_names_the_kernel_of_each_precision(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "fp32: " in out and "bf16 (precision='bf16')" in out and "COVIDX_GEMM:  avx2" in out
     c = covidx.config()
-    assert set(c["kernels"]) == {"fp32", "bf16"} and c["covidx_gemm"] == "avx2"
+    assert set(c["kernels"]) == {"fp32", "bf16", "int8"} and c["covidx_gemm"] == "avx2"
     monkeypatch.setenv("COVIDX_GEMM", "fastest")
     assert "COVIDX_GEMM='fastest' is not one of" in covidx.config()["warning"]
 

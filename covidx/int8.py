@@ -1,0 +1,129 @@
+"""Calibrating the int8 mode (Model.calibrate_int8, precision='int8').
+
+In int8 every convolution but the stem reads its input quantised to 7 bits, q = rint(clip(x /
+scale, 0, 127)) (the inputs follow a ReLU, so they are never negative), with one scale per
+convolution for all images. The scales come from the images given here, which must be training
+images (never the images the model is measured on): a forward pass in fp32 counts each
+convolution's input values in a histogram (bins 0.8 % wide, from the engine), and each scale is
+chosen from its histogram:
+
+- 'mse' (the default): the clipping point T (scale = T / 127) with the least expected squared
+  error over the histogram, clipping (values above T) plus rounding (a step of T / 127: values
+  below half a step become 0, the others err by step^2 / 12 on average);
+- 'max': T the largest value seen (no clipping, coarser steps).
+
+The weights (batchnorm folded) are quantised per output channel when the mode is switched on;
+nothing about them is calibrated."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import architecture, evaluation
+from .progbar import Progbar
+
+METHODS = ("mse", "max")
+BINS = 32768
+QMAX = 127  # the largest quantised input (csrc/gemm_int8.h's I8_AMAX)
+# each bin's lower edge and middle, as float64 (bin b: the float32 values whose upper 16 bits are b)
+with np.errstate(invalid="ignore"):  # the bins past infinity hold NaN bit patterns, never counted
+    _EDGES = (np.arange(BINS + 1, dtype=np.uint64) << np.uint64(16)).astype(np.uint32).view(np.float32).astype(np.float64)
+_EDGES[0x7f81:] = np.inf
+_MIDDLES = (_EDGES[:-1] + _EDGES[1:]) / 2
+
+
+def conv_names(arch):
+    """The engine's convolutions in its order (conv1 first): their Keras layer names."""
+    return [name + "_conv" for name, *_ in architecture.conv_layers(arch["variant"])]
+
+
+def histograms(model, x, batch_size=None, steps=None, verbose=0):
+    """(convolutions, BINS) counts of each convolution's input values over the images in x, in
+    fp32 (the model's precision is restored after), and the number of images."""
+    evaluation.require_data(x, "calibrate_int8")
+    source, total, _ = evaluation.batch_source(x, None, batch_size, steps)
+    bar = Progbar(total, verbose=verbose) if verbose else None
+    engine, total_hist, images, step = model._engine, None, 0, 0
+    restore = model._precision != "fp32"
+    if restore:
+        engine.set_precision("fp32")
+    try:
+        for bx, _, _, ok in source:
+            step += 1
+            if isinstance(bx, list):
+                raise ValueError("calibrate_int8: models with several inputs are not supported")
+            if ok is not None:
+                bx = bx[ok]
+            if len(bx) == 0:
+                continue
+            from .model import _as_images
+
+            h = engine.activation_histograms(_as_images(bx))
+            total_hist = h if total_hist is None else total_hist + h
+            images += len(bx)
+            if bar:
+                bar.update(step, [], finalize=False)
+    finally:
+        if restore:
+            model._kernel = tuple(engine.set_precision(model._precision))
+    if bar:
+        bar.update(total if total is not None else step, [], finalize=True)
+    if not images:
+        raise ValueError("calibrate_int8: the data produced no images")
+    return total_hist, images
+
+
+def scale_from_histogram(counts, method="mse"):
+    """The input scale of one convolution from its histogram (see the module's docstring)."""
+    bins = np.flatnonzero(counts[1:]) + 1  # bin 0: zeros, exact at any scale
+    if bins.size == 0:
+        return 1.0  # the input was always 0: any scale gives the same result
+    values, n = _MIDDLES[bins], counts[bins].astype(np.float64)
+    top = _EDGES[bins[-1] + 1]
+    if method == "max":
+        return float(np.float32(top / QMAX))
+    # candidate clipping points: 400 from 1/400 of the largest value up to it, spaced evenly in log
+    cand = top * np.logspace(np.log10(1 / 400), 0, 400)
+    errs = np.empty(cand.size)
+    for i in range(0, cand.size, 50):  # in slices: values x candidates stays small
+        t = cand[i:i + 50, None]
+        step = t / QMAX
+        err = np.where(values > t, (values - t) ** 2, np.minimum(values ** 2, step ** 2 / 12))
+        errs[i:i + 50] = (err * n).sum(axis=1)
+    return float(np.float32(cand[np.argmin(errs)] / QMAX))
+
+
+def calibrate(model, x, batch_size=None, steps=None, verbose=0, method="mse"):
+    """The model's int8 calibration from the images x: {'scales': {conv layer: scale}, 'method',
+    'images'} (the stem, conv1_conv, has none: it stays fp32)."""
+    if method not in METHODS:
+        raise ValueError("method: expected 'mse' or 'max', got %r" % (method,))
+    hist, images = histograms(model, x, batch_size, steps, verbose)
+    names = conv_names(model.architecture)
+    scales = {name: scale_from_histogram(hist[i], method) for i, name in enumerate(names) if i > 0}
+    return {"scales": scales, "method": method, "images": int(images)}
+
+
+def check_calibration(value, arch):
+    """A calibration read from a file or given by the user, checked: the same dict, or a ValueError."""
+    names = conv_names(arch)[1:]
+    if not isinstance(value, dict) or not isinstance(value.get("scales"), dict):
+        raise ValueError("int8_calibration: expected {'scales': {conv layer: scale}, ...}, got %r" % (type(value),))
+    scales = value["scales"]
+    missing = [n for n in names if n not in scales]
+    extra = [n for n in scales if n not in names]
+    if missing or extra:
+        raise ValueError("int8_calibration: scales for %s, expected one per convolution after the stem (%s)"
+                         % ("%d too few (first %r)" % (len(missing), missing[0]) if missing
+                            else "unknown layer %r" % extra[0], names[0]))
+    for n in names:
+        s = scales[n]
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not 1e-30 < s < 1e30):
+            raise ValueError("int8_calibration: scale of %s is %r; expected a positive finite number (or None: "
+                             "that convolution stays fp32)" % (n, s))
+    return value
+
+
+def scale_array(calibration, arch):
+    """The engine's (53,) float32 scales, conv1's (unused) 1, 0 for a convolution kept in fp32."""
+    names = conv_names(arch)
+    return np.array([1.0] + [calibration["scales"][n] or 0.0 for n in names[1:]], np.float32)
