@@ -30,7 +30,7 @@
 
 #define I8_AMAX 127 /* A in 0 .. I8_AMAX */
 #define I8_WMAX 127 /* B in -I8_WMAX .. I8_WMAX: a VPMADDUBSW pair, 2 * 127 * 127 = 32258, fits int16 */
-#define I8_NR 32 /* columns per panel */
+#define I8_NR GEMM_INT8_NR /* columns per panel */
 #define I8_MB 24 /* rows per kernel call: whole tiles of 12, 6 and 4 */
 
 /* An int8 GEMM: the fp32 job's fields say the shape, B (packed by an int8 kernel), C and the

@@ -36,6 +36,7 @@ void gemm_avx2int8_run_task_emu(const GemmJob *g, int task);
 int gemm_kernel_nr(int kernel);
 #define GEMM_AVX2_NR 16
 #define GEMM_AVX512_NR 32
+#define GEMM_INT8_NR 32 /* all int8 kernels: one packed layout (gemm_int8.h) */
 
 /* The task grid: row blocks of GEMM_MC, column groups of whole nr-column panels, at least
  * GEMM_MIN_TASKS tasks where the shape allows it (small maps at batch 1 split along the
