@@ -10,12 +10,17 @@ time), and each cell reports the median over the rounds: on a shared machine the
 and taking turns spreads it over every engine alike.
 
     python benchmarks/bench_engines.py [--batches 1 8 32] [--threads 2 1] [--seconds 3] [--rounds 3]
-        [--engines covidx covidx-bf16 onnxruntime torch torch-compile openvino openvino-bf16]
+        [--engines covidx covidx-bf16 covidx-int8 onnxruntime onnxruntime-int8 torch torch-compile openvino
+                   openvino-bf16 openvino-int8]
     python benchmarks/bench_engines.py --info     # the machine, kernels and versions only
 
 covidx-bf16 is covidx.load_model(..., precision='bf16') (AMX, else AVX512_BF16; where neither
 runs it says "fp32 fallback" in its version column); openvino-bf16 is OpenVINO with
-INFERENCE_PRECISION_HINT='bf16'. The header names the CPU, its features, the GEMM kernel covidx
+INFERENCE_PRECISION_HINT='bf16'. The int8 rows: covidx-int8 is precision='int8' with the model
+calibrated (Model.calibrate_int8) on 8 random images drawn like the timed ones; onnxruntime-int8
+and openvino-int8 run one static QDQ ONNX model made from the same ONNX file by
+onnxruntime.quantization.quantize_static on those 8 images (per-channel int8 weights, uint8
+activations, MinMax calibration). The header names the CPU, its features, the GEMM kernel covidx
 uses for each precision and every version: what is needed to judge figures from another machine.
 
 Needs: covidx installed; torch==2.13.0, onnx, onnxruntime, openvino (benchmark-only)."""
@@ -37,7 +42,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "softmax")]
 NAMES = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
-ENGINES = ["covidx", "covidx-bf16", "onnxruntime", "torch", "torch-compile", "openvino", "openvino-bf16"]
+ENGINES = ["covidx", "covidx-bf16", "covidx-int8", "onnxruntime", "onnxruntime-int8", "torch", "torch-compile",
+           "openvino", "openvino-bf16", "openvino-int8"]
 
 
 def rate(fn, batch, seconds):
@@ -81,32 +87,59 @@ def prepare(workdir):
     w = ref.keras_weights(NAMES)
     model.set_weights([w[k] for k in model._weight_keys()])
     model.save(os.path.join(workdir, "covidx.safetensors"))
+    # the int8 rows: calibrated on 8 images drawn like the timed ones (never the timed ones themselves)
+    int8_calib = rng.uniform(-120, 150, (8, 224, 224, 3)).astype(np.float32)
+    model.calibrate_int8(int8_calib, batch_size=4)
+    model.save(os.path.join(workdir, "covidx-int8.safetensors"))
+    try:
+        quantize_qdq(os.path.join(workdir, "model.onnx"), os.path.join(workdir, "model-int8.onnx"), int8_calib)
+    except Exception as e:  # no onnxruntime: the int8 peers are reported unavailable, not fatal
+        print("no QDQ model (%s: %s): the onnxruntime-int8 and openvino-int8 rows will say so"
+              % (type(e).__name__, str(e)[:200]))
+
+
+def quantize_qdq(src, dst, images):
+    """A static QDQ int8 model of src: per-channel int8 weights, uint8 activations, MinMax ranges
+    over images."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": images[i:i + 1]} for i in range(len(images))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 def make_runner(engine, workdir, threads):
     """(run(x) -> probabilities, version string, import seconds) for one engine."""
     t0 = time.perf_counter()
-    if engine in ("covidx", "covidx-bf16"):
+    if engine in ("covidx", "covidx-bf16", "covidx-int8"):
         import warnings
 
         import covidx
 
         imported = time.perf_counter() - t0
         covidx.set_num_threads(threads)
-        precision = "bf16" if engine == "covidx-bf16" else "fp32"
+        precision = engine.split("-")[1] if "-" in engine else "fp32"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the fallback is said in the version column
-            model = covidx.load_model(os.path.join(workdir, "covidx.safetensors"), precision=precision)
+            name = "covidx-int8.safetensors" if precision == "int8" else "covidx.safetensors"
+            model = covidx.load_model(os.path.join(workdir, name), precision=precision)
         info = model.precision_info()
-        kernel = info["kernel"] + (" fp32 fallback" if precision == "bf16" and info["running"] == "fp32" else "")
+        kernel = info["kernel"] + (" fp32 fallback" if precision != "fp32" and info["running"] == "fp32" else "")
         return (lambda x: model.predict(x, verbose=0)), "%s (%s)" % (covidx.__version__, kernel), imported
-    if engine == "onnxruntime":
+    if engine in ("onnxruntime", "onnxruntime-int8"):
         import onnxruntime as ort
 
         imported = time.perf_counter() - t0
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        sess = ort.InferenceSession(os.path.join(workdir, "model.onnx"), so, providers=["CPUExecutionProvider"])
+        name = "model-int8.onnx" if engine == "onnxruntime-int8" else "model.onnx"
+        sess = ort.InferenceSession(os.path.join(workdir, name), so, providers=["CPUExecutionProvider"])
         return (lambda x: sess.run(None, {"x": x})[0]), ort.__version__, imported
     if engine in ("torch", "torch-compile"):
         import torch
@@ -125,13 +158,14 @@ def make_runner(engine, workdir, threads):
                 return fn(torch.from_numpy(x)).numpy()
 
         return run, torch.__version__, imported
-    if engine in ("openvino", "openvino-bf16"):
+    if engine in ("openvino", "openvino-bf16", "openvino-int8"):
         import openvino as ov
 
         imported = time.perf_counter() - t0
         core = ov.Core()
-        hint = "bf16" if engine == "openvino-bf16" else "f32"
-        compiled = core.compile_model(os.path.join(workdir, "model.onnx"), "CPU",
+        hint = "bf16" if engine == "openvino-bf16" else "f32"  # int8: the QDQ model's own int8 layers
+        name = "model-int8.onnx" if engine == "openvino-int8" else "model.onnx"
+        compiled = core.compile_model(os.path.join(workdir, name), "CPU",
                                       {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint})
         got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         return (lambda x: compiled(x)[0]), "%s (%s)" % (ov.__version__, got), imported
@@ -206,9 +240,10 @@ def print_header():
     print("machine: %s, %d CPUs available, features: %s" % (cpu_model(), c["cpus"], ", ".join(c["cpu_features"])))
     print("covidx %s (OpenBLAS %s, kernel %s) | numpy %s | python %s"
           % (c["covidx"], c["openblas"].split()[1], c["openblas_corename"], np.__version__, platform.python_version()))
-    print("covidx GEMM kernels: fp32 %s, bf16 %s%s%s" % (c["kernels"]["fp32"], c["kernels"]["bf16"],
-                                                        " (%s)" % c["bf16_note"] if c["bf16_note"] else "",
-                                                        " [COVIDX_GEMM=%s]" % c["covidx_gemm"] if c["covidx_gemm"] else ""))
+    print("covidx GEMM kernels: fp32 %s, bf16 %s%s, int8 %s%s%s"
+          % (c["kernels"]["fp32"], c["kernels"]["bf16"], " (%s)" % c["bf16_note"] if c["bf16_note"] else "",
+             c["kernels"].get("int8"), " (%s)" % c["int8_note"] if c.get("int8_note") else "",
+             " [COVIDX_GEMM=%s]" % c["covidx_gemm"] if c["covidx_gemm"] else ""))
     print("other engines: %s" % ", ".join(engine_versions()))
     sys.stdout.flush()
 
