@@ -1,7 +1,7 @@
 /* gemm_avx512vnni.c: the int8 GEMM block on AVX-512 VNNI (see gemm_int8.h for the packing, the
  * driver and the epilogue).
  *
- * c[rows x 32] int32 = a[rows x 4 kg] uint8 . panel[4 kg x 32] int8, 12 rows at a time in 24 zmm
+ * c[rows x 32] int32 += a[rows x 4 kg] uint8 . panel[4 kg x 32] int8, 12 rows at a time in 24 zmm
  * accumulators: per group of 4 values of k, two zmm of B (32 columns x 4 bytes) and one
  * broadcast dword of A per row, VPDPBUSD (4 products per lane, summed exactly in int32).
  *
@@ -17,12 +17,12 @@
 
 #define MR 12
 
-/* Rows 0 .. mr - 1, 1 <= mr <= 12; always inlined with a constant mr. */
+/* Rows 0 .. mr - 1 added to c, 1 <= mr <= 12; always inlined with a constant mr. */
 __attribute__((always_inline)) Q_VNNI512 static inline void rows_vnni(int mr, const uint8_t *a, size_t lda,
                                                                      const int8_t *b, int kg, int32_t *c) {
     Q16 acc[MR][2];
 Q_UNROLL(12)
-    for (int i = 0; i < mr; i++) acc[i][0] = q16_zero(), acc[i][1] = q16_zero();
+    for (int i = 0; i < mr; i++) acc[i][0] = q16_load32(c + i * 32), acc[i][1] = q16_load32(c + i * 32 + 16);
     for (int g = 0; g < kg; g++, b += 128) {
         Q16 b0 = q16_load(b), b1 = q16_load(b + 64);
 Q_UNROLL(12)

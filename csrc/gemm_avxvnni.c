@@ -1,7 +1,7 @@
 /* gemm_avxvnni.c: the int8 GEMM block on AVX-VNNI, the VEX form of VPDPBUSD on ymm, for CPUs
  * with it but without AVX-512 (see gemm_int8.h for the packing, the driver and the epilogue).
  *
- * c[rows x 32] int32 = a[rows x 4 kg] uint8 . panel[4 kg x 32] int8, one 16-column half of the
+ * c[rows x 32] int32 += a[rows x 4 kg] uint8 . panel[4 kg x 32] int8, one 16-column half of the
  * panel at a time, 6 rows in 12 ymm accumulators: per group of 4 values of k, two ymm of B
  * (16 columns x 4 bytes) and one broadcast dword of A per row, VPDPBUSD.
  *
@@ -23,7 +23,8 @@ __attribute__((always_inline)) Q_AVXVNNI static inline void rows_avxvnni(int mr,
     for (int h = 0; h < 2; h++) {
         Q8 acc[MR][2];
 Q_UNROLL(6)
-        for (int i = 0; i < mr; i++) acc[i][0] = q8_zero(), acc[i][1] = q8_zero();
+        for (int i = 0; i < mr; i++)
+            acc[i][0] = q8_load32(c + i * 32 + 16 * h), acc[i][1] = q8_load32(c + i * 32 + 16 * h + 8);
         const int8_t *bh = b + 64 * h;
         for (int g = 0; g < kg; g++, bh += 128) {
             Q8 b0 = q8_load(bh), b1 = q8_load(bh + 32);

@@ -46,32 +46,36 @@ void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block) {
     int r0, r1, j0, j1;
     int k = g->b->k, n = g->b->n, kp = kpad(k), kg = k / 4, tail = k % 4;
     gemm_task_bounds(g, I8_NR, task, &r0, &r1, &j0, &j1);
-    int32_t acc[I8_MB * I8_NR] __attribute__((aligned(64)));
-    for (int r = r0; r < r1; r += I8_MB) {
-        int mr = r1 - r < I8_MB ? r1 - r : I8_MB;
-        const uint8_t *a = j->a + (size_t)r * j->lda;
-        for (int pj = j0; pj < j1; pj++) {
-            int col = pj * I8_NR, nr = n - col < I8_NR ? n - col : I8_NR;
-            const int8_t *panel = g->b->i8 + (size_t)pj * kp * I8_NR;
-            block(a, j->lda, panel, kg, acc, mr);
-            for (int i = 0; tail && i < mr; i++) /* the last k % 4 values of k */
-                for (int jj = 0; jj < nr; jj++)
-                    for (int t = 0; t < tail; t++)
-                        acc[i * I8_NR + jj] += (int32_t)a[(size_t)i * j->lda + 4 * kg + t] *
-                                               panel[(size_t)kg * 128 + jj * 4 + t];
-            /* the epilogue: one rounding per operation, in this order (no contraction: -std=c11) */
-            const float *sc = j->scale + col, *bias = g->bias ? g->bias + col : NULL;
-            for (int i = 0; i < mr; i++) {
-                float *dst = g->c + (size_t)(r + i) * g->ldc + col;
-                const float *res = g->residual ? g->residual + (size_t)(r + i) * g->ldc + col : NULL;
-                const int32_t *s = acc + i * I8_NR;
-                for (int jj = 0; jj < nr; jj++) {
-                    float v = (float)s[jj] * sc[jj];
-                    if (bias) v = v + bias[jj];
-                    if (res) v = v + res[jj];
-                    if (g->relu) v = v > 0.0f ? v : 0.0f;
-                    dst[jj] = v;
-                }
+    int rows = r1 - r0;
+    const uint8_t *a = j->a + (size_t)r0 * j->lda;
+    int32_t acc[GEMM_MC * I8_NR] __attribute__((aligned(64)));
+    for (int pj = j0; pj < j1; pj++) {
+        int col = pj * I8_NR, nr = n - col < I8_NR ? n - col : I8_NR;
+        const int8_t *panel = g->b->i8 + (size_t)pj * kp * I8_NR;
+        memset(acc, 0, sizeof(int32_t) * (size_t)rows * I8_NR);
+        for (int g0 = 0; g0 < kg; g0 += I8_KC / 4) { /* a block of B stays in L1 while the rows pass */
+            int ng = kg - g0 < I8_KC / 4 ? kg - g0 : I8_KC / 4;
+            for (int r = 0; r < rows; r += I8_MB)
+                block(a + (size_t)r * j->lda + 4 * (size_t)g0, j->lda, panel + (size_t)g0 * 128, ng, acc + r * I8_NR,
+                      rows - r < I8_MB ? rows - r : I8_MB);
+        }
+        for (int i = 0; tail && i < rows; i++) /* the last k % 4 values of k */
+            for (int jj = 0; jj < nr; jj++)
+                for (int t = 0; t < tail; t++)
+                    acc[i * I8_NR + jj] +=
+                        (int32_t)a[(size_t)i * j->lda + 4 * kg + t] * panel[(size_t)kg * 128 + jj * 4 + t];
+        /* the epilogue: one rounding per operation, in this order (no contraction: -std=c11) */
+        const float *sc = j->scale + col, *bias = g->bias ? g->bias + col : NULL;
+        for (int i = 0; i < rows; i++) {
+            float *dst = g->c + (size_t)(r0 + i) * g->ldc + col;
+            const float *res = g->residual ? g->residual + (size_t)(r0 + i) * g->ldc + col : NULL;
+            const int32_t *s = acc + i * I8_NR;
+            for (int jj = 0; jj < nr; jj++) {
+                float v = (float)s[jj] * sc[jj];
+                if (bias) v = v + bias[jj];
+                if (res) v = v + res[jj];
+                if (g->relu) v = v > 0.0f ? v : 0.0f;
+                dst[jj] = v;
             }
         }
     }

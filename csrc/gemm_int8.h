@@ -18,9 +18,10 @@
  *
  * which is the B operand of VPDPBUSD as it is (a 32-bit lane per column), and of VPMADDUBSW.
  *
- * The driver (gemm_int8_task): task grid of gemm_kernels.h (32-column panels); for each
- * I8_MB rows, for each panel, the kernel writes the rows' int32 sums over the whole groups of 4
- * to a stack buffer, the driver adds the last k % 4 products and applies the epilogue. */
+ * The driver (gemm_int8_task): task grid of gemm_kernels.h (32-column panels, at most GEMM_MC
+ * rows); for each panel, for each block of I8_KC values of k (its 16 KiB of B stay in L1), the
+ * kernel adds the block's products to the int32 sums of the task's rows, I8_MB rows a call, in a
+ * stack buffer; then the driver adds the last k % 4 products and applies the epilogue. */
 #ifndef COVIDX_GEMM_INT8_H
 #define COVIDX_GEMM_INT8_H
 
@@ -32,6 +33,7 @@
 #define I8_WMAX 127 /* B in -I8_WMAX .. I8_WMAX: a VPMADDUBSW pair, 2 * 127 * 127 = 32258, fits int16 */
 #define I8_NR GEMM_INT8_NR /* columns per panel */
 #define I8_MB 24 /* rows per kernel call: whole tiles of 12, 6 and 4 */
+#define I8_KC 512 /* values of k per block: a panel's block of B is 16 KiB */
 
 /* An int8 GEMM: the fp32 job's fields say the shape, B (packed by an int8 kernel), C and the
  * epilogue (g.a is not read); the int8 kernels' run_task (gemm.h) takes &job->g. */
@@ -42,8 +44,8 @@ typedef struct {
     const float *scale; /* (n): the scale of A times each column's wscale */
 } GemmI8Job;
 
-/* The kernel's part: c[rows x 32] (row stride 32) = a[rows][0 .. 4 kg) . the panel's first kg
- * groups, in int32; 1 <= rows <= I8_MB. */
+/* The kernel's part: c[rows x 32] (row stride 32) += a[rows][0 .. 4 kg) . the kg groups of B
+ * at b, in int32; 1 <= rows <= I8_MB. */
 typedef void (*I8BlockFn)(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows);
 
 /* Task `task` of the grid through block(). */

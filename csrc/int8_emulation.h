@@ -23,6 +23,7 @@ static inline int32_t emu_wrap_add(int32_t a, int64_t b) { return (int32_t)(uint
 static inline Q16 q16_zero(void) { Q16 r; for (int i = 0; i < 16; i++) r.d[i] = 0; return r; }
 static inline Q16 q16_set1(int32_t x) { Q16 r; for (int i = 0; i < 16; i++) r.d[i] = x; return r; }
 static inline Q16 q16_load(const int8_t *p) { Q16 r; for (int i = 0; i < 16; i++) r.d[i] = emu_lane(p + 4 * i); return r; }
+static inline Q16 q16_load32(const int32_t *p) { Q16 r; for (int i = 0; i < 16; i++) r.d[i] = p[i]; return r; }
 static inline void q16_store(int32_t *p, Q16 v) { for (int i = 0; i < 16; i++) p[i] = v.d[i]; }
 /* VPDPBUSD: per dword, acc + sum of 4 products unsigned byte of a x signed byte of b */
 static inline Q16 q16_dpbusd(Q16 acc, Q16 a, Q16 b) {
@@ -37,6 +38,7 @@ static inline Q16 q16_dpbusd(Q16 acc, Q16 a, Q16 b) {
 static inline Q8 q8_zero(void) { Q8 r; for (int i = 0; i < 8; i++) r.d[i] = 0; return r; }
 static inline Q8 q8_set1(int32_t x) { Q8 r; for (int i = 0; i < 8; i++) r.d[i] = x; return r; }
 static inline Q8 q8_load(const int8_t *p) { Q8 r; for (int i = 0; i < 8; i++) r.d[i] = emu_lane(p + 4 * i); return r; }
+static inline Q8 q8_load32(const int32_t *p) { Q8 r; for (int i = 0; i < 8; i++) r.d[i] = p[i]; return r; }
 static inline void q8_store(int32_t *p, Q8 v) { for (int i = 0; i < 8; i++) p[i] = v.d[i]; }
 static inline Q8 q8_add(Q8 a, Q8 b) { for (int i = 0; i < 8; i++) a.d[i] = emu_wrap_add(a.d[i], b.d[i]); return a; }
 /* VEX VPDPBUSD (AVX-VNNI), 8 dwords */
