@@ -5,6 +5,9 @@ covidx exactly as measure.py reads them for the shipped model (flow_from_directo
 rescale 1/255), and the intervals are the same Wilson intervals. Nothing here is fitted.
 
     python weights/measure_teacher.py /tmp/covidx-train/teacher/final.pt [--shared ../shared/data/cxr]
+
+With --student the checkpoint is a train.py final.pt instead (a ResNet50 student that was not
+adopted, so never packaged into a covidx file), measured the same way for the card's table.
 """
 import argparse
 import json
@@ -20,7 +23,7 @@ from covidx.preprocessing.image import ImageDataGenerator
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from teacher import load_teacher  # noqa: E402
-from train import CLASSES  # noqa: E402
+from train import CLASSES, build_model, logits  # noqa: E402
 
 
 def predict_folder(net, directory):
@@ -40,10 +43,17 @@ def predict_folder(net, directory):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("teacher")
+    ap.add_argument("--student", action="store_true", help="the checkpoint is train.py's final.pt")
     ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "data", "cxr"))
     ap.add_argument("--out", default=os.path.join(HERE, "teacher-metrics.json"))
     args = ap.parse_args()
-    net = load_teacher(args.teacher)
+    if args.student:
+        model = build_model(0).to(memory_format=torch.channels_last)
+        model.load_state_dict(torch.load(args.teacher, weights_only=True)["state"])
+        model.eval()
+        net = lambda x: logits(model, x)  # noqa: E731
+    else:
+        net = load_teacher(args.teacher)
     out = {}
     test = os.path.join(args.shared, "covid19-radiography", "test")
     assert sorted(os.listdir(test)) == list(CLASSES)  # folder labels are the class indices
