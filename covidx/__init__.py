@@ -15,7 +15,7 @@ would run it (research use only; not for clinical decisions)::
 
 Keras files (.keras, .h5) and PyTorch ResNet50 state_dicts load the same way:
 covidx.load_model('model.keras'). From a shell: `covidx evaluate FOLDER`, `covidx predict FILES`."""
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 try:
     from . import _core  # noqa: E402  (the C engine; loads the bundled OpenBLAS)
@@ -31,7 +31,8 @@ except ImportError as exc:  # a source checkout shadowing the installed package 
             f"engine in place with `python setup.py build_ext --inplace`") from exc
     raise
 from ._config import _default_threads, config, get_num_threads, set_num_threads, show_config  # noqa: E402
-from .model import Model, load_model  # noqa: E402
+from .model import Model  # noqa: E402
+from .saving import load_model  # noqa: E402
 from ._settings import settings  # noqa: E402
 from .preprocessing.image import ImageFileError  # noqa: E402
 from .formats import ModelFileError  # noqa: E402

@@ -28,9 +28,17 @@ import sys
 import numpy as np
 
 import covidx
+import warnings
+from covidx import explain, losses, plots, report_html, reports
+from covidx import model as model_mod
+from covidx.applications.resnet50 import ResNet50
 from covidx.data import SAMPLES_DIR
 from covidx.display import printable, spreadsheet_cell
-from covidx.distributed import image_files  # needs no dask
+from covidx.distributed import image_files, output_names, predicted_name  # needs no dask
+from covidx.evaluation import apply_alignment, class_alignment
+from covidx.preprocessing.image import ImageDataGenerator, ImageFileError, img_to_array, load_img
+from covidx.report_html import check_destination, csv_path
+from covidx.scaling import describe_preprocessing
 
 
 def load_default_or(path, precision="fp32", class_names=None):
@@ -41,8 +49,6 @@ def load_default_or(path, precision="fp32", class_names=None):
     try:
         return covidx.load_model(precision=precision, class_names=class_names), True
     except FileNotFoundError:
-        from covidx.applications.resnet50 import ResNet50
-
         model = ResNet50(weights=None, classes=2, head=(1024, 1024, 1024, 512),
                          class_names=class_names or ["COV19", "Normal"],
                          preprocessing={"rescale": 1.0 / 255}, seed=0, precision=precision)
@@ -61,9 +67,9 @@ def prepare(args):
         model.preprocessing = {"rescale": args.rescale[1]}
         how = "rescale=%s (--rescale)" % args.rescale[0]
         if file_says is not None and file_says != model.preprocessing:
-            how += "; the model file records %s" % covidx.model.describe_preprocessing(file_says)
+            how += "; the model file records %s" % describe_preprocessing(file_says)
     elif file_says is not None:
-        how = "%s (recorded in the model file)" % covidx.model.describe_preprocessing(file_says)
+        how = "%s (recorded in the model file)" % describe_preprocessing(file_says)
     elif model.architecture.get("rescaling"):
         how = "raw 0..255 pixels (the model's own Rescaling layer scales them)"
     elif model.architecture.get("input_norm"):
@@ -88,8 +94,6 @@ def print_header(args, model, scaling, stream=None):
 
 def generator_for(model):
     """An ImageDataGenerator that applies the model's recorded preprocessing."""
-    from covidx.preprocessing.image import ImageDataGenerator
-
     p = model.preprocessing
     if isinstance(p, dict) and set(p) == {"rescale"}:
         return ImageDataGenerator(rescale=p["rescale"])
@@ -105,11 +109,7 @@ def image_paths(paths):
 
 def cmd_evaluate(args):
     if args.report:
-        from covidx import plots
-
         plots.require_matplotlib()  # before the work, not after it
-        from covidx.report_html import check_destination, csv_path
-
         check_destination(args.report, "--report")
         check_destination(csv_path(args.report), "--report's per-image CSV")
     directory = args.dir or SAMPLES_DIR
@@ -128,13 +128,10 @@ def cmd_evaluate(args):
               file=sys.stderr)
         return 2
     check_classes(model, it)  # before the forward pass, not after it
-    from covidx.evaluation import apply_alignment, class_alignment
-
     mapping, message = class_alignment(model, it)
     print_header(args, model, scaling)
     if message:
         print(message)
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unreadable files are listed at the end instead
@@ -142,7 +139,6 @@ def cmd_evaluate(args):
             p, scores = model.predict(it, verbose=1, return_unfamiliar=True)
         else:
             p, scores = model.predict(it, verbose=1), None
-    from covidx import losses, reports
 
     labels = apply_alignment(it.classes.astype(np.float32), mapping, "sparse", p.shape[1]).astype(int)
     ok = ~np.isnan(p).any(axis=1)
@@ -220,8 +216,6 @@ def print_unfamiliar(flagged, scored, available):
 
 
 def write_html_report(path, model, it, labels, probs, names, ok, directory, scores=None, scaling=None):
-    from covidx import report_html
-
     files = [f for f, good in zip(it.filepaths, ok) if good]
     report_html.write_report(path, labels, probs, names, files=files, model=model, skipped=it.skipped,
                              source=directory, unfamiliar=scores, scaling=scaling)
@@ -229,15 +223,11 @@ def write_html_report(path, model, it, labels, probs, names, ok, directory, scor
 
 
 def cmd_predict(args):
-    from covidx.preprocessing.image import ImageFileError, img_to_array, load_img
-
     paths = image_paths(args.paths)
     if not paths:
         print("covidx predict: no image files given", file=sys.stderr)
         return 2
     model, _, scaling = prepare(args)
-    from covidx.distributed import output_names, predicted_name
-
     names = output_names(model)
     try:
         heatmaps = HeatmapWriter(model, args.gradcam) if args.gradcam else None
@@ -304,15 +294,11 @@ class HeatmapWriter:
     predicted class."""
 
     def __init__(self, model, directory):
-        from covidx import explain
-
         explain._head(model)  # a model without a class score fails here, before any work
         os.makedirs(directory, exist_ok=True)
         self.model, self.directory, self.written, self.taken = model, directory, 0, set()
 
     def write(self, path, image, probabilities):
-        from covidx import explain
-
         index = int(np.argmax(probabilities)) if len(probabilities) > 1 else int(probabilities[0] > 0.5)
         out = self.unique_name(os.path.splitext(os.path.basename(path))[0])
         explain.gradcam(self.model, image, index).save(out)
@@ -390,8 +376,6 @@ def write_records(records, names, args):
 
 def cmd_info(args):
     covidx.show_config()
-    from covidx import model as model_mod
-
     path = model_mod.default_model_path()
     if path:
         card = os.path.join(os.path.dirname(path), "MODEL_CARD.md")

@@ -5,7 +5,10 @@ import os
 import sys
 import warnings
 
+import numpy
+
 from . import _core
+from ._version import __version__
 
 GENERIC_KERNELS = {"prescott", "nehalem", "sandybridge", "core2", "katmai", "atom", "generic"}
 
@@ -83,10 +86,6 @@ def gemm_choices():
 
 def config():
     """The configuration as a dict (what show_config prints)."""
-    import numpy
-
-    from . import __version__
-
     blas, cpu, kernels = _core.blas_info(), _core.cpu_info(), _core.gemm_kernels()
     env = os.environ.get("COVIDX_GEMM")
     return {

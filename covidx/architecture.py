@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 ACTIVATIONS = {"linear": 0, None: 0, "relu": 1, "softmax": 2, "sigmoid": 3}
 VARIANTS = {"v1": 1, "v1.5": 2}
 POOLINGS = {None: 0, "avg": 1, "max": 2}
+OUTPUTS = {"head": 0, "features": 1, "feature_map": 2, "descriptor": 3}  # what the C engine's forward returns
 INPUT_LAYERS = ("rescaling", "input_norm")  # optional layers before conv1_pad, in this order
 STAGES = [(2, 64, 3, 1), (3, 128, 4, 2), (4, 256, 6, 2), (5, 512, 3, 2)]  # stage, filters, blocks, stride
 # What any architecture covidx runs can need, so that readers can refuse a file's declared sizes before
@@ -140,6 +143,27 @@ def validate(arch):
                          % (total, MAX_WEIGHT_ELEMENTS))
     _validate_input_layers(arch)
     return arch
+
+
+def check_weights(arch, named):
+    """named ({'layer/weight': array}) as float32 C arrays, after checking that it holds every
+    weight of arch, and no other, in its shape; else an error naming the first wrong tensor."""
+    expected = {"%s/%s" % (layer, w): shape for layer, ws in weight_spec(arch) for w, shape in ws}
+    missing = [k for k in expected if k not in named]
+    if missing:
+        raise ValueError("weights: missing %d tensors, first %r" % (len(missing), missing[0]))
+    extra = [k for k in named if k not in expected]
+    if extra:
+        raise ValueError("weights: unexpected tensor %r for this architecture" % extra[0])
+    weights = {}
+    for key, shape in expected.items():
+        a = np.asarray(named[key])
+        if a.dtype.kind not in "biuf":
+            raise TypeError("weights[%r]: expected a numeric array, got dtype %s" % (key, a.dtype))
+        if a.shape != tuple(shape):
+            raise ValueError("weights[%r]: expected shape %s, got %s" % (key, tuple(shape), a.shape))
+        weights[key] = np.array(a, dtype=np.float32, order="C")
+    return weights
 
 
 def weight_elements(arch):

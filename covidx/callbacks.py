@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 
+from .progbar import Progbar
+
 
 class Callback:
     """Base class: override the on_* methods you need. self.model and self.params are set by fit."""
@@ -412,8 +414,6 @@ class ProgbarLogger(Callback):
         self.seen = 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        from .progbar import Progbar
-
         epochs = self.params.get("epochs", 1)
         if self.verbose and epochs > 1:
             print("Epoch %d/%d" % (epoch + 1, epochs))

@@ -33,6 +33,9 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
+
+from .errors import ImageFileError
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 PIXEL_DATA = 0x7FE00010
@@ -54,13 +57,7 @@ def _pydicom():
 
 
 def _error(name, reason):
-    return _image_file_error()(name, reason)
-
-
-def _image_file_error():
-    from .preprocessing.image import ImageFileError
-
-    return ImageFileError
+    return ImageFileError(name, reason)
 
 
 def dicom_to_pil(data, name, plan=None):
@@ -70,10 +67,6 @@ def dicom_to_pil(data, name, plan=None):
 
     Raises covidx.ImageFileError (a ValueError) naming the file and the reason when the file
     cannot be shown as one image, and ImportError when pydicom is not installed."""
-    from PIL import Image
-
-    from .preprocessing.image import ImageFileError
-
     try:
         ds = read_dataset(data, name)
         check_grey_level_tags(ds, name)
@@ -111,8 +104,6 @@ def _integer(ds, keyword, default, name):
 def check_pixel_count(ds, name):
     """Pillow's decompression-bomb rule, from the header: a warning past Image.MAX_IMAGE_PIXELS,
     an ImageFileError past twice that, before anything is decoded."""
-    from PIL import Image
-
     pixels = _integer(ds, "Rows", 0, name) * _integer(ds, "Columns", 0, name) * \
         _integer(ds, "NumberOfFrames", 1, name)
     limit = Image.MAX_IMAGE_PIXELS
@@ -173,7 +164,7 @@ def read_dataset(data, name):
 
             ds = FileDataset(name, parts[2], parts[0], parts[1], False, True)
     except Exception as e:  # pydicom raises InvalidDicomError, EOFError, struct errors...
-        if isinstance(e, _image_file_error()):
+        if isinstance(e, ImageFileError):
             raise
         raise _error(name, "not a readable DICOM file: %s: %s" % (type(e).__name__, e)) from None
     if "PixelData" not in ds:
@@ -306,7 +297,7 @@ def display_values(pixels, ds, name, value_range=None):
                            str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper())
         else:
             shown = full_range(values, value_range)
-    except _image_file_error():
+    except ImageFileError:
         raise
     except (ValueError, TypeError, NotImplementedError, IndexError, KeyError) as e:
         raise _error(name, "bad grey-level tags (Modality LUT / VOI LUT / window): %s" % e) from None

@@ -20,6 +20,10 @@ import threading
 
 import numpy as np
 
+from . import _config, checks, saving
+from .preprocessing.image import ImageFileError, check_target_size, img_to_array, load_img
+from .progbar import Progbar
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".dcm")
 DEFAULT_CHUNK = 64
 
@@ -74,12 +78,8 @@ def predict_files(paths, client=None, *, model_path=None, batch_size=16, chunk_s
     files = image_files(paths)
     if not files:
         raise ValueError("predict_files: no image files in %r" % (paths,))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError("chunk_size: expected a positive integer, got %r" % (chunk_size,))
-    from .preprocessing.image import check_target_size
-
+    batch_size = checks.positive_int(batch_size, "batch_size", allow_none=False)
+    chunk_size = checks.positive_int(chunk_size, "chunk_size", allow_none=False)
     check_target_size(target_size)
     if model_path is not None:
         model_path = os.path.abspath(os.fspath(model_path))
@@ -145,8 +145,6 @@ def workers_per_host(client):
 
 
 def _show_progress(distributed, futures, n_files, chunk_size):
-    from .progbar import Progbar
-
     bar = Progbar(n_files, verbose=1, stream=sys.stderr)
     done = 0
     for _ in distributed.as_completed(futures):
@@ -163,10 +161,8 @@ def worker_model(model_path, workers_per_host=None):
     key = model_path or "<shipped model>"
     with _models_lock:
         if key not in _models:
-            import covidx
-
-            model = covidx.load_model(model_path)
-            covidx.set_num_threads(thread_share(workers_per_host or {}))
+            model = saving.load_model(model_path)
+            _config.set_num_threads(thread_share(workers_per_host or {}))
             _models[key] = (model, threading.Lock())
         return _models[key]
 
@@ -186,8 +182,6 @@ def thread_share(workers_per_host):
 def score_chunk(paths, model_path=None, workers_per_host=None, batch_size=16, target_size=(224, 224)):
     """Runs on a worker: {'class_names': [...], 'rows': [(path, probabilities or None, error or None,
     out-of-distribution score or None)]}."""
-    from .preprocessing.image import ImageFileError, img_to_array, load_img
-
     model, lock = worker_model(model_path, workers_per_host)
     arrays, errors = {}, {}
     for path in paths:

@@ -1,5 +1,9 @@
 """evaluate/predict over arrays, Keras Sequences (the image iterators) and Python generators.
 
+batch_source is the one source of batches for evaluate, predict (arrays too), the features
+methods and fit_unfamiliar; fit (training.py) adds its feature cache and reshuffling on top of
+the same public iterator methods (batch_indices, load_batch).
+
 Batches are produced in a background thread (decoding itself runs on the decode pool) while the
 C engine computes the previous batch, so loading does not starve the engine. Labels from a
 folder are aligned with the model's classes by name where they match."""
@@ -13,8 +17,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import checks
 from . import losses as losses_mod
 from . import metrics as metrics_mod
+from . import scaling
+from .preprocessing.iterators import BATCH_SOURCES
 from .progbar import Progbar
 
 _DONE = object()
@@ -240,11 +247,8 @@ def batch_source(x, y, batch_size, steps, sample_weight=None):
             total = n
 
         def produce(i):
-            if hasattr(x, "_get_batch_with_mask"):
-                idx = x._batch_indices(i)
-                bx, by, ok = x._get_batch_with_mask(idx)
-                weights = getattr(x, "sample_weight", None)  # flow_from_dataframe(weight_col=...)
-                return bx, by, None if weights is None else np.asarray(weights)[np.asarray(idx, np.intp)], ok
+            if isinstance(x, BATCH_SOURCES):
+                return x.load_batch(x.batch_indices(i))
             return _unpack(x[i]) + (None,)
 
         return Prefetcher(produce, total), (steps if steps is not None else n), x
@@ -264,9 +268,7 @@ def batch_source(x, y, batch_size, steps, sample_weight=None):
                         % type(x).__name__)
     if y is not None and len(y) != len(x):
         raise ValueError("x and y: %d images but %d labels" % (len(x), len(y)))
-    bs = 32 if batch_size is None else batch_size
-    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
-        raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
+    bs = 32 if batch_size is None else checks.positive_int(batch_size, "batch_size", allow_none=False)
     n_batches = (len(x) + bs - 1) // bs
     if steps is not None:
         n_batches = min(n_batches, steps)
@@ -299,9 +301,7 @@ def say_alignment(model, iterator):
 # --- evaluate / predict ---------------------------------------------------------------------------
 
 def warn_if_unscaled(model, x):
-    from .model import warn_if_unscaled as check
-
-    check(model, x)
+    scaling.warn_if_unscaled(model, x)
 
 
 def warn_if_shuffled(iterator):

@@ -24,8 +24,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
 from .head import activate
+from .preprocessing.image import array_to_img, img_to_array, load_img
 
 DEFAULT_SIZE = (224, 224)
 
@@ -112,10 +114,6 @@ def _explain(model, image, class_index, target_size, alpha, method):
 
 def model_input(model, image, target_size=DEFAULT_SIZE):
     """(x (1, h, w, 3) float32 model input, PIL RGB image to draw on)."""
-    from PIL import Image
-
-    from .preprocessing.image import array_to_img, img_to_array, load_img
-
     if isinstance(image, (str, bytes, os.PathLike)) or hasattr(image, "getbuffer"):
         image = load_img(image, target_size=target_size)
     if isinstance(image, Image.Image):
@@ -232,8 +230,6 @@ def normalise(raw):
 def upsample(heatmap, size):
     """A (h, w) map in [0, 1] resized to size (width, height), bilinear, cell centres on the cells'
     receptive-field centres."""
-    from PIL import Image
-
     img = Image.fromarray(np.asarray(heatmap, np.float32), "F")
     return np.clip(np.asarray(img.resize(tuple(size), Image.BILINEAR), np.float64), 0.0, 1.0)
 
@@ -248,8 +244,6 @@ def jet(values):
 
 def blend(image, heatmap, alpha=0.4):
     """The image (PIL) with the heatmap (same size, [0, 1]) coloured and blended over it."""
-    from PIL import Image
-
     base = np.asarray(image.convert("RGB"), np.float64)
     mixed = (1.0 - alpha) * base + alpha * jet(heatmap)
     return Image.fromarray(np.floor(mixed + 0.5).astype(np.uint8), "RGB")

@@ -22,7 +22,7 @@ import weakref
 
 import numpy as np
 
-from . import architecture
+from . import architecture, formats
 from . import model as model_mod
 from .head import (Activation, BatchNormalization, Dense, Dropout, Flatten, GlobalAveragePooling2D,  # noqa: F401
                    GlobalMaxPooling2D, KerasTensor, Layer, _GlobalPooling2D, clear_session, fold_head, unique_name)
@@ -275,8 +275,6 @@ class Model(model_mod.Model):
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """Keras's load_weights: the backbone's weights (shared with the backbone model) and the
         head's Dense layers, from a file with this model's architecture."""
-        from . import formats
-
         if skip_mismatch:
             raise ValueError("load_weights: skip_mismatch=True is not supported; every tensor must fit")
         if any(not isinstance(layer, (Dense, Dropout, Flatten, Activation)) for layer in self._head):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import architecture, evaluation
+from . import architecture, checks, evaluation
 from .progbar import Progbar
 
 METHODS = ("mse", "max")
@@ -55,9 +55,7 @@ def histograms(model, x, batch_size=None, steps=None, verbose=0):
                 bx = bx[ok]
             if len(bx) == 0:
                 continue
-            from .model import _as_images
-
-            h = engine.activation_histograms(_as_images(bx))
+            h = engine.activation_histograms(checks.images(bx))
             total_hist = h if total_hist is None else total_hist + h
             images += len(bx)
             if bar:

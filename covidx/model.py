@@ -1,4 +1,10 @@
-"""covidx.Model: a ResNet50 + Dense head held by the C engine, with Keras's names and methods."""
+"""covidx.Model: a ResNet50 + Dense head held by the C engine, with Keras's names and methods.
+
+The one place the engine is built (_engine_for: weights, precision, out-of-distribution
+statistics, input rescaling). Files go through covidx.formats (their readers return data;
+formats.write picks the writer), fit through covidx.training, evaluate and predict over
+iterators through covidx.evaluation. Model(inputs=..., outputs=...) is the functional model
+(covidx.functional), the one module that imports this one back."""
 from __future__ import annotations
 
 import json
@@ -7,97 +13,16 @@ import warnings
 
 import numpy as np
 
-from . import _config, _core, architecture, checks, evaluation, int8, layer_table, safetensors_io
+from . import _config, _core, architecture, checks, evaluation, formats, head, int8, layer_table, scaling
 from . import losses as losses_mod
 from . import metrics as metrics_mod
+from . import summary as summary_mod
+from . import training as training_mod
+from .formats import keras_writer, onnx_export
 from .progbar import Progbar
+from .unfamiliar import UnfamiliarStats
 
-FORMAT = "covidx"
-FORMAT_VERSION = 1
-OUTPUTS = {"head": 0, "features": 1, "feature_map": 2, "descriptor": 3}
 STATISTICS = ("moving_mean", "moving_variance")  # weights that never train
-
-
-def _as_images(x, name="x", convert=True):
-    """x as a float32 C-contiguous (batch, height, width, 3) array, or a clear error. convert=False:
-    x checked but left as it is (a memmap, a broadcast view), for conversion a batch at a time."""
-    if not isinstance(x, np.ndarray):
-        if isinstance(x, (list, tuple)):
-            x = np.asarray(x)
-        else:
-            raise TypeError("%s: expected a numpy array of images (batch, height, width, 3), got %s"
-                            % (name, type(x).__name__))
-    if x.dtype.kind not in "biuf":
-        raise TypeError("%s: expected a numeric array, got dtype %s" % (name, x.dtype))
-    if x.ndim != 4:
-        hint = " (one image? use x[None])" if x.ndim == 3 else ""
-        raise ValueError("%s: expected 4 dimensions (batch, height, width, 3), got shape %s%s" % (name, x.shape, hint))
-    if x.shape[0] == 0:
-        raise ValueError("%s: empty batch (shape %s)" % (name, x.shape))
-    if x.shape[3] != 3:
-        raise ValueError("%s: expected 3 channels (RGB) in the last axis, got shape %s" % (name, x.shape))
-    if x.shape[1] < 32 or x.shape[2] < 32:
-        raise ValueError("%s: images must be at least 32x32, got shape %s" % (name, x.shape))
-    if x.dtype.kind == "f":  # (integers are always finite in float32) checked in chunks: no float32 copy of x
-        with np.errstate(over="ignore"):  # a float64 beyond float32's range is reported as infinite below
-            finite = np.concatenate([np.isfinite(x[i:i + 64].astype(np.float32)).all(axis=(1, 2, 3))
-                                     for i in range(0, len(x), 64)])
-    else:
-        finite = np.ones(len(x), bool)
-    if convert:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-    if not finite.all():  # the engine's ReLU and max pool would drop NaN and give a confident answer
-        bad = np.flatnonzero(~finite)
-        raise ValueError("%s: NaN or infinite pixel values in %d of %d images (first: image %d); covidx gives no "
-                         "diagnosis for them" % (name, len(bad), len(x), bad[0]))
-    return x
-
-
-def _positive_int(value, name, allow_none=True):
-    """value as an int (NumPy integers too), or a ValueError naming the argument."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError("%s: expected a positive integer%s, got %r" % (name, " or None" if allow_none else "", value))
-    return int(value)
-
-
-def describe_preprocessing(p):
-    """A model's recorded preprocessing in words: 'rescale=1/255', "preprocess_input(mode='caffe')",
-    or 'none (images as given)'."""
-    if isinstance(p, dict) and set(p) == {"rescale"}:
-        f = float(p["rescale"])
-        for d in (255, 127.5):
-            if f > 0 and abs(f * d - 1) < 1e-9:
-                return "rescale=1/%g" % d
-        return "rescale=%.8g" % f
-    if p in ("caffe", "tf", "torch"):
-        return "preprocess_input(mode=%r)" % p
-    return "none (images as given)" if p is None else repr(p)
-
-
-def warn_if_unscaled(model, x):
-    """Warns once per model when images look like raw 0-255 values but the model's recorded
-    preprocessing scales them (rescale=1/255: it was trained on 0..1): its outputs would be
-    plausible-looking numbers that mean nothing. Only the first 32 images are looked at. A
-    model that standardises each image first (an input LayerNormalization) is left alone: the
-    images' scale changes its outputs only through the normalisation's epsilon."""
-    p = model.preprocessing
-    if not (isinstance(p, dict) and set(p) == {"rescale"}) or model.__dict__.get("_warned_unscaled"):
-        return
-    if model.architecture.get("input_norm"):
-        return
-    factor = float(p["rescale"])
-    sample = np.asarray(x[:32])
-    if not 0 < factor < 0.5 or not sample.size or sample.dtype.kind not in "biuf":
-        return
-    top = float(np.max(sample))
-    if top > 2 * 255 * factor:
-        model.__dict__["_warned_unscaled"] = True
-        warnings.warn("covidx: the images given to model %r reach %g, but its recorded preprocessing is rescale=%.6g "
-                      "(it was trained on images scaled to 0..%g), so its outputs will be meaningless. Scale them "
-                      "first: ImageDataGenerator(rescale=%.6g), x * %.6g, or model.preprocess(x)."
-                      % (model.name, top, factor, 255 * factor, factor, factor), UserWarning, stacklevel=3)
 
 
 def _check_legacy_kwargs(method, kwargs):
@@ -186,22 +111,7 @@ class Model:
 
     def _set_named_weights(self, named):
         """named: {'layer/weight': array}. Checks every name and shape, then rebuilds the engine."""
-        spec = architecture.weight_spec(self.architecture)
-        expected = {"%s/%s" % (layer, w): shape for layer, ws in spec for w, shape in ws}
-        missing = [k for k in expected if k not in named]
-        if missing:
-            raise ValueError("weights: missing %d tensors, first %r" % (len(missing), missing[0]))
-        extra = [k for k in named if k not in expected]
-        if extra:
-            raise ValueError("weights: unexpected tensor %r for this architecture" % extra[0])
-        weights = {}
-        for key, shape in expected.items():
-            a = np.asarray(named[key])
-            if a.dtype.kind not in "biuf":
-                raise TypeError("weights[%r]: expected a numeric array, got dtype %s" % (key, a.dtype))
-            if a.shape != tuple(shape):
-                raise ValueError("weights[%r]: expected shape %s, got %s" % (key, tuple(shape), a.shape))
-            weights[key] = np.array(a, dtype=np.float32, order="C")
+        weights = architecture.check_weights(self.architecture, named)
         if self._unfamiliar is not None or self.int8_calibration is not None:
             head = {"%s/%s" % (d["name"], w) for d in self.architecture.get("head", []) for w in ("kernel", "bias")}
             if not all(np.array_equal(weights[k], self._weights[k]) for k in weights if k not in head):
@@ -214,8 +124,6 @@ class Model:
 
     def _drop_unfamiliar(self):
         """Statistics of the old backbone's features would be wrong for a new one."""
-        import warnings
-
         warnings.warn("model %r: the backbone's weights changed, so its out-of-distribution statistics "
                       "were dropped; refit them with covidx.fit_unfamiliar" % self.name, stacklevel=4)
         self._unfamiliar = None
@@ -277,8 +185,6 @@ class Model:
         self._precision = precision
         self._kernel = (kernel, note)
         if _config.kernel_precision(kernel) != precision:  # AVX512_BF16 instead of AMX is only noted
-            import warnings
-
             warnings.warn("model %r: %s" % (self.name, note), RuntimeWarning, stacklevel=2)
         return self
 
@@ -290,8 +196,6 @@ class Model:
         'mse': least squared error, the default; or 'max': no clipping), see covidx.int8. The
         scales are kept in int8_calibration and saved with the model (.safetensors). A model
         already in int8 switches to the new scales. Returns int8_calibration."""
-        from . import int8
-
         calibration = int8.calibrate(self, x, batch_size=checks.positive_int(batch_size, "batch_size"),
                                      steps=checks.positive_int(steps, "steps"), verbose=verbose, method=method)
         self._set_int8_calibration(calibration)
@@ -299,8 +203,6 @@ class Model:
 
     def _set_int8_calibration(self, calibration):
         """Takes calibration (checked), gives its scales to the engine and re-applies int8."""
-        from . import int8
-
         self.int8_calibration = int8.check_calibration(calibration, self.architecture)
         self._engine.set_int8_scales(int8.scale_array(calibration, self.architecture))
         if self._precision == "int8":
@@ -412,8 +314,6 @@ class Model:
 
     def set_unfamiliar(self, stats):
         """Attaches out-of-distribution statistics (from covidx.fit_unfamiliar), or None to drop them."""
-        from .unfamiliar import UnfamiliarStats
-
         if stats is not None and not isinstance(stats, UnfamiliarStats):
             raise TypeError("set_unfamiliar: expected covidx.unfamiliar.UnfamiliarStats or None, got %s"
                             % type(stats).__name__)
@@ -430,14 +330,13 @@ class Model:
     # --- inference -------------------------------------------------------------------------------
 
     def _run(self, x, batch_size, output, verbose=0, unfamiliar=False):
-        x = _as_images(x, convert=False)  # converted a batch at a time: the engine needs no more
-        batch_size = _positive_int(batch_size, "batch_size") or 32
-        steps = (x.shape[0] + batch_size - 1) // batch_size
+        x = checks.images(x, convert=False)  # converted a batch at a time: the engine needs no more
+        batches, steps, _ = evaluation.batch_source(x, None, checks.positive_int(batch_size, "batch_size"), None)
         bar = Progbar(steps, verbose=verbose) if verbose else None
         parts = []
-        for i in range(steps):
-            batch = np.ascontiguousarray(x[i * batch_size:(i + 1) * batch_size], dtype=np.float32)
-            parts.append(self._engine.forward(batch, output=OUTPUTS[output], unfamiliar=unfamiliar))
+        for i, (batch, _, _, _) in enumerate(batches):
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+            parts.append(self._engine.forward(batch, output=architecture.OUTPUTS[output], unfamiliar=unfamiliar))
             if bar:
                 bar.update(i + 1, [], finalize=i + 1 == steps)
         if unfamiliar:
@@ -445,7 +344,7 @@ class Model:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _forward(self, x, output="head", unfamiliar=False):
-        return self._engine.forward(_as_images(x), output=OUTPUTS[output], unfamiliar=unfamiliar)
+        return self._engine.forward(checks.images(x), output=architecture.OUTPUTS[output], unfamiliar=unfamiliar)
 
     def _output_tail(self, output, input_shape):
         """The per-sample output shape for images of input_shape (batch, h, w, 3)."""
@@ -480,11 +379,11 @@ class Model:
         if return_unfamiliar:
             self._check_unfamiliar()
         verbose = 1 if verbose == "auto" else verbose
-        batch_size, steps = _positive_int(batch_size, "batch_size"), _positive_int(steps, "steps")
+        batch_size, steps = checks.positive_int(batch_size, "batch_size"), checks.positive_int(steps, "steps")
         if self._is_array(x):
             if steps is not None:  # only the first `steps` batches are computed
                 x = x[:steps * (batch_size or 32)]
-            warn_if_unscaled(self, x)
+            scaling.warn_if_unscaled(self, x)
             return self._run(x, batch_size, "head", verbose, unfamiliar=bool(return_unfamiliar))
         return evaluation.predict(self, x, batch_size, verbose, steps, "head", unfamiliar=bool(return_unfamiliar))
 
@@ -497,7 +396,7 @@ class Model:
         _check_legacy_kwargs("evaluate", kwargs)
         if x is None:
             raise ValueError("evaluate: no data given (x)")
-        batch_size, steps = _positive_int(batch_size, "batch_size"), _positive_int(steps, "steps")
+        batch_size, steps = checks.positive_int(batch_size, "batch_size"), checks.positive_int(steps, "steps")
         return evaluation.evaluate(self, x, y, batch_size, verbose, sample_weight, steps, return_dict)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
@@ -528,9 +427,7 @@ class Model:
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1, **kwargs):
         """Keras's fit, for the trainable Dense head on a frozen backbone (see covidx.training)."""
-        from . import training
-
-        return training.fit(self, x=x, y=y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+        return training_mod.fit(self, x=x, y=y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                             callbacks=callbacks, validation_split=validation_split, validation_data=validation_data,
                             shuffle=shuffle, class_weight=class_weight, sample_weight=sample_weight,
                             initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
@@ -556,8 +453,6 @@ class Model:
 
     def to_onnx(self, path, opset=17):
         """Writes this model as a standard ONNX graph (needs the `onnx` package: pip install onnx)."""
-        from .formats import onnx_export
-
         return onnx_export.export(self, path, opset=opset)
 
     # --- layers and summary ----------------------------------------------------------------------
@@ -565,14 +460,14 @@ class Model:
     @property
     def input(self):
         """The symbolic input, for building models the Keras functional way (covidx.functional)."""
-        from . import functional
+        from . import functional  # the one import circle: model <-> functional
 
         return functional.symbolic_input(self)
 
     @property
     def output(self):
         """The symbolic output: `x = base_model.output; x = GlobalAveragePooling2D()(x); ...`."""
-        from . import functional
+        from . import functional  # the one import circle: model <-> functional
 
         return functional.symbolic_output(self)
 
@@ -603,23 +498,19 @@ class Model:
                 layer_range=None):
         """Prints Keras's table of layers, output shapes, parameter counts and inbound layers;
         returns None."""
-        from . import summary as summary_mod
-
         summary_mod.print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn,
                                   show_trainable=show_trainable)
 
     def predict_on_batch(self, x):
         """Outputs for one batch of images (batch, height, width, 3), used exactly as given (no
         preprocessing), in one forward pass, as Keras's predict_on_batch."""
-        return self._engine.forward(_as_images(x), output=0)
+        return self._engine.forward(checks.images(x), output=0)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         """Keras's train_on_batch: one optimizer step of the head on this batch (images and
         labels); returns the batch's loss and metrics, computed before the step, as [loss,
         metric, ...] (a float without metrics) or a dict."""
-        from . import training
-
-        return training.train_on_batch(self, x, y, sample_weight, class_weight, return_dict)
+        return training_mod.train_on_batch(self, x, y, sample_weight, class_weight, return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """Keras's test_on_batch: the compiled loss and metrics on this batch."""
@@ -631,9 +522,9 @@ class Model:
     def __call__(self, x, training=None, **kwargs):
         """model(x): outputs for images, as predict_on_batch; on a keras.Input, the symbolic
         output, for building a model (x = base_model(inputs, training=False))."""
-        from . import functional
+        if isinstance(x, head.KerasTensor):
+            from . import functional  # the one import circle: model <-> functional
 
-        if isinstance(x, functional.KerasTensor):
             return functional.call_backbone(self, x)
         return self.predict_on_batch(x)
 
@@ -656,22 +547,12 @@ class Model:
 
     def predict_reference(self, x):
         """Outputs from the plain C layers (direct loops, double accumulators): slow; for checks."""
-        return self._engine.forward(_as_images(x), output=0, reference=True)
+        return self._engine.forward(checks.images(x), output=0, reference=True)
 
     def preprocess(self, x):
         """Applies the preprocessing recorded with this model to raw 0-255 RGB images (batch, h, w, 3).
         covidx calls it only where it reads image files itself; predict never does."""
-        p = self.preprocessing
-        if p is None:
-            return x
-        if isinstance(p, dict) and set(p) == {"rescale"}:
-            return np.asarray(x, dtype=np.float32) * np.float32(p["rescale"])
-        if p in ("caffe", "tf", "torch"):
-            from .applications.resnet50 import preprocess_input
-
-            return preprocess_input(np.array(x, dtype=np.float32), mode=p)
-        raise ValueError("model %r: unknown preprocessing %r (expected 'caffe', 'tf', 'torch', "
-                         "{'rescale': factor} or None)" % (self.name, p))
+        return scaling.preprocess(self.preprocessing, x, self.name)
 
     # --- files -----------------------------------------------------------------------------------
 
@@ -690,49 +571,12 @@ class Model:
         kwargs.pop("zipped", None)
         if kwargs:
             raise TypeError("save() got unexpected keyword argument(s): %s" % ", ".join(sorted(kwargs)))
-        if dtype not in ("float32", "float16"):
-            raise ValueError("dtype: expected 'float32' or 'float16', got %r" % (dtype,))
-        path = os.fspath(path)
-        if not overwrite and os.path.exists(path):
-            raise FileExistsError("save: %s exists (overwrite=False)" % path)
-        lower = path.lower()
-        if lower.endswith((".keras", ".h5", ".hdf5")):
-            if dtype != "float32":
-                raise ValueError("save: Keras files are written in float32 (dtype=%r is for covidx's .safetensors "
-                                 "files)" % (dtype,))
-            from .formats import keras_writer
+        return formats.write(self, path, overwrite=overwrite, dtype=dtype)
 
-            if lower.endswith(".keras"):
-                return keras_writer.save_keras(self, path)
-            return keras_writer.save_h5(self, path)
-        if not lower.endswith((".safetensors", ".covidx")):
-            raise ValueError("save: cannot tell the format from the name %r. Use '.keras' or '.h5' for Keras files "
-                             "(readable by Keras 3 and covidx), or '.safetensors' / '.covidx' for covidx's own; "
-                             "save_weights('x.weights.h5') writes the weights only" % path)
-        from . import __version__
-
-        meta = {
-            "format": FORMAT,
-            "format_version": str(FORMAT_VERSION),
-            "covidx_version": __version__,
-            "name": self.name,
-            "architecture": json.dumps(self.architecture),
-            "preprocessing": json.dumps(self.preprocessing),
-        }
-        if self.class_names is not None:
-            meta["class_names"] = json.dumps(self.class_names)
-        if self.calibration is not None:
-            meta["calibration"] = json.dumps(self.calibration)
-        if self._compiled is not None and self._compiled["config"]["loss"] is not None:
-            meta["training_config"] = json.dumps(self._compiled["config"])
-        tensors = {k: v.astype(dtype) for k, v in self._weights.items()}
-        if self.int8_calibration is not None:
-            meta["int8_calibration"] = json.dumps(self.int8_calibration)
-        if self._unfamiliar is not None:  # always float32: the residual term is a small difference
-            stats_tensors, meta["unfamiliar"] = self._unfamiliar.to_file()
-            tensors.update(stats_tensors)
-        safetensors_io.save(os.fspath(path), tensors, meta)
-        return path
+    def compile_settings(self):
+        """The compile settings a saved file records ({'loss': name or None, 'metrics': [names]}),
+        or None when the model is not compiled."""
+        return None if self._compiled is None else self._compiled["config"]
 
     def save_weights(self, filepath, overwrite=True):
         """Keras 3's model.save_weights: the weights as a Keras 3 '.weights.h5' file (loads with
@@ -742,15 +586,11 @@ class Model:
             raise ValueError("The filename must end in `.weights.h5`. Received: filepath=%s" % filepath)
         if not overwrite and os.path.exists(filepath):
             raise FileExistsError("save_weights: %s exists (overwrite=False)" % filepath)
-        from .formats import keras_writer
-
         return keras_writer.save_weights(self, filepath)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """Keras's model.load_weights: weights from a '.weights.h5', '.keras' or legacy '.h5' file
         (or a covidx file) with this model's architecture, read as Keras reads them."""
-        from . import formats
-
         if skip_mismatch:
             raise ValueError("load_weights: skip_mismatch=True is not supported; every tensor must fit")
         filepath = os.fspath(filepath)
@@ -762,14 +602,10 @@ class Model:
 
     def get_config(self):
         """The model's Keras config (the 'config' of to_json()): name, layers, inputs, outputs."""
-        from .formats import keras_writer
-
         return keras_writer.model_config(self)["config"]
 
     def to_json(self, **kwargs):
         """The model's architecture as Keras 3 JSON: keras.models.model_from_json builds it."""
-        from .formats import keras_writer
-
         config = keras_writer.model_config(self)
         compiled = keras_writer.compile_config(self)
         if compiled is not None:
@@ -793,78 +629,3 @@ def default_model_path():
         if os.path.isfile(p):
             return p
     return None
-
-
-def load_model(path=None, custom_objects=None, compile=True, safe_mode=True, *, class_names=None, precision="fp32"):
-    """Loads a model file: covidx's safetensors format, or (see covidx.formats) a Keras .h5 /
-    .keras / .weights.h5 file or a PyTorch ResNet50 state_dict, recognised by content.
-    load_model() (path None) loads the shipped model (FileNotFoundError where none is installed).
-    class_names: for files that do not record them. compile=False gives an uncompiled model (as
-    Keras: evaluate() then asks for compile()); nothing in a file is ever executed, so
-    custom_objects and safe_mode change nothing. precision: 'fp32' (default), 'bf16' or 'int8'
-    (Model.set_precision; int8 needs a file with int8 calibration, see Model.calibrate_int8)."""
-    checks.precision(precision)
-    model = _load_model(path, class_names, compile)
-    if precision != "fp32":
-        model.set_precision(precision)
-    return model
-
-
-def _load_model(path, class_names, compile):
-    if path is None:
-        path = default_model_path()
-        if path is None:
-            raise FileNotFoundError("load_model(): no model file given, and this installation has no shipped "
-                                    "model (%s); pass the path of a model file" % DEFAULT_MODEL)
-    path = os.fsdecode(os.fspath(path))  # a bytes path is a path, never the file's content
-    if not os.path.isfile(path):
-        if os.path.exists(path):
-            from .formats import ModelFileError
-
-            raise ModelFileError("%s: not a regular file (a directory, device or pipe); covidx reads model files"
-                                 % path)
-        raise FileNotFoundError("load_model: no such file: %s" % path)
-    if not safetensors_io.looks_like_safetensors(path):
-        from . import formats
-
-        model = formats.load(path, class_names=class_names)
-        if not compile:
-            model._compiled, model.optimizer = None, None
-        return model
-    tensors, meta = safetensors_io.load(path)
-    if meta.get("format") != FORMAT:
-        raise ValueError("%s: a safetensors file, but not a covidx model (no format=covidx metadata)" % path)
-    try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise ValueError("%s: bad format_version %r" % (path, meta.get("format_version"))) from None
-    if version > FORMAT_VERSION:
-        raise ValueError("%s: format version %d is newer than this covidx understands (%d); upgrade covidx"
-                         % (path, version, FORMAT_VERSION))
-
-    def field(key, default=None):
-        try:
-            return json.loads(meta[key]) if key in meta else default
-        except (ValueError, RecursionError):
-            raise ValueError("%s: metadata %r is not valid JSON (or nested too deeply)" % (path, key)) from None
-
-    arch = field("architecture")
-    try:
-        architecture.validate(arch)
-        stats = {k: tensors.pop(k) for k in list(tensors) if k.startswith("unfamiliar/")}
-        model = Model(arch, tensors, class_names=class_names or field("class_names"),
-                      preprocessing=field("preprocessing"), name=meta.get("name", "resnet50"))
-        calibration = field("calibration")
-        model.calibration = calibration if isinstance(calibration, dict) else None
-        if "int8_calibration" in meta:
-            model._set_int8_calibration(field("int8_calibration"))
-        if "unfamiliar" in meta or stats:
-            from .unfamiliar import UnfamiliarStats
-
-            model.set_unfamiliar(UnfamiliarStats.from_file(stats, meta.get("unfamiliar", "null"), path))
-        training = field("training_config")
-        if compile and isinstance(training, dict) and isinstance(training.get("loss"), str):
-            model.compile(loss=training["loss"], metrics=list(training.get("metrics") or []))
-        return model
-    except (ValueError, TypeError) as e:
-        raise type(e)("%s: %s" % (path, e)) from None

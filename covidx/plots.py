@@ -12,6 +12,7 @@ import io
 import numpy as np
 
 from . import reports
+from .display import printable
 
 COLOURS = {"curve": "#1f5fa8", "chance": "#9a9a9a", "point": "#c0392b", "negative": "#4c9a2a", "positive": "#c0392b"}
 
@@ -188,8 +189,6 @@ def reliability_figure(curves, title="Reliability diagram"):
 def literal(text):
     """text shown as it is: class names come from model files and folder names, and matplotlib reads
     $...$ in any label as mathtext (a name like '$\\frac' failed the whole report)."""
-    from .display import printable
-
     return printable(text).replace("$", r"\$")
 
 

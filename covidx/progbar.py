@@ -9,6 +9,8 @@ import os
 import sys
 import time
 
+from ._settings import settings
+
 
 def _dynamic_display():
     return ((hasattr(sys.stdout, "isatty") and sys.stdout.isatty()) or "ipykernel" in sys.modules
@@ -37,8 +39,6 @@ def format_eta(eta):
 
 class Progbar:
     def __init__(self, target, verbose=1, style=None, interval=0.05, stream=None):
-        from ._settings import settings
-
         self.target, self.verbose, self.interval = target, verbose, interval
         self.style = style or settings.progress_style
         if self.style not in ("keras3", "tf2"):

@@ -5,6 +5,7 @@ alone. Needs matplotlib (pip install covidx[report])."""
 from __future__ import annotations
 
 import base64
+import csv
 import datetime
 import html
 import io
@@ -13,7 +14,9 @@ import urllib.parse
 
 import numpy as np
 
-from . import atomic, plots, reports
+from . import atomic, explain, plots, reports
+from ._version import __version__
+from .scaling import describe_preprocessing
 from .display import printable, spreadsheet_cell
 
 CSS = """
@@ -214,8 +217,6 @@ def write_per_image_csv(f, labels, probs, class_names, files=None, unfamiliar=No
     """Every image's result as CSV on the text file f: file, true, predicted, outcome, one
     probability per class, the unfamiliar score. Names are written as printable text, and a cell a
     spreadsheet would take for a formula starts with an apostrophe (covidx.display)."""
-    import csv
-
     labels = np.asarray(labels, np.int64)
     probs = two_columns(probs)
     names = list(class_names)
@@ -336,8 +337,6 @@ def pick_examples(labels, probs, positive, k=4):
 
 
 def examples_section(model, files, labels, probs, names, positive, k, target_size):
-    from . import explain
-
     cards = []
     for index, kind in pick_examples(labels, probs, positive, k):
         predicted = int(np.argmax(probs[index]))
@@ -359,9 +358,6 @@ def examples_section(model, files, labels, probs, names, positive, k, target_siz
 
 
 def header(title, summary, model, source, scaling=None):
-    from . import __version__
-    from .model import describe_preprocessing
-
     counts = ", ".join("%s %d" % (n, sum(row)) for n, row in zip(summary["class_names"], summary["confusion"]))
     what = [("%d images (%s)" % (summary["n"], counts))]
     if source:

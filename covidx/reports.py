@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from .evaluation import _canonical
+
 Z95 = 1.959963984540054
 
 
@@ -83,8 +85,6 @@ def roc_curve(scores, truth):
 
 
 def covid_index(names):
-    from .evaluation import _canonical
-
     hits = [i for i, n in enumerate(names) if _canonical(n) == "covid"]
     return hits[0] if hits else 0
 

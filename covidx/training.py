@@ -15,13 +15,14 @@ import warnings
 
 import numpy as np
 
+from . import architecture, checks, scaling
 from . import callbacks as callbacks_mod
 from . import evaluation
 from . import head as head_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
-from . import model as model_mod
 from . import optimizers as optimizers_mod
+from .preprocessing.iterators import BATCH_SOURCES
 
 # --- losses and their gradients ------------------------------------------------------------------
 
@@ -321,8 +322,7 @@ class ArrayData(IndexedData):
             raise ValueError("x and y: %d samples but %d labels" % (len(x), len(y)))
         if w is not None and len(w) != len(x):
             raise ValueError("x and sample_weight: %d samples but %d weights" % (len(x), len(w)))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
+        checks.positive_int(batch_size, "batch_size", allow_none=False)
         super().__init__(len(x), features_of, labels, cache)
         self.x, self.y = x, (None if y is None else np.asarray(y))
         self.w = None if w is None else np.asarray(w, np.float32)
@@ -360,15 +360,10 @@ class IteratorData(IndexedData):
         return order
 
     def batch_indices(self, b):
-        return self.it._batch_indices(b)
+        return self.it.batch_indices(b)
 
     def load(self, idx):
-        if hasattr(self.it, "_get_batch_with_mask"):
-            x, y, ok = self.it._get_batch_with_mask(idx)
-            weights = getattr(self.it, "sample_weight", None)  # flow_from_dataframe(weight_col=...)
-            return x, y, None if weights is None else np.asarray(weights, np.float32)[idx], ok
-        x, y, w = _unpack(self.it._get_batches_of_transformed_samples(idx))
-        return x, y, w, None
+        return self.it.load_batch(idx)
 
     def end_epoch(self):
         if hasattr(self.it, "on_epoch_end"):
@@ -413,7 +408,7 @@ def make_data(model, x, y, sample_weight, batch_size, class_weight, features_of,
         if sample_weight is not None:
             raise ValueError("`sample_weight` argument is not supported when using a data generator")
         labels = Labels(model, x if evaluation.is_sequence(x) else None, class_weight)
-        if evaluation.is_sequence(x) and hasattr(x, "_batch_indices") and hasattr(x, "n"):
+        if isinstance(x, BATCH_SOURCES):
             if cache is None:
                 cache = not augments(getattr(x, "image_data_generator", None))
             return IteratorData(x, features_of, labels, bool(cache))
@@ -444,8 +439,8 @@ class Trainer:
             warnings.warn("The model does not have any trainable weights.", stacklevel=3)
 
     def image_features(self, x):
-        model_mod.warn_if_unscaled(self.model, x)
-        return self.head.engine.forward(model_mod._as_images(x), output=model_mod.OUTPUTS["features"])
+        scaling.warn_if_unscaled(self.model, x)
+        return self.head.engine.forward(checks.images(x), output=architecture.OUTPUTS["features"])
 
     def given_features(self, x):
         x = np.asarray(x, np.float32)

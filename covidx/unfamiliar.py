@@ -31,7 +31,7 @@ import json
 
 import numpy as np
 
-from . import _core
+from . import _core, evaluation
 
 # Feature sets a part can model: name -> (offset, size) in the engine's descriptor, each tap's
 # values running up to where the next begins.
@@ -241,8 +241,6 @@ def _descriptors_and_labels(model, data, batch_size):
         if len(labels) != len(x):
             raise ValueError("fit_unfamiliar: %d images but %d labels" % (len(x), len(labels)))
         return model._run(x, batch_size, "descriptor"), labels
-    from . import evaluation
-
     source, _, iterator = evaluation.batch_source(data, None, batch_size, None)
     if iterator is not None and getattr(iterator, "class_mode", "x") is None:
         raise ValueError("fit_unfamiliar: the iterator has no labels (class_mode=None); the statistics are per class")

@@ -151,3 +151,27 @@ def test_backbone_of_a_model_file_keeps_its_input_standardisation(tmp_path):
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="input_norm"):
         ResNet50(weights=str(path), include_top=False, pooling="avg", input_norm=1e-3)
+
+
+def test_formats_return_plain_parts_and_saving_builds_the_model(saved, tmp_path):
+    """Every reader gives data, not a model: the covidx file's and a Keras file's parts hold the
+    saved weights, class names and preprocessing; load_model is those parts made a model."""
+    from covidx import formats, saving
+
+    model, path = saved
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    keras_path = str(tmp_path / "m.keras")
+    model.save(keras_path)
+    want = dict(model.named_weights)
+    for p, kind in ((str(path), "covidx"), (keras_path, "keras")):
+        parts = formats.read(p)
+        assert type(parts) is formats.Parts and parts.kind == kind and formats.sniff(p) in ("safetensors", "zip")
+        assert parts.arch == model.architecture and parts.class_names == ["COV19", "Normal"]
+        assert parts.preprocessing == {"rescale": 1 / 255}
+        assert set(parts.weights) == set(want)
+        for k, v in want.items():
+            np.testing.assert_array_equal(np.asarray(parts.weights[k], np.float32), v)
+        built = saving.model_from_parts(parts, p)
+        np.testing.assert_array_equal(built.predict(x()), model.predict(x()))
+    assert formats.read(keras_path).compile_config["loss"] == "categorical_crossentropy"
+    assert covidx.load_model is saving.load_model

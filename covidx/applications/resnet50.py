@@ -7,9 +7,11 @@ import os
 import numpy as np
 
 from .. import architecture, checks, formats
-from ..model import Model, load_model
+from ..scaling import preprocess_input  # noqa: F401  (Keras's keras.applications.resnet50.preprocess_input)
+from . import imagenet
+from ..model import Model
+from ..saving import weights_for
 
-CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
 def _glorot_uniform(rng, shape):
@@ -121,38 +123,13 @@ def _resnet50(include_top, weights, input_tensor, input_shape, pooling, classes,
         return Model(arch, _initial_weights(arch, seed), class_names=class_names, preprocessing=preprocessing,
                      name=name)
     if isinstance(weights, str) and weights == "imagenet":
-        from . import imagenet
-
         named = formats.load_weights(imagenet.weights_path(include_top), arch)
         return Model(arch, named, class_names=class_names, preprocessing=preprocessing, name=name)
     if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
         raise ValueError("weights: expected None (random initialisation), 'imagenet' or the path of a weights "
                          "file, got %r" % (weights,))
-    if formats.sniff(weights) == "safetensors":
-        # A covidx model file: its tensors that this architecture has (the backbone alone for
-        # include_top=False); its class names only where the outputs are the same.
-        source = load_model(weights)
-        for key in architecture.INPUT_LAYERS:
-            # The input layers (Rescaling, the per-image standardisation) come with the backbone: its
-            # features were learnt behind them, and without them they are other features.
-            theirs, ours = source.architecture.get(key), arch.get(key)
-            if ours is None:
-                if theirs is not None:
-                    arch[key] = dict(theirs)
-            elif theirs is None or {k: v for k, v in theirs.items() if k != "name"} != \
-                    {k: v for k, v in ours.items() if k != "name"}:
-                raise ValueError("weights=%r: the file's backbone has %s at its input, and this call asks for %s; "
-                                 "leave input_norm out to take the file's input layers with its weights"
-                                 % (os.fspath(weights), theirs or "no %s layer" % key, ours))
-        wanted = {"%s/%s" % (layer, w) for layer, ws in architecture.weight_spec(arch) for w, _ in ws}
-        named = {k: v for k, v in source.named_weights.items() if k in wanted}
-        same_outputs = arch.get("head") and source.architecture.get("head") and \
-            architecture.output_units(arch) == architecture.output_units(source.architecture)
-        return Model(arch, named, class_names=class_names or (source.class_names if same_outputs else None),
-                     preprocessing=source.preprocessing or preprocessing, name=name)
-    # Keras (.h5, .keras, .weights.h5) or PyTorch files: loaded as Keras's load_weights does
-    return Model(arch, formats.load_weights(weights, arch), class_names=class_names, preprocessing=preprocessing,
-                 name=name)
+    arch, named, class_names, preprocessing = weights_for(arch, weights, class_names, preprocessing)
+    return Model(arch, named, class_names=class_names, preprocessing=preprocessing, name=name)
 
 
 def _check_imagenet_arguments(include_top, classes, classifier_activation, head, variant):
@@ -167,37 +144,3 @@ def _check_imagenet_arguments(include_top, classes, classifier_activation, head,
     if include_top and classifier_activation not in (None, "softmax"):
         raise ValueError("If using `weights='imagenet'` with `include_top=True`, `classifier_activation` must "
                          "be None or 'softmax'. Received: %r" % (classifier_activation,))
-
-
-def preprocess_input(x, data_format=None, mode="caffe"):
-    """Keras's ResNet50 preprocessing ('caffe': RGB->BGR, minus the ImageNet channel means).
-    Float arrays are changed in place and returned, as in Keras; others are converted to float32."""
-    if data_format not in (None, "channels_last", "channels_first"):
-        raise ValueError("data_format: expected 'channels_last' or 'channels_first', got %r" % (data_format,))
-    if mode not in ("caffe", "tf", "torch"):
-        raise ValueError("mode: expected 'caffe', 'tf' or 'torch', got %r" % (mode,))
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    if x.dtype.kind not in "biuf":
-        raise TypeError("x: expected a numeric array, got dtype %s" % x.dtype)
-    if x.dtype.kind != "f":
-        x = x.astype(np.float32)
-    axis = 0 if (data_format == "channels_first" and x.ndim == 3) else (1 if data_format == "channels_first" else -1)
-    if x.shape[axis] != 3:
-        raise ValueError("x: expected 3 channels on axis %d, got shape %s" % (axis, x.shape))
-    shape = [1] * x.ndim
-    shape[axis] = 3
-    if mode == "tf":
-        x /= 127.5
-        x -= 1.0
-        return x
-    if mode == "torch":
-        x /= 255.0
-        x -= np.array([0.485, 0.456, 0.406], dtype=x.dtype).reshape(shape)
-        x /= np.array([0.229, 0.224, 0.225], dtype=x.dtype).reshape(shape)
-        return x
-    index = [slice(None)] * x.ndim
-    index[axis] = slice(None, None, -1)
-    x = x[tuple(index)]
-    x -= CAFFE_MEAN_BGR.astype(x.dtype).reshape(shape)
-    return x

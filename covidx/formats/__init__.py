@@ -1,12 +1,15 @@
-"""Model files from other frameworks, recognised by content, never by extension alone:
+"""Model files, recognised by content, never by extension alone; every reader returns plain
+Parts (formats/parts.py) and knows nothing of models (covidx.saving builds them):
 
+- covidx's own safetensors files (covidx_file.py);
 - Keras legacy HDF5 (.h5): a full model (model.save in TF 2.x / Keras 3: model_config and
   model_weights), weights only (save_weights), and the official ImageNet weight files;
 - Keras 3 archives (.keras: config.json + model.weights.h5) and weight files (.weights.h5);
 - PyTorch state_dicts of torchvision's ResNet50 (torch.save, zip or older format), read without
   PyTorch and without unpickling anything but tensors and plain containers.
 
-covidx's own safetensors format is read by covidx.model. Files holding weights only record no
+sniff() is the one test of a file's kind; read() and load_weights() the readers' entry, write()
+the writers' (by extension, as Keras's model.save). Files holding weights only record no
 activations: Dense layers are taken as ReLU and the last one as softmax (sigmoid with one unit);
 to choose, load them into an architecture: ResNet50(weights=path, head=..., classes=...).
 Keras files do not record input preprocessing (model.preprocessing is None: set it before
@@ -18,17 +21,19 @@ from __future__ import annotations
 import os
 import struct
 
+from .. import architecture, safetensors_io
+from . import covidx_file, keras_files, keras_writer, torch_files, torchvision
+from .archive import open_zip
 from .errors import ModelFileError, fail
+from .parts import Parts
 
-__all__ = ["ModelFileError", "sniff", "load", "load_weights"]
+__all__ = ["ModelFileError", "Parts", "sniff", "read", "load_weights", "write"]
 
 TORCH_PREPROCESSING = "torch"  # torchvision's models expect ImageNet mean/std normalisation
 
 
 def sniff(path):
     """'hdf5', 'zip', 'pickle', 'safetensors' or None, from the file's first bytes."""
-    from .. import safetensors_io
-
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -44,8 +49,6 @@ def sniff(path):
 
 
 def _zip_kind(path):
-    from .archive import open_zip
-
     with open_zip(path) as archive:
         names = archive.namelist()
     if "config.json" in names:
@@ -57,8 +60,6 @@ def _zip_kind(path):
 
 def _read_parts(path, arch):
     """keras_files.Parts or ('torch', state_dict, class names), by content."""
-    from . import keras_files, torch_files, torchvision
-
     if os.path.getsize(path) == 0:
         fail(path, "empty file")
     kind = sniff(path)
@@ -74,103 +75,58 @@ def _read_parts(path, arch):
                "or a covidx .safetensors file; the content is none of these)")
 
 
-def _optimizer_from(config, path):
-    """The optimizer of Keras's compile settings (class and hyperparameters, as Keras restores
-    them): compile_config's 'optimizer' (.keras) or training_config's 'optimizer_config' (.h5).
-    Keras's default, rmsprop, where the file names none; one covidx cannot run is said, not
-    replaced quietly."""
-    from .. import optimizers
-
-    spec = config.get("optimizer", config.get("optimizer_config"))
-    if spec is None:
-        return optimizers.RMSprop()
-    try:
-        if isinstance(spec, dict):
-            settings = {k: v for k, v in (spec.get("config") or {}).items()
-                        if k not in ("is_legacy_optimizer", "jit_compile")}  # Keras 2's, no effect here
-            name = spec.get("class_name")
-            name = name.rsplit(">", 1)[-1] if isinstance(name, str) else name  # TF 2.11's 'Custom>Adam'
-            spec = {"class_name": name, "config": settings}
-        return optimizers.get(spec)
-    except (ValueError, TypeError) as e:
-        import warnings
-
-        warnings.warn("%s: the optimizer the file was compiled with (%s) cannot be restored (%s); the model is "
-                      "compiled with rmsprop: call compile(optimizer=...) before fit()"
-                      % (path, spec.get("class_name") if isinstance(spec, dict) else spec, e), stacklevel=4)
-        return optimizers.RMSprop()
-
-
-def _compile_from(model, config, path):
-    """Keras's compile settings, where they are plain names covidx knows; others are skipped."""
-    if not isinstance(config, dict) or not isinstance(config.get("loss"), str):
-        return
-    metrics = config.get("metrics") or []
-    if isinstance(metrics, list) and metrics and isinstance(metrics[0], list):
-        metrics = metrics[0]  # Keras 2 nested metrics per output
-    metrics = [m for m in metrics if isinstance(m, str)] if isinstance(metrics, list) else []
-    try:
-        model.compile(optimizer=_optimizer_from(config, path), loss=config["loss"], metrics=metrics)
-    except (ValueError, TypeError):
-        model._compiled, model.optimizer = None, None
-
-
-def _set_trainable(model, flags):
-    """The file's per-layer trainable flags (frozen layers stay frozen, as Keras loads them)."""
-    for layer in model.layers:
-        if layer.name in flags:
-            layer.trainable = flags[layer.name]
-
-
-def load(path, class_names=None):
-    """A covidx.Model from a Keras or PyTorch file (see the module docstring).
-    class_names: the output classes, for files that do not record them (given names win)."""
-    from ..model import Model
-    from . import torchvision
-
+def read(path):
+    """The Parts of any model file covidx reads (see the module docstring), by content."""
     path = os.fsdecode(os.fspath(path))
     if sniff(path) == "safetensors":
-        from ..model import load_model
-
-        return load_model(path, class_names=class_names)
+        return covidx_file.read(path)
     parts = _read_parts(path, None)
     if isinstance(parts, tuple):
-        _, sd, file_class_names = parts
+        _, sd, class_names = parts
         backbone, head = torchvision.split(sd, path)
         arch = torchvision.infer_arch(head, path)
-        named = torchvision.named_weights(backbone, head, arch, path)
-        return _model(Model, path, arch, named, class_names or file_class_names, TORCH_PREPROCESSING, "resnet50")
-    model = _model(Model, path, parts.arch, parts.weights, class_names or parts.class_names, parts.preprocessing,
-                   parts.name)
-    _compile_from(model, parts.compile_config, path)
-    _set_trainable(model, parts.trainable)
-    return model
-
-
-def _model(model_class, path, arch, named, class_names, preprocessing, name):
-    try:
-        return model_class(arch, named, class_names=class_names, preprocessing=preprocessing, name=name)
-    except (ValueError, TypeError) as e:
-        raise ModelFileError("%s: %s" % (path, e)) from None
+        return Parts(arch, torchvision.named_weights(backbone, head, arch, path), kind="torch",
+                     extra={"class_names": class_names, "preprocessing": TORCH_PREPROCESSING})
+    return parts
 
 
 def load_weights(path, arch):
     """{name: array} for arch from any supported file, as Keras's load_weights reads it: legacy
     HDF5 in layer order, Keras 3 files by structure, torchvision state_dicts by their keys."""
-    from . import torchvision
-
     path = os.fsdecode(os.fspath(path))
     if sniff(path) == "safetensors":
-        from ..model import load_model
-
-        model = load_model(path)
-        if model.architecture != arch:
-            from .keras_files import reorder
-
-            return reorder(dict(model.named_weights), model.architecture, arch, path)
-        return dict(model.named_weights)
+        parts = covidx_file.read(path)
+        try:
+            named = architecture.check_weights(parts.arch, parts.weights)
+        except (ValueError, TypeError) as e:
+            raise type(e)("%s: %s" % (path, e)) from None
+        return named if parts.arch == arch else keras_files.reorder(named, parts.arch, arch, path)
     parts = _read_parts(path, arch)
     if isinstance(parts, tuple):
         backbone, head = torchvision.split(parts[1], path)
         return torchvision.named_weights(backbone, head, arch, path)
     return parts.weights
+
+
+def write(model, path, overwrite=True, dtype="float32"):
+    """Writes model in the format its file name says, as Keras's model.save: '.keras' (the Keras
+    3 archive), '.h5' / '.hdf5' (Keras's legacy HDF5), '.safetensors' / '.covidx' (covidx's own;
+    dtype='float16' halves it). Other names are refused, saying which to use."""
+    if dtype not in ("float32", "float16"):
+        raise ValueError("dtype: expected 'float32' or 'float16', got %r" % (dtype,))
+    path = os.fspath(path)
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError("save: %s exists (overwrite=False)" % path)
+    lower = path.lower()
+    if lower.endswith((".keras", ".h5", ".hdf5")):
+        if dtype != "float32":
+            raise ValueError("save: Keras files are written in float32 (dtype=%r is for covidx's .safetensors "
+                             "files)" % (dtype,))
+        if lower.endswith(".keras"):
+            return keras_writer.save_keras(model, path)
+        return keras_writer.save_h5(model, path)
+    if not lower.endswith((".safetensors", ".covidx")):
+        raise ValueError("save: cannot tell the format from the name %r. Use '.keras' or '.h5' for Keras files "
+                         "(readable by Keras 3 and covidx), or '.safetensors' / '.covidx' for covidx's own; "
+                         "save_weights('x.weights.h5') writes the weights only" % path)
+    return covidx_file.write(model, path, dtype)

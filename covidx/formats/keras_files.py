@@ -15,6 +15,7 @@ from .. import architecture
 from . import hdf5, keras_graph
 from .archive import ZIP_ERRORS, member, open_zip
 from .errors import ModelFileError, fail
+from .parts import Parts
 
 MAX_CONFIG_BYTES = 64 << 20
 HDF5_OVERHEAD = 64 << 20  # metadata of a weights file: a few MB for ResNet50
@@ -23,18 +24,6 @@ KIND_ORDER = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance
 WEIGHT_KINDS = set(KIND_ORDER)
 BACKBONE_TENSORS = sum(len(ws) for _, ws in architecture.weight_spec(
     {"variant": "v1", "pooling": None, "head": []}))
-
-
-class Parts:
-    """What a file gives covidx.Model: architecture, named weights, name, compile settings, the
-    layers' trainable flags ({layer name: bool}, of full models), and the class names and
-    preprocessing of files covidx wrote (None otherwise)."""
-
-    def __init__(self, arch, weights, name="resnet50", compile_config=None, extra=None, trainable=None):
-        self.arch, self.weights, self.name, self.compile_config = arch, weights, name, compile_config
-        self.trainable = trainable or {}
-        extra = extra or {}
-        self.class_names, self.preprocessing = extra.get("class_names"), extra.get("preprocessing")
 
 
 def _loads(text):

@@ -20,7 +20,8 @@ import zipfile
 
 import numpy as np
 
-from .. import architecture, layer_table
+from .. import architecture, atomic, layer_table, optimizers
+from .._version import __version__
 from .hdf5 import h5py_module
 from .keras_graph import snake_case
 
@@ -153,8 +154,6 @@ def model_config(model, v3=True):
 
 def covidx_entry(model):
     """What Keras files have no place for: class names and preprocessing."""
-    from .. import __version__
-
     return {"covidx_version": __version__, "class_names": model.class_names, "preprocessing": model.preprocessing}
 
 
@@ -162,8 +161,6 @@ def covidx_entry(model):
 
 
 def _optimizer_config(model, v3):
-    from .. import optimizers
-
     try:
         optimizer = optimizers.get(model.optimizer if model.optimizer is not None else model._compiled["optimizer"])
     except ValueError:
@@ -197,8 +194,6 @@ def compile_config(model, v3=True):
 
 def _atomic(path, write):
     """Runs write(temporary path), then renames the result to path."""
-    from .. import atomic
-
     return atomic.write_file(path, write)
 
 
@@ -218,8 +213,6 @@ def _write_v3_weights(h5, model):
         for i, array in enumerate(weights):
             group.create_dataset(str(i), data=np.asarray(array, np.float32))
     if compile_config(model) is not None:
-        from .. import optimizers
-
         try:
             optimizer = optimizers.get(model.optimizer if model.optimizer is not None else model._compiled["optimizer"])
         except ValueError:

@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from .. import architecture
+from .. import architecture, atomic
+from .._version import __version__
 
 MIN_OPSET = 11
 EXTERNAL_DATA_BYTES = 1 << 30  # protobuf refuses messages over 2 GiB
@@ -148,8 +149,6 @@ def build(model, opset=17):
 
 
 def _metadata(onnx, proto, model):
-    from .. import __version__
-
     fields = {"covidx_version": __version__, "architecture": json.dumps(model.architecture),
               "preprocessing": json.dumps(model.preprocessing)}
     if model.class_names is not None:
@@ -167,6 +166,4 @@ def export(model, path, opset=17):
     if model.count_params() * 4 > EXTERNAL_DATA_BYTES:
         onnx.save_model(proto, path, save_as_external_data=True, location=os.path.basename(path) + ".data")
         return path
-    from .. import atomic
-
     return atomic.write_file(path, lambda tmp: onnx.save_model(proto, tmp))

@@ -10,9 +10,12 @@ Pillow's filter of the same name (TensorFlow's resize gives slightly different p
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
+from .. import checks
+from .image import check_target_size
 from .iterators import BatchFromFiles
 
 ALLOWLIST_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
@@ -105,8 +108,6 @@ class ImageDataset(BatchFromFiles):
         self.data_format, self.dtype, self.xray = "channels_last", "float32", False
         self.image_data_generator, self.save_to_dir = None, None
         self.on_error, self.skipped, self._skipped_paths = "raise", [], set()
-        import threading
-
         self.lock = threading.Lock()
         self.n = len(self._filepaths)
         self.batch_size = int(batch_size) if batch_size is not None else max(self.n, 1)
@@ -210,12 +211,8 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
     elif not isinstance(image_size, (list, tuple)) or len(image_size) != 2:
         raise ValueError("Invalid `image_size` value. Expected a tuple of 2 integers. Received: image_size=%s"
                          % (image_size,))
-    from .image import check_target_size
-
     check_target_size(image_size, "image_size")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
-        raise ValueError("batch_size: expected a positive integer or None, got %r" % (batch_size,))
+    checks.positive_int(batch_size, "batch_size")
     interpolation = interpolation.lower()
     if interpolation not in INTERPOLATIONS:
         raise ValueError("Argument `interpolation` should be one of %s (covidx resizes with Pillow). Received: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from PIL import ImageEnhance
 
 
 def _scipy_ndimage():
@@ -75,8 +76,6 @@ def apply_channel_shift(x, intensity, channel_axis=0):
 def apply_brightness_shift(x, brightness, scale=True):
     """PIL's brightness enhancement, through an 8-bit image as Keras does it (so the result is
     quantised)."""
-    from PIL import ImageEnhance
-
     from .image import array_to_img, img_to_array
 
     lo, hi = np.min(x), np.max(x)

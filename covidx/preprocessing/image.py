@@ -5,6 +5,7 @@ nearest-neighbour resizing by default, no EXIF rotation, 16-bit grey clipped whe
 images are scaled from their full value range to 8 bits instead of being clipped."""
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import pathlib
@@ -13,6 +14,10 @@ import threading
 import warnings
 
 import numpy as np
+from PIL import Image, ImageOps
+
+from ..dicom import dicom_to_pil  # reads pydicom only for a DICOM file (an optional extra)
+from ..errors import ImageFileError, ImageFileNotFoundError, ImageFilePermissionError
 
 # Pillow's filter constants by Keras's names (Pillow < 9.1 has them on Image itself).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
@@ -30,27 +35,6 @@ PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM")
 # images being decoded at once, in every thread of the process, together reserve at most this much.
 MAX_DECODE_BYTES = 640 << 20
 BLOCK_PIXELS = 1 << 20  # 16-bit images are scaled to 8 bits this many pixels at a time
-
-
-class ImageFileError(ValueError):
-    """An image file that cannot be read or decoded. `.path` names the file and `.reason` says why.
-    Every per-file failure is one (a missing file is also a FileNotFoundError, a file that may
-    not be read also a PermissionError), so that on_error='skip' can leave the file out."""
-
-    def __init__(self, path, reason):
-        self.path, self.reason = path, reason
-        super().__init__("%s: cannot read image (%s)" % (path, reason))
-
-    def __reduce__(self):
-        return type(self), (self.path, self.reason)
-
-
-class ImageFileNotFoundError(ImageFileError, FileNotFoundError):
-    """No file at the path (or a symbolic link to nothing)."""
-
-
-class ImageFilePermissionError(ImageFileError, PermissionError):
-    """The file may not be read."""
 
 
 def _nonblocking(path, flags):
@@ -97,8 +81,6 @@ class _ArgumentError(ValueError):
 
 
 def _resample(interpolation):
-    from PIL import Image
-
     if interpolation not in INTERPOLATIONS:
         raise _ArgumentError("Invalid interpolation method %s specified. Supported methods are %s"
                          % (interpolation, ", ".join(INTERPOLATIONS)))
@@ -108,8 +90,6 @@ def _resample(interpolation):
 def _open(path, decoding=None):
     """(PIL image, display name); the file is read whole first, as Keras does. decoding (a
     _Decoding) plans and reserves the image's memory from its header, before it is decoded."""
-    from PIL import Image
-
     if isinstance(path, io.BytesIO):
         name, data = "<BytesIO>", path
     elif isinstance(path, (str, bytes, pathlib.Path)):
@@ -120,8 +100,6 @@ def _open(path, decoding=None):
     else:
         raise TypeError("path should be path-like or io.BytesIO, not %s" % type(path))
     if is_dicom(data):
-        from ..dicom import dicom_to_pil  # pydicom, an optional extra
-
         return dicom_to_pil(data, name, decoding and decoding.plan), name
     try:
         img = Image.open(data, formats=_pil_formats())
@@ -145,8 +123,6 @@ def _open(path, decoding=None):
 
 
 def _pil_formats():
-    from PIL import Image
-
     Image.init()  # registers the plugins (opens nothing): WebP is there only where Pillow was built with it
     return [f for f in PIL_FORMATS if f in Image.OPEN]
 
@@ -278,8 +254,6 @@ def _return_freed_memory():
     global _malloc_trim
     if _malloc_trim is None:
         try:
-            import ctypes
-
             _malloc_trim = ctypes.CDLL(None).malloc_trim
         except (OSError, AttributeError):  # not glibc
             _malloc_trim = False
@@ -296,8 +270,6 @@ def is_dicom(data):
 def _sixteen_bit_to_8(img):
     """A 16-bit (or 32-bit integer) greyscale image scaled from its own min..max to 8 bits, a block of
     rows at a time (float64 for one block, never for the whole image)."""
-    from PIL import Image
-
     w, h = img.size
     step = max(1, BLOCK_PIXELS // max(1, w))
     blocks = [(r, min(h, r + step)) for r in range(0, h, step)]
@@ -342,8 +314,6 @@ def _orientation(img, before_decoding=False):
 
 def _xray_corrected(img, color_mode, decoding=None):
     """xray=True: EXIF orientation applied; 16/32-bit grey scaled from its full range to 8 bits."""
-    from PIL import ImageOps
-
     if _orientation(img) not in (None, 1):  # exif_transpose copies even an upright image
         if decoding is not None and not decoding.turned:  # an orientation found only after the pixels
             decoding.turned = True
@@ -428,8 +398,6 @@ def img_to_array(img, data_format=None, dtype=None):
 
 def array_to_img(x, data_format=None, scale=True, dtype=None):
     """A (height, width, channels) array as a PIL image; scale=True maps its min..max to 0..255."""
-    from PIL import Image
-
     x = np.asarray(x, dtype=dtype or "float32")
     if x.ndim != 3:
         raise ValueError("Expected image array to have rank 3 (single image). Got array with shape: %s" % (x.shape,))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import checks
 from .image import ImageFileError, check_target_size, array_to_img, img_to_array, load_img
 
 _decode_pool = None
@@ -46,10 +47,8 @@ class Iterator:
     white_list_formats = ("png", "jpg", "jpeg", "bmp", "ppm", "tif", "tiff", "dcm")
 
     def __init__(self, n, batch_size, shuffle, seed):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError("batch_size: expected a positive integer, got %r" % (batch_size,))
         self.n = n
-        self.batch_size = int(batch_size)
+        self.batch_size = checks.positive_int(batch_size, "batch_size", allow_none=False)
         self.seed = seed
         self.shuffle = shuffle
         self.batch_index = 0
@@ -79,6 +78,20 @@ class Iterator:
 
     def __getitem__(self, idx):
         return self._get_batches_of_transformed_samples(self._batch_indices(idx))
+
+    def batch_indices(self, i):
+        """The sample indices of batch i, in Keras's order (its seeding and lazy shuffling)."""
+        return self._batch_indices(i)
+
+    def load_batch(self, indices):
+        """The samples at indices as (x, y or None, sample weights or None, ok or None): ok[j] is
+        False where sample j could not be read (its row of x is zeros), None where all were.
+        evaluate, predict, fit and fit_unfamiliar read covidx's iterators through this and
+        batch_indices."""
+        out = self._get_batches_of_transformed_samples(indices)
+        if not isinstance(out, tuple):
+            return out, None, None, None
+        return tuple(out) + (None,) * (3 - len(out)) + (None,)
 
     def __len__(self):
         return (self.n + self.batch_size - 1) // self.batch_size
@@ -166,6 +179,18 @@ def _list_class_files(directory, white_list_formats, split, follow_links):
 
 class BatchFromFiles:
     """Batches built from image files: parallel decoding, then Keras's per-image pipeline."""
+
+    def batch_indices(self, i):
+        """The sample indices of batch i, in the iterator's order."""
+        return self._batch_indices(i)
+
+    def load_batch(self, indices):
+        """The samples at indices as (x, y or None, sample weights or None, ok): ok[j] is False
+        where file j could not be read (its row of x is zeros, and the file is in .skipped), so
+        that predict's rows stay aligned with the files."""
+        x, y, ok = self._get_batch_with_mask(indices)
+        weights = getattr(self, "sample_weight", None)  # flow_from_dataframe(weight_col=...)
+        return x, y, None if weights is None else np.asarray(weights)[np.asarray(indices, np.intp)], ok
 
     def _load_one(self, j):
         return img_to_array(load_img(self.filepaths[j], color_mode=self.color_mode, target_size=self.target_size,
@@ -598,3 +623,5 @@ class NumpyArrayIterator(Iterator):
             output += (self.sample_weight[index_array],)
         return output
 
+
+BATCH_SOURCES = (Iterator, BatchFromFiles)  # covidx's iterators: batch_indices and load_batch
