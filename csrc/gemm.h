@@ -4,7 +4,7 @@
  * Several kernels share this interface; gemm_dispatch.c is the one table that picks them at run
  * time from the CPU's features (the library itself is built for baseline x86-64):
  *
- *   fp32:  AVX-512F 12x32 tile (gemm_avx512.c), else AVX2+FMA 6x16 tile (gemm_avx2.c), else
+ *   fp32:  AVX-512F 6x64 tile (gemm_avx512.c), else AVX2+FMA 6x16 tile (gemm_avx2.c), else
  *          OpenBLAS (gemm_fp32_kernel() returns GEMM_OPENBLAS and the callers use sgemm).
  *   bf16:  AMX-BF16 tiles (gemm_amx.c), else AVX512_BF16 (gemm_avx512bf16.c), else the fp32
  *          kernel (gemm_bf16_kernel() says why).

@@ -35,7 +35,7 @@ void gemm_avx2int8_run_task_emu(const GemmJob *g, int task);
  * kernel files define their NR from these, so the task grid and the kernel always agree. */
 int gemm_kernel_nr(int kernel);
 #define GEMM_AVX2_NR 16
-#define GEMM_AVX512_NR 32
+#define GEMM_AVX512_NR 64
 #define GEMM_INT8_NR 32 /* all int8 kernels: one packed layout (gemm_int8.h) */
 
 /* The task grid: row blocks of GEMM_MC, column groups of whole nr-column panels, at least
