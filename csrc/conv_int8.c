@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu.h"
 #include "gemm_int8.h"
 #include "threadpool.h"
 
@@ -97,13 +98,35 @@ typedef struct {
     uint8_t *q;
     size_t count;
     float inv;
+    int avx512; /* the CPU has AVX-512F */
 } Quant;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* The same steps on 16 values at a time: VMAXPS gives 0 for NaN as the C below does, VCVTPS2DQ
+ * rounds half to even (MXCSR's default), VPMOVDB narrows. Returns where it stopped. */
+__attribute__((target("avx512f"))) static size_t quant_avx512(const float *x, uint8_t *q, size_t i0, size_t i1,
+                                                              float inv) {
+    __m512 vinv = _mm512_set1_ps(inv), zero = _mm512_setzero_ps(), top = _mm512_set1_ps((float)I8_AMAX);
+    size_t i = i0;
+    for (; i + 16 <= i1; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv);
+        v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
+        _mm_storeu_si128((__m128i *)(void *)(q + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+    return i;
+}
+#endif
 
 static void quant_task(void *arg, int t) {
     const Quant *j = arg;
     size_t i0 = (size_t)t * QUANT_BLOCK, i1 = i0 + QUANT_BLOCK < j->count ? i0 + QUANT_BLOCK : j->count;
     const float *x = j->x;
     float inv = j->inv;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (j->avx512) i0 = quant_avx512(x, j->q, i0, i1, inv);
+#endif
     for (size_t i = i0; i < i1; i++) {
         float v = x[i] * inv;
         v = v > 0.0f ? v : 0.0f;
@@ -176,7 +199,7 @@ void conv2d_int8(const Conv *c, const float *x, int n, int h, int w, float *out,
     const ConvInt8 *q = c->int8;
     size_t count = (size_t)n * h * w * c->cin;
     uint8_t *xq = (uint8_t *)scratch, *panel = xq + round64(count);
-    Quant qj = {x, xq, count, q->inv_scale};
+    Quant qj = {x, xq, count, q->inv_scale, cpu_features().avx512f};
     pool_run((int)((count + QUANT_BLOCK - 1) / QUANT_BLOCK), quant_task, &qj);
 
     int ho = out_size(h, c->kh, c->stride, c->pad), wo = out_size(w, c->kw, c->stride, c->pad);
