@@ -247,19 +247,26 @@ def to_float(x_uint8):
     return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float() / 255
 
 
-def evaluate(model, x, y, size=224, batch=64):
+def evaluate(model, x, y, size=224, batch=64, calibrated=False):
+    """(held-out loss, accuracy) at size x size; with calibrated=True also the loss after the
+    temperature that package_model.py will fit on these images (covidx.calibration), and T."""
     model.eval()
-    correct, loss = 0, 0.0
+    out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = to_float(x[i:i + batch])
             if size != 224:
                 xb = F.interpolate(xb, size=(size, size), mode="area")
-            lg = logits(model, xb.contiguous(memory_format=torch.channels_last))
-            yb = torch.from_numpy(y[i:i + batch])
-            loss += float(F.cross_entropy(lg, yb, reduction="sum"))
-            correct += int((lg.argmax(1) == yb).sum())
-    return loss / len(x), correct / len(x)
+            out.append(logits(model, xb.contiguous(memory_format=torch.channels_last)).double())
+    lg = torch.cat(out)
+    yt = torch.from_numpy(y)
+    loss, acc = float(F.cross_entropy(lg, yt)), float((lg.argmax(1) == yt).double().mean())
+    if not calibrated:
+        return loss, acc
+    from covidx.calibration import fit_temperature, nll
+
+    t = fit_temperature(lg.numpy(), y)
+    return loss, acc, nll(lg.numpy(), y, t), t
 
 
 def recalibrate_bn(model, x, batch=64, gen=None):
@@ -333,6 +340,9 @@ def main():
                     "this size, the size it was trained at; 0: at the view's own size")
     ap.add_argument("--mixup", type=float, default=0.0, help="chance that a batch is mixed with a shuffled copy of "
                     "itself (weight uniform in [0, 1]): views between the training images for the teacher to label")
+    ap.add_argument("--select", choices=["loss", "calibrated-loss"], default="loss", help="what picks the final "
+                    "weights among the candidates: the held-out loss at 224x224, or that loss after the "
+                    "temperature package_model.py fits on the same images (the shipped outputs are calibrated)")
     ap.add_argument("--keep-training-bn", action="store_true", help="also offer the trained weights with the "
                     "batchnorm statistics they were trained with (no re-estimation) to the held-out choice")
     args = ap.parse_args()
@@ -423,10 +433,14 @@ def main():
             continue
         vloss, vacc = evaluate(model, xva, yva, size)
         eloss, eacc = evaluate(ema, xva, yva, size)
+        at224 = {}
+        if size != 224 and args.select == "calibrated-loss":  # what the choice at the end will look at
+            l224, _, c224, _ = evaluate(model, xva, yva, 224, calibrated=True)
+            at224 = {"val224_loss": l224, "val224_calibrated_loss": c224}
         n = steps_per_epoch * args.batch
         rec = {"epoch": epoch + 1, "size": size, "lr_end": round(opt.param_groups[0]["lr"], 7), "loss": tot / n,
                "acc": correct / n, "val_loss": vloss, "val_acc": vacc, "ema_val_loss": eloss, "ema_val_acc": eacc,
-               "seconds": round(time.time() - t0, 1)}
+               **at224, "seconds": round(time.time() - t0, 1)}
         log.append(rec)
         print(json.dumps(rec), flush=True)
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -448,22 +462,24 @@ def main():
         kept = build_model(args.seed).to(memory_format=torch.channels_last)
         kept.load_state_dict(model.state_dict())
         nets["weights-training-bn"] = kept
-        results["weights-training-bn"] = evaluate(kept, xva, yva, 224)
-        print("weights with their training batchnorm statistics at 224: val_loss %.4f val_acc %.4f"
-              % results["weights-training-bn"], flush=True)
+        results["weights-training-bn"] = evaluate(kept, xva, yva, 224, calibrated=True)
+        print("weights with their training batchnorm statistics at 224: val_loss %.4f val_acc %.4f "
+              "calibrated_val_loss %.4f (T %.3f)" % results["weights-training-bn"], flush=True)
     for name, net in [("weights", model), ("ema", ema)]:
         recalibrate_bn(net, xtr[np.sort(bn_idx)], gen=torch.Generator().manual_seed(args.seed))
-        results[name] = evaluate(net, xva, yva, 224)
-        print("%s after batchnorm re-estimation at 224: val_loss %.4f val_acc %.4f" % ((name,) + results[name]),
-              flush=True)
-    chosen = min(results, key=lambda k: (results[k][0], k))
+        results[name] = evaluate(net, xva, yva, 224, calibrated=True)
+        print("%s after batchnorm re-estimation at 224: val_loss %.4f val_acc %.4f calibrated_val_loss %.4f "
+              "(T %.3f)" % ((name,) + results[name]), flush=True)
+    key = 2 if args.select == "calibrated-loss" else 0
+    chosen = min(results, key=lambda k: (results[k][key], k))
     net = nets[chosen]
     final = os.path.join(args.work, "final.pt")
     torch.save({"state": net.state_dict(), "chosen": chosen}, final)
     minutes = (time.time() - t_start) / 60
     with open(os.path.join(args.work, "train-log.json"), "w") as f:
-        json.dump({"args": vars(args), "epochs": log, "final": {k: {"val_loss": v[0], "val_acc": v[1]}
-                                                                 for k, v in results.items()},
+        json.dump({"args": vars(args), "epochs": log,
+                   "final": {k: {"val_loss": v[0], "val_acc": v[1], "calibrated_val_loss": v[2], "temperature": v[3]}
+                             for k, v in results.items()},
                    "chosen": chosen, "minutes": round(minutes, 1), "torch": torch.__version__,
                    "cpu_threads": args.threads}, f, indent=1)
     print("chose %s; done in %.1f min; weights in %s" % (chosen, minutes, final), flush=True)
