@@ -43,20 +43,20 @@ def fold_temperature(weights, layer, temperature):
     softmax((x W + b) / T) == softmax(x (W / T) + b / T)."""
     t = np.float32(temperature)
     out = {k: np.array(v) for k, v in weights.items()}
-    out[layer + "/kernel"] = out[layer + "/kernel"] / t
-    out[layer + "/bias"] = out[layer + "/bias"] / t
+    for k in (layer + "/kernel", layer + "/bias"):
+        out[k] = out[k].astype(np.float32) / t
     return out
 
 
 def unfold_temperature(weights, calibration):
-    """The weights without a folded temperature (the uncalibrated outputs), or None when the
-    calibration record is not a folded temperature."""
+    """The weights without a folded temperature (the uncalibrated outputs; the layer it was folded
+    into in float32), or None when the calibration record is not a folded temperature."""
     cal = calibration or {}
     if cal.get("method") != "temperature":
         return None
     t = np.float32(cal["temperature"])
     out = {k: np.array(v) for k, v in weights.items()}
     last = cal["folded_into"]
-    out[last + "/kernel"] = out[last + "/kernel"] * t
-    out[last + "/bias"] = out[last + "/bias"] * t
+    for k in (last + "/kernel", last + "/bias"):
+        out[k] = out[k].astype(np.float32) * t
     return out

@@ -27,6 +27,7 @@ import numpy as np
 
 import covidx
 from covidx import plots, reports
+from covidx.calibration import unfold_temperature as unfold
 from covidx.data import SAMPLES_DIR
 from covidx.evaluation import apply_alignment, class_alignment
 from covidx.preprocessing.image import ImageDataGenerator
@@ -55,16 +56,10 @@ def flagged(scores):
 
 def unfold_temperature(model):
     """The same model without its folded temperature (the uncalibrated outputs)."""
-    cal = model.calibration or {}
-    if cal.get("method") != "temperature":
+    w = unfold(model.named_weights, model.calibration)
+    if w is None:
         return None
-    t = np.float32(cal["temperature"])
-    w = {k: np.array(v) for k, v in model.named_weights.items()}
-    last = cal["folded_into"]
-    w[last + "/kernel"] *= t
-    w[last + "/bias"] *= t
-    raw = covidx.Model(model.architecture, w, class_names=model.class_names, preprocessing=model.preprocessing)
-    return raw
+    return covidx.Model(model.architecture, w, class_names=model.class_names, preprocessing=model.preprocessing)
 
 
 def calibration(model, x, labels, p, out_png):

@@ -17,7 +17,6 @@ covidx ships, done by covidx itself.
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 import covidx
 from covidx.applications.resnet50 import ResNet50
+from covidx.calibration import fit_temperature, fold_temperature, nll
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -62,41 +62,6 @@ def logits(model, x, batch_size=32):
     return h
 
 
-def nll(z, y, t):
-    z = z / t
-    z = z - z.max(1, keepdims=True)
-    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
-
-
-def fit_temperature(z, y):
-    """argmin over T of the held-out negative log-likelihood of softmax(z / T): golden-section
-    search on log T in [log 0.05, log 20] (the NLL is unimodal in T)."""
-    lo, hi = math.log(0.05), math.log(20.0)
-    g = (math.sqrt(5) - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = nll(z, y, math.exp(a)), nll(z, y, math.exp(b))
-    for _ in range(100):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = nll(z, y, math.exp(a))
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = nll(z, y, math.exp(b))
-    return math.exp((lo + hi) / 2)
-
-
-def fold_temperature(model, t):
-    """Divides the last Dense layer by t: softmax((x W + b) / t) == softmax(x (W / t) + b / t)."""
-    weights = dict(model.named_weights)
-    last = HEAD_NAMES[-1]
-    weights = {k: np.array(v) for k, v in weights.items()}
-    weights[last + "/kernel"] = weights[last + "/kernel"] / np.float32(t)
-    weights[last + "/bias"] = weights[last + "/bias"] / np.float32(t)
-    model.set_weights([weights[k] for k in model._weight_keys()])
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True, help="train.py's --work folder (final.pt)")
@@ -126,7 +91,8 @@ def main():
     t = fit_temperature(z, y[val])
     before, after = nll(z, y[val], 1.0), nll(z, y[val], t)
     print("temperature %.4f: held-out NLL %.4f -> %.4f" % (t, before, after), flush=True)
-    fold_temperature(model, t)
+    folded = fold_temperature(model.named_weights, HEAD_NAMES[-1], t)
+    model.set_weights([folded[k] for k in model._weight_keys()])
     model.calibration = {"method": "temperature", "temperature": t, "folded_into": HEAD_NAMES[-1],
                          "fitted_on": "the held-out tenth of the training images (%d)" % int(val.sum())}
 

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from covidx import safetensors_io
+from covidx.calibration import unfold_temperature
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -28,6 +29,7 @@ def unpack(path):
     tensors, meta = safetensors_io.load(path)  # the file's checked reader; float16 arrays
     calibration = json.loads(meta.get("calibration", "{}"))
     t = float(calibration.get("temperature", 1.0))
+    tensors = unfold_temperature(tensors, calibration) or tensors
     net = train.build_model(0)
     with torch.no_grad():
         for name, m in net.keras_named_modules():
@@ -40,9 +42,8 @@ def unpack(path):
                                ("moving_variance", m.running_var)]:
                     dst.copy_(torch.from_numpy(tensors[name + "/" + w].astype(np.float32)))
         for name, layer in zip(train.HEAD_NAMES, net.head):
-            scale = t if name == calibration.get("folded_into") else 1.0
-            layer.weight.copy_(torch.from_numpy(tensors[name + "/kernel"].astype(np.float32)).T * scale)
-            layer.bias.copy_(torch.from_numpy(tensors[name + "/bias"].astype(np.float32)) * scale)
+            layer.weight.copy_(torch.from_numpy(tensors[name + "/kernel"].astype(np.float32)).T)
+            layer.bias.copy_(torch.from_numpy(tensors[name + "/bias"].astype(np.float32)))
     return net, t
 
 
