@@ -24,7 +24,7 @@ WEIGHTS = ["covid_resnet50.safetensors", "MODEL_CARD.md"]  # the shipped model, 
 # The one list of C sources: the tests and tests/run_sanitized.sh read it (tests/c_sources.py).
 GEMM_SOURCES = ["csrc/gemm_dispatch.c", "csrc/gemm_avx2.c", "csrc/gemm_avx512.c", "csrc/gemm_avx512_emu.c",
                 "csrc/gemm_bf16.c", "csrc/gemm_amx.c", "csrc/gemm_amx_emu.c", "csrc/gemm_avx512bf16.c",
-                "csrc/gemm_avx512bf16_emu.c", "csrc/gemm_int8.c", "csrc/gemm_avx512vnni.c",
+                "csrc/gemm_avx512bf16_emu.c", "csrc/gemm_int8.c", "csrc/int8_epilogue.c", "csrc/gemm_avx512vnni.c",
                 "csrc/gemm_avx512vnni_emu.c", "csrc/gemm_avxvnni.c", "csrc/gemm_avxvnni_emu.c",
                 "csrc/gemm_avx2int8.c", "csrc/gemm_avx2int8_emu.c", "csrc/cpu.c"]
 # The Winograd convolution: winograd.c (its transforms built for AVX2 and baseline x86-64) and the

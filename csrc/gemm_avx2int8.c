@@ -16,6 +16,12 @@
 
 #if Q_BUILD
 
+#ifdef COVIDX_INT8_EMU
+#define EPILOGUE int8_epilogue_plain /* the emulated build runs on any CPU */
+#else
+#define EPILOGUE int8_epilogue_avx2
+#endif
+
 #define MR 4
 
 /* Rows 0 .. mr - 1, 1 <= mr <= 4; always inlined with a constant mr. */
@@ -58,7 +64,7 @@ Q_AVX2 static void block_avx2(const uint8_t *a, size_t lda, const int8_t *b, int
 }
 
 void QFN(gemm_avx2int8_run_task)(const GemmJob *g, int task) {
-    gemm_int8_task((const GemmI8Job *)(const void *)g, task, block_avx2);
+    gemm_int8_task((const GemmI8Job *)(const void *)g, task, block_avx2, EPILOGUE);
 }
 
 #else /* not x86-64: never picked (gemm_kernel_runs() says 0) */

@@ -15,6 +15,12 @@
 
 #if Q_BUILD
 
+#ifdef COVIDX_INT8_EMU
+#define EPILOGUE int8_epilogue_plain /* the emulated build runs on any CPU */
+#else
+#define EPILOGUE int8_epilogue_avx512
+#endif
+
 #define MR 12
 
 /* Rows 0 .. mr - 1 added to c, 1 <= mr <= 12; always inlined with a constant mr. */
@@ -60,7 +66,7 @@ Q_VNNI512 static void block_vnni(const uint8_t *a, size_t lda, const int8_t *b, 
 }
 
 void QFN(gemm_avx512vnni_run_task)(const GemmJob *g, int task) {
-    gemm_int8_task((const GemmI8Job *)(const void *)g, task, block_vnni);
+    gemm_int8_task((const GemmI8Job *)(const void *)g, task, block_vnni, EPILOGUE);
 }
 
 #else /* not x86-64: never picked (gemm_kernel_runs() says 0) */

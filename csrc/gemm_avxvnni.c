@@ -14,6 +14,12 @@
 
 #if Q_BUILD
 
+#ifdef COVIDX_INT8_EMU
+#define EPILOGUE int8_epilogue_plain /* the emulated build runs on any CPU */
+#else
+#define EPILOGUE int8_epilogue_avx2
+#endif
+
 #define MR 6
 
 /* Rows 0 .. mr - 1 against columns 16 h .. 16 h + 15, 1 <= mr <= 6; always inlined with a
@@ -58,7 +64,7 @@ Q_AVXVNNI static void block_avxvnni(const uint8_t *a, size_t lda, const int8_t *
 }
 
 void QFN(gemm_avxvnni_run_task)(const GemmJob *g, int task) {
-    gemm_int8_task((const GemmI8Job *)(const void *)g, task, block_avxvnni);
+    gemm_int8_task((const GemmI8Job *)(const void *)g, task, block_avxvnni, EPILOGUE);
 }
 
 #else /* not x86-64: never picked (gemm_kernel_runs() says 0) */

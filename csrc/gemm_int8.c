@@ -41,7 +41,7 @@ int gemm_int8_pack(PackedB *p, const float *b, int k, int n, int ldb) {
     return 0;
 }
 
-void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block) {
+void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block, I8EpilogueFn epilogue) {
     const GemmJob *g = &j->g;
     int r0, r1, j0, j1;
     int k = g->b->k, n = g->b->n, kp = kpad(k), kg = k / 4, tail = k % 4;
@@ -64,19 +64,8 @@ void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block) {
                 for (int t = 0; t < tail; t++)
                     acc[i * I8_NR + jj] +=
                         (int32_t)a[(size_t)i * j->lda + 4 * kg + t] * panel[(size_t)kg * 128 + jj * 4 + t];
-        /* the epilogue: one rounding per operation, in this order (no contraction: -std=c11) */
-        const float *sc = j->scale + col, *bias = g->bias ? g->bias + col : NULL;
-        for (int i = 0; i < rows; i++) {
-            float *dst = g->c + (size_t)(r0 + i) * g->ldc + col;
-            const float *res = g->residual ? g->residual + (size_t)(r0 + i) * g->ldc + col : NULL;
-            const int32_t *s = acc + i * I8_NR;
-            for (int jj = 0; jj < nr; jj++) {
-                float v = (float)s[jj] * sc[jj];
-                if (bias) v = v + bias[jj];
-                if (res) v = v + res[jj];
-                if (g->relu) v = v > 0.0f ? v : 0.0f;
-                dst[jj] = v;
-            }
-        }
+        const float *res = g->residual ? g->residual + (size_t)r0 * g->ldc + col : NULL;
+        epilogue(acc, rows, nr, j->scale + col, g->bias ? g->bias + col : NULL, res, g->ldc, g->relu,
+                 g->c + (size_t)r0 * g->ldc + col);
     }
 }

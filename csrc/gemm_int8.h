@@ -21,13 +21,15 @@
  * The driver (gemm_int8_task): task grid of gemm_kernels.h (32-column panels, at most GEMM_MC
  * rows); for each panel, for each block of I8_KC values of k (its 16 KiB of B stay in L1), the
  * kernel adds the block's products to the int32 sums of the task's rows, I8_MB rows a call, in a
- * stack buffer; then the driver adds the last k % 4 products and applies the epilogue. */
+ * stack buffer; then the driver adds the last k % 4 products and the kernel's epilogue
+ * (int8_epilogue.h: plain, AVX2 or AVX-512, the same bits) writes C. */
 #ifndef COVIDX_GEMM_INT8_H
 #define COVIDX_GEMM_INT8_H
 
 #include <stdint.h>
 
 #include "gemm_kernels.h"
+#include "int8_epilogue.h"
 
 #define I8_AMAX 127 /* A in 0 .. I8_AMAX */
 #define I8_WMAX 127 /* B in -I8_WMAX .. I8_WMAX: a VPMADDUBSW pair, 2 * 127 * 127 = 32258, fits int16 */
@@ -48,7 +50,7 @@ typedef struct {
  * at b, in int32; 1 <= rows <= I8_MB. */
 typedef void (*I8BlockFn)(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows);
 
-/* Task `task` of the grid through block(). */
-void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block);
+/* Task `task` of the grid through block(), then epilogue() (int8_epilogue.h) on its rows. */
+void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block, I8EpilogueFn epilogue);
 
 #endif
