@@ -1,5 +1,6 @@
-"""The errors of image files, shared by the image reader (covidx.preprocessing.image, which
-also offers them) and the DICOM reader (covidx.dicom). A leaf."""
+"""The errors of image files, raised by the image reader (covidx/preprocessing/reader.py) and
+the DICOM reader (covidx/preprocessing/dicom.py), offered by covidx.preprocessing.image and
+covidx. A leaf."""
 from __future__ import annotations
 
 

@@ -15,8 +15,8 @@ import threading
 import numpy as np
 
 from .. import checks
-from .image import check_target_size
 from .iterators import BatchFromFiles
+from .reader import check_target_size
 
 ALLOWLIST_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 INTERPOLATIONS = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "box",

@@ -11,6 +11,9 @@ import warnings
 import numpy as np
 from PIL import ImageEnhance
 
+from .arrays import array_to_img, img_to_array
+from .iterators import DataFrameIterator, DirectoryIterator, NumpyArrayIterator
+
 
 def _scipy_ndimage():
     try:
@@ -76,8 +79,6 @@ def apply_channel_shift(x, intensity, channel_axis=0):
 def apply_brightness_shift(x, brightness, scale=True):
     """PIL's brightness enhancement, through an 8-bit image as Keras does it (so the result is
     quantised)."""
-    from .image import array_to_img, img_to_array
-
     lo, hi = np.min(x), np.max(x)
     local_scale = (lo < 0) or (hi > 255)
     img = ImageEnhance.Brightness(array_to_img(x, scale=local_scale or scale)).enhance(brightness)
@@ -176,8 +177,6 @@ class ImageDataGenerator:
 
     def flow(self, x, y=None, batch_size=32, shuffle=True, sample_weight=None, seed=None, save_to_dir=None,
              save_prefix="", save_format="png", ignore_class_split=False, subset=None):
-        from .iterators import NumpyArrayIterator
-
         return NumpyArrayIterator(x, y, self, batch_size=batch_size, shuffle=shuffle, sample_weight=sample_weight,
                                   seed=seed, data_format=self.data_format, save_to_dir=save_to_dir,
                                   save_prefix=save_prefix, save_format=save_format,
@@ -192,8 +191,6 @@ class ImageDataGenerator:
         directory; labels in y_col; optional sample weights in weight_col), as Keras's
         flow_from_dataframe: the same filtering, classes, order and class modes ('categorical',
         'binary', 'sparse', 'raw', 'multi_output', 'input', None)."""
-        from .iterators import DataFrameIterator
-
         for old in ("has_ext", "sort", "drop_duplicates"):
             if old in kwargs:
                 warnings.warn("%s is deprecated (and ignored), as in Keras" % old, DeprecationWarning, stacklevel=2)
@@ -219,8 +216,6 @@ class ImageDataGenerator:
         """Batches of images from class sub-folders, as Keras. covidx accepts class_mode in any
         case ('Binary' works). on_error='skip' drops unreadable files from their batch and lists
         them in the iterator's `.skipped` instead of raising; xray=True: see load_img."""
-        from .iterators import DirectoryIterator
-
         return DirectoryIterator(directory, self, target_size=target_size, color_mode=color_mode, classes=classes,
                                  class_mode=class_mode, data_format=self.data_format, batch_size=batch_size,
                                  shuffle=shuffle, seed=seed, save_to_dir=save_to_dir, save_prefix=save_prefix,

@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import checks
-from .image import ImageFileError, check_target_size, array_to_img, img_to_array, load_img
+from ..errors import ImageFileError
+from .arrays import array_to_img, img_to_array
+from .reader import check_target_size, load_img
 
 _decode_pool = None
 _decode_pool_lock = threading.Lock()
