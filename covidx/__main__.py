@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import sys
+from importlib import metadata
 
 import numpy as np
 
@@ -34,9 +35,9 @@ from covidx import model as model_mod
 from covidx.applications.resnet50 import ResNet50
 from covidx.data import SAMPLES_DIR
 from covidx.display import printable, spreadsheet_cell
-from covidx.distributed import image_files, output_names, predicted_name  # needs no dask
 from covidx.evaluation import apply_alignment, class_alignment
-from covidx.preprocessing.image import ImageDataGenerator, ImageFileError, img_to_array, load_img
+from covidx.file_scoring import image_files, output_names, predicted_name, read_batch
+from covidx.preprocessing.image import ImageDataGenerator
 from covidx.report_html import check_destination, csv_path
 from covidx.scaling import describe_preprocessing
 
@@ -238,13 +239,9 @@ def cmd_predict(args):
     long_run = len(paths) > args.batch_size or (heatmaps and len(paths) > 1)
     bar = covidx.progbar.Progbar(len(paths), verbose=1, stream=sys.stderr) if long_run else None
     for start in range(0, len(paths), args.batch_size):
-        chunk, images, errors = paths[start:start + args.batch_size], {}, {}
-        for path in chunk:
-            try:
-                images[path] = load_img(path, target_size=(224, 224))
-            except (ImageFileError, OSError) as e:
-                errors[path] = str(e)
-        inputs = {p: model.preprocess(img_to_array(images[p])[None])[0] for p in chunk if p in images}
+        chunk = paths[start:start + args.batch_size]
+        arrays, errors, images = read_batch(chunk, (224, 224), keep_images=bool(heatmaps))
+        inputs = {p: model.preprocess(arrays[p][None])[0] for p in chunk if p in arrays}
         for path, x in inputs.items():
             if not np.isfinite(x).all():
                 errors[path] = "%s: NaN or infinite values after the model's preprocessing" % path
@@ -392,8 +389,6 @@ def cmd_info(args):
 
 def optional_versions():
     """(package, version or 'not installed') for the optional extras."""
-    from importlib import metadata
-
     out = []
     for name in ("pydicom", "matplotlib", "dask", "distributed", "pandas"):
         try:

@@ -11,7 +11,8 @@ it and keeps it for the worker's lifetime (one copy per worker process), and siz
 threads to its share of its machine's cores: cores // (workers on that machine). Every worker
 must be able to read the image files and the model file at the paths given (a shared or
 replicated file system). A file that cannot be read gives a row with its error; it does not stop
-the run."""
+the run. Listing the files, reading them and naming the columns is file_scoring.py's, shared with
+`covidx predict`."""
 from __future__ import annotations
 
 import os
@@ -21,31 +22,15 @@ import threading
 import numpy as np
 
 from . import _config, checks, saving
-from .preprocessing.image import ImageFileError, check_target_size, img_to_array, load_img
+from .file_scoring import IMAGE_EXTENSIONS  # noqa: F401  (offered here too, where it was defined)
+from .file_scoring import image_files, output_names, predicted_name, probability_columns, read_batch
+from .preprocessing.reader import check_target_size
 from .progbar import Progbar
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".dcm")
 DEFAULT_CHUNK = 64
 
 _models = {}  # per worker process: model path -> (model, lock); the model stays loaded between tasks
 _models_lock = threading.Lock()
-
-
-def image_files(paths):
-    """The files to score: paths as given, with folders searched recursively (sorted) for files with
-    an image or DICOM extension."""
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        paths = [paths]
-    out = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        else:
-            out.append(p)
-    return out
 
 
 def _dask():
@@ -183,14 +168,7 @@ def score_chunk(paths, model_path=None, workers_per_host=None, batch_size=16, ta
     """Runs on a worker: {'class_names': [...], 'rows': [(path, probabilities or None, error or None,
     out-of-distribution score or None)]}."""
     model, lock = worker_model(model_path, workers_per_host)
-    arrays, errors = {}, {}
-    for path in paths:
-        try:
-            arrays[path] = img_to_array(load_img(path, target_size=target_size))
-        except (ImageFileError, OSError, ImportError) as e:
-            errors[path] = str(e)
-        except Exception as e:  # a damaged file must not cost the other files of its chunk
-            errors[path] = "%s: %s" % (type(e).__name__, e)
+    arrays, errors, _ = read_batch(paths, target_size, every_error=True)  # every row comes back
     readable = [p for p in paths if p in arrays]
     probs, scores = {}, {}
     for start in range(0, len(readable), batch_size):
@@ -229,27 +207,3 @@ def to_frame(results):
             table["unfamiliar_score"].append(np.nan if score is None else score)
             table["error"].append(error)
     return pd.DataFrame(table)
-
-
-def probability_columns(names):
-    """A probability column per class, named by the class (prefixed 'p_' if a name is taken)."""
-    taken = ("path", "predicted", "unfamiliar", "unfamiliar_score", "error")
-    return ["p_" + n if n in taken else n for n in names]
-
-
-def output_names(model):
-    """A name per output unit: the model's class names, else '0', '1', ... (a lone sigmoid unit
-    gives P(class 1), so it is '1')."""
-    units = model.output_shape[-1]
-    if model.class_names:
-        return list(model.class_names)
-    return [str(i) for i in range(units)] if units > 1 else ["1"]
-
-
-def predicted_name(probs, names):
-    """The predicted class; a lone sigmoid unit above 0.5 calls its class, else the other one."""
-    if len(probs) == 1:
-        if probs[0] > 0.5:
-            return names[0]
-        return "0" if names[0] == "1" else "not " + names[0]
-    return names[int(np.argmax(probs))]
