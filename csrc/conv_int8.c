@@ -194,28 +194,36 @@ static void fused_task(void *arg, int block) {
     for (int t = 0; t < f->per_block; t++) gemm_run_task(&f->job.g, block * f->per_block + t);
 }
 
-void conv2d_int8(const Conv *c, const float *x, int n, int h, int w, float *out, const float *residual, int relu,
-                 float *scratch) {
+void conv2d_int8_chain(const Conv *c, const float *x, const uint8_t *xq_in, int n, int h, int w, float *out,
+                       uint8_t *outq, const Conv *next, const float *residual, int relu, float *scratch) {
     const ConvInt8 *q = c->int8;
     size_t count = (size_t)n * h * w * c->cin;
     uint8_t *xq = (uint8_t *)scratch, *panel = xq + round64(count);
-    Quant qj = {x, xq, count, q->inv_scale, cpu_features().avx512f};
-    pool_run((int)((count + QUANT_BLOCK - 1) / QUANT_BLOCK), quant_task, &qj);
+    if (xq_in) {
+        xq = (uint8_t *)xq_in; /* quantised by the layer before (not written here) */
+    } else {
+        Quant qj = {x, xq, count, q->inv_scale, cpu_features().avx512f};
+        pool_run((int)((count + QUANT_BLOCK - 1) / QUANT_BLOCK), quant_task, &qj);
+    }
+    float out_inv = next ? next->int8->inv_scale : 0.0f;
+    if (!next) outq = NULL;
 
     int ho = out_size(h, c->kh, c->stride, c->pad), wo = out_size(w, c->kw, c->stride, c->pad);
     int m = n * ho * wo, k = c->kh * c->kw * c->cin;
     if (!needs_im2col(c)) {
-        GemmI8Job job = {{m, NULL, 0, &q->packed, out, c->cout, c->bias, residual, relu}, xq, (size_t)c->cin, q->scale};
+        GemmI8Job job = {{m, NULL, 0, &q->packed, out, c->cout, c->bias, residual, relu}, xq, (size_t)c->cin, q->scale,
+                         outq, out_inv};
         pool_run(gemm_tasks(&job.g), gemm_task, &job);
         return;
     }
     int step = chunk_rows(c, m);
     for (int row0 = 0; row0 < m; row0 += step) {
         int rows = row0 + step < m ? step : m - row0;
+        size_t at = (size_t)row0 * c->cout;
         Im2colU8 im = {c, xq, h, w, ho, wo, row0, rows, pool_get_threads(), panel};
-        GemmI8Job job = {{rows, NULL, 0, &q->packed, out + (size_t)row0 * c->cout, c->cout, c->bias,
-                          residual ? residual + (size_t)row0 * c->cout : NULL, relu},
-                         panel, (size_t)k, q->scale};
+        GemmI8Job job = {{rows, NULL, 0, &q->packed, outq ? NULL : out + at, c->cout, c->bias,
+                          residual ? residual + at : NULL, relu},
+                         panel, (size_t)k, q->scale, outq ? outq + at : NULL, out_inv};
         if (rows >= 2 * GEMM_MC) {
             Fused f = {im, job, gemm_tasks_per_row_block(&job.g)};
             pool_run((rows + GEMM_MC - 1) / GEMM_MC, fused_task, &f);
@@ -224,4 +232,9 @@ void conv2d_int8(const Conv *c, const float *x, int n, int h, int w, float *out,
         pool_run(im.nparts, im2col_task, &im);
         pool_run(gemm_tasks(&job.g), gemm_task, &job);
     }
+}
+
+void conv2d_int8(const Conv *c, const float *x, int n, int h, int w, float *out, const float *residual, int relu,
+                 float *scratch) {
+    conv2d_int8_chain(c, x, NULL, n, h, w, out, NULL, NULL, residual, relu, scratch);
 }

@@ -64,8 +64,8 @@ void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block, I8EpilogueFn 
                 for (int t = 0; t < tail; t++)
                     acc[i * I8_NR + jj] +=
                         (int32_t)a[(size_t)i * j->lda + 4 * kg + t] * panel[(size_t)kg * 128 + jj * 4 + t];
-        const float *res = g->residual ? g->residual + (size_t)r0 * g->ldc + col : NULL;
-        epilogue(acc, rows, nr, j->scale + col, g->bias ? g->bias + col : NULL, res, g->ldc, g->relu,
-                 g->c + (size_t)r0 * g->ldc + col);
+        size_t at = (size_t)r0 * g->ldc + col;
+        epilogue(acc, rows, nr, j->scale + col, g->bias ? g->bias + col : NULL, g->residual ? g->residual + at : NULL,
+                 g->ldc, g->relu, j->cq ? NULL : g->c + at, j->cq ? j->cq + at : NULL, j->out_inv);
     }
 }

@@ -44,6 +44,8 @@ typedef struct {
     const uint8_t *a;   /* row r at a + r * lda: k values in 0..127 */
     size_t lda;
     const float *scale; /* (n): the scale of A times each column's wscale */
+    uint8_t *cq;        /* if not NULL: C quantised at out_inv into these bytes (ldc apart), g.c unused */
+    float out_inv;
 } GemmI8Job;
 
 /* The kernel's part: c[rows x 32] (row stride 32) += a[rows][0 .. 4 kg) . the kg groups of B

@@ -4,7 +4,11 @@
  *     c[i][j] = relu?( float(acc[i][j]) * scale[j] + bias[j] (+ residual[i][j]) )   j < nr <= 32
  *
  * acc has rows of 32 int32 (I8_NR); c and residual have rows of ldc floats. Each operation is
- * rounded once, in that order. The plain loop is the reference; the AVX2 and AVX-512 versions do
+ * rounded once, in that order. With cq given (c is then not written), the value is quantised for
+ * the next convolution instead, as conv_int8.c quantises a layer's input:
+ *
+ *     cq[i][j] = rint(clamp(c[i][j] * out_inv, 0, 127))       uint8, rows of ldc bytes
+ * The plain loop is the reference; the AVX2 and AVX-512 versions do
  * the same operations on 8 and 16 columns at a time (VCVTDQ2PS rounds as C's conversion does in
  * the default rounding mode, MAXPS(v, 0) is C's v > 0 ? v : 0 for NaN and -0 too, and nothing is
  * contracted into an FMA), so every version gives the same bits. A kernel file names the version
@@ -15,15 +19,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef void (*I8EpilogueFn)(const int32_t *acc, int rows, int nr, const float *scale, const float *bias,
-                             const float *residual, size_t ldc, int relu, float *c);
+#define I8_EPILOGUE_ARGS                                                                                   \
+    const int32_t *acc, int rows, int nr, const float *scale, const float *bias, const float *residual, size_t ldc, \
+        int relu, float *c, uint8_t *cq, float out_inv
 
-void int8_epilogue_plain(const int32_t *acc, int rows, int nr, const float *scale, const float *bias,
-                         const float *residual, size_t ldc, int relu, float *c);
+typedef void (*I8EpilogueFn)(I8_EPILOGUE_ARGS);
+
+void int8_epilogue_plain(I8_EPILOGUE_ARGS);
 /* Only where the CPU has the instructions: AVX2 (the AVX2 and AVX-VNNI kernels), AVX-512F. */
-void int8_epilogue_avx2(const int32_t *acc, int rows, int nr, const float *scale, const float *bias,
-                        const float *residual, size_t ldc, int relu, float *c);
-void int8_epilogue_avx512(const int32_t *acc, int rows, int nr, const float *scale, const float *bias,
-                          const float *residual, size_t ldc, int relu, float *c);
+void int8_epilogue_avx2(I8_EPILOGUE_ARGS);
+void int8_epilogue_avx512(I8_EPILOGUE_ARGS);
 
 #endif

@@ -264,6 +264,16 @@ static unsigned taps_read_by_scores(const Net *net) {
     return mask;
 }
 
+/* 1 when a block's three convolutions run in int8 as one chain (conv2d_int8_chain): all int8, not
+ * the plain reference pass, and none collecting calibration histograms (those read float32 inputs). */
+static int int8_chain(const Block *bl, int reference) {
+    const Conv *cs[3] = {&bl->c1, &bl->c2, &bl->c3};
+    if (reference) return 0;
+    for (int i = 0; i < 3; i++)
+        if (!conv_is_int8(cs[i]) || cs[i]->int8->hist) return 0;
+    return 1;
+}
+
 static int forward_batch(Net *net, const float *x, int n, int h, int w, int output, int reference,
                          float *out, float *scores) {
     if (plan_ensure(net, n, h, w) != 0) return -1;
@@ -296,14 +306,29 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
         int t1 = (cur + 1) & 3, t2 = (cur + 2) & 3, sc = (cur + 3) & 3;
         int h1 = out_size(h, 1, bl->c1.stride, 0), w1 = out_size(w, 1, bl->c1.stride, 0);
         int h2 = out_size(h1, 3, bl->c2.stride, 1), w2 = out_size(w1, 3, bl->c2.stride, 1);
-        run_conv(&bl->c1, buf[cur], n, h, w, buf[t1], NULL, 1, p->scratch, reference);
-        run_conv(&bl->c2, buf[t1], n, h1, w1, buf[t2], NULL, 1, p->scratch, reference);
         const float *shortcut = buf[cur];
-        if (bl->has_proj) {
-            run_conv(&bl->proj, buf[cur], n, h, w, buf[sc], NULL, 0, p->scratch, reference);
-            shortcut = buf[sc];
+        if (int8_chain(bl, reference)) {
+            /* conv1 and conv2 write their outputs quantised for the next layer (uint8 in the same
+             * buffers): the same bytes as quantising their float32 outputs, without them */
+            uint8_t *q1 = (uint8_t *)buf[t1], *q2 = (uint8_t *)buf[t2];
+            if (resnet50_interrupt) return -2;
+            conv2d_int8_chain(&bl->c1, buf[cur], NULL, n, h, w, NULL, q1, &bl->c2, NULL, 1, p->scratch);
+            conv2d_int8_chain(&bl->c2, NULL, q1, n, h1, w1, NULL, q2, &bl->c3, NULL, 1, p->scratch);
+            if (bl->has_proj) {
+                run_conv(&bl->proj, buf[cur], n, h, w, buf[sc], NULL, 0, p->scratch, reference);
+                shortcut = buf[sc];
+            }
+            if (resnet50_interrupt) return -2;
+            conv2d_int8_chain(&bl->c3, NULL, q2, n, h2, w2, buf[t1], NULL, NULL, shortcut, 1, p->scratch);
+        } else {
+            run_conv(&bl->c1, buf[cur], n, h, w, buf[t1], NULL, 1, p->scratch, reference);
+            run_conv(&bl->c2, buf[t1], n, h1, w1, buf[t2], NULL, 1, p->scratch, reference);
+            if (bl->has_proj) {
+                run_conv(&bl->proj, buf[cur], n, h, w, buf[sc], NULL, 0, p->scratch, reference);
+                shortcut = buf[sc];
+            }
+            run_conv(&bl->c3, buf[t2], n, h2, w2, buf[t1], shortcut, 1, p->scratch, reference);
         }
-        run_conv(&bl->c3, buf[t2], n, h2, w2, buf[t1], shortcut, 1, p->scratch, reference);
         cur = t1, h = h2, w = w2, c = bl->c3.cout;
         int t = b == 2 ? 1 : b == 6 ? 2 : b == 12 ? 3 : b == 15 ? 4 : 0; /* the last block of a stage */
         if (t && (taps & (1u << t))) tap(p, t, buf[cur], n, h, w, c, reference);

@@ -14,7 +14,8 @@
  *
  * The int8 kernels are checked bit for bit against a plain loop of the same arithmetic
  * (gemm_int8.h): B quantised per column, exact integer sums of A (0..127) times B, then
- * float(sum) * scale + bias + residual and ReLU, one rounding per operation in that order; also
+ * float(sum) * scale + bias + residual and ReLU, one rounding per operation in that order (and,
+ * written quantised for a next layer, rint(clamp(C * out_inv, 0, 127))); also
  * with A and B at their extremes (127 x +-127, where VPMADDUBSW would saturate on wider values).
  * Built and run by tests/test_gemm.py (and under ASan/UBSan by
  * tests/run_sanitized.sh). gemm_check --list prints the packed kernels of the dispatch table, one
@@ -160,7 +161,8 @@ static int check_int8(int m, int n, int k, int use_bias, int use_res, int relu, 
         printf("out of memory\n");
         exit(1);
     }
-    GemmI8Job job = {{m, NULL, 0, &p, c, ldc, use_bias ? bias : NULL, use_res ? res : NULL, relu}, a, lda, scale};
+    GemmI8Job job = {{m, NULL, 0, &p, c, ldc, use_bias ? bias : NULL, use_res ? res : NULL, relu}, a, lda, scale,
+                     NULL, 0.0f};
     run_all_i8(&job, 0);
     GemmI8Job job2 = job;
     job2.g.c = c2;
@@ -192,6 +194,36 @@ static int check_int8(int m, int n, int k, int use_bias, int use_res, int relu, 
         run_all_i8(&job3, 0);
         if (memcmp(c, c3, sizeof(float) * (size_t)m * ldc) != 0)
             printf("m=%d n=%d k=%d: %s and %s differ\n", m, n, k, gemm_kernel_name(kernel), gemm_kernel_name(other)), bad = 1;
+    }
+    if (!bad) { /* the output quantised for a next layer (cq): the bytes of quantising C plainly */
+        float cmax = 0.0f;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) cmax = fabsf(c[(size_t)i * ldc + j]) > cmax ? fabsf(c[(size_t)i * ldc + j]) : cmax;
+        uint8_t *cq = malloc((size_t)m * ldc);
+        if (!cq) {
+            printf("out of memory\n");
+            exit(1);
+        }
+        memset(cq, 0xab, (size_t)m * ldc);
+        GemmI8Job job4 = job;
+        job4.g.c = NULL;
+        job4.cq = cq;
+        job4.out_inv = 200.0f / (cmax > 0.0f ? cmax : 1.0f); /* the top third clips at 127 */
+        run_all_i8(&job4, 1);
+        for (int i = 0; i < m && !bad; i++)
+            for (int j = 0; j < ldc && !bad; j++) {
+                int want = 0xab;
+                if (j < n) {
+                    float u = c[(size_t)i * ldc + j] * job4.out_inv;
+                    u = u > 0.0f ? u : 0.0f;
+                    u = u < 127.0f ? u : 127.0f;
+                    want = (int)nearbyintf(u);
+                }
+                if (cq[(size_t)i * ldc + j] != want)
+                    printf("int8 m=%d n=%d k=%d bias=%d res=%d relu=%d: quantised C[%d][%d] = %d, want %d\n", m, n, k,
+                           use_bias, use_res, relu, i, j, cq[(size_t)i * ldc + j], want), bad = 1;
+            }
+        free(cq);
     }
     gemm_pack_free(&p);
     gemm_pack_free(&p2);
