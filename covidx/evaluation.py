@@ -1,90 +1,18 @@
-"""evaluate/predict over arrays, Keras Sequences (the image iterators) and Python generators.
-
-batch_source is the one source of batches for evaluate, predict (arrays too), the features
-methods and fit_unfamiliar; fit (training.py) adds its feature cache and reshuffling on top of
-the same public iterator methods (batch_indices, load_batch).
-
-Batches are produced in a background thread (decoding itself runs on the decode pool) while the
-C engine computes the previous batch, so loading does not starve the engine. Labels from a
-folder are aligned with the model's classes by name where they match."""
+"""evaluate and predict over arrays, Keras Sequences (the image iterators) and Python generators,
+read through the one batch pipeline (covidx.batches), and the alignment of a folder's classes
+with the model's (labels from a folder follow the model's classes by name where they match)."""
 from __future__ import annotations
 
-import queue
 import re
-import threading
 import warnings
-from collections.abc import Mapping
 
 import numpy as np
 
-from . import checks
+from . import batches
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import scaling
-from .preprocessing.iterators import BATCH_SOURCES
 from .progbar import Progbar
-
-_DONE = object()
-
-
-class Prefetcher:
-    """Runs produce(i) for i = 0..n-1 (n may be None: until StopIteration) in one background
-    thread, at most `depth` batches ahead, and yields the results in order. Errors re-raise in
-    the consumer; closing stops the producer at its next batch."""
-
-    def __init__(self, produce, n, depth=2):
-        self.produce, self.n = produce, n
-        self.q = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="covidx-prefetch", daemon=True)
-        self.thread.start()
-
-    def _put(self, item):
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self):
-        i = 0
-        try:
-            while (self.n is None or i < self.n) and not self.stop.is_set():
-                try:
-                    item = self.produce(i)
-                except StopIteration:
-                    break
-                if not self._put((True, item)):
-                    return
-                i += 1
-        except BaseException as e:  # handed to the consumer
-            self._put((False, e))
-            return
-        self._put((True, _DONE))
-
-    def __iter__(self):
-        try:
-            while True:
-                while True:
-                    try:
-                        ok, item = self.q.get(timeout=0.1)  # short waits keep Ctrl-C responsive
-                        break
-                    except queue.Empty:
-                        if not self.thread.is_alive() and self.q.empty():
-                            return
-                if not ok:
-                    raise item
-                if item is _DONE:
-                    return
-                yield item
-        finally:
-            self.close()
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 # --- class alignment ------------------------------------------------------------------------------
@@ -212,77 +140,6 @@ def apply_alignment(y, mapping, mode, n_model):
     return y
 
 
-# --- batch sources --------------------------------------------------------------------------------
-
-def _unpack(batch):
-    """(x, y, sample_weight) from a batch: x, (x,), (x, y) or (x, y, w)."""
-    if isinstance(batch, tuple):
-        if len(batch) == 1:
-            return batch[0], None, None
-        if len(batch) == 2:
-            return batch[0], batch[1], None
-        if len(batch) == 3:
-            return batch
-        raise ValueError("a batch must be x, (x,), (x, y) or (x, y, sample_weight); got a tuple of %d" % len(batch))
-    return batch, None, None
-
-
-def is_sequence(x):
-    return hasattr(x, "__getitem__") and hasattr(x, "__len__") and not isinstance(x, (np.ndarray, list, tuple))
-
-
-def batch_source(x, y, batch_size, steps, sample_weight=None):
-    """(iterable of (x, y, w, ok), number of steps or None, the iterator or None)."""
-    if isinstance(x, Mapping):  # has __getitem__ and __len__, but is not a sequence of batches
-        raise ValueError("x: a dict of inputs (keys %s) is not supported: covidx models have one image input; "
-                         "pass the images as one array" % (sorted(map(str, x))[:5],))
-    if is_sequence(x):
-        if y is not None:
-            raise ValueError("`y` argument is not supported when using a data generator (the labels come from it)")
-        n = len(x)
-        total = n if steps is None else steps
-        if steps is not None and steps > n:
-            warnings.warn("Your input ran out of data; interrupting evaluation. Make sure that your dataset or "
-                          "generator can generate at least `steps` batches (%d here, it has %d)." % (steps, n))
-            total = n
-
-        def produce(i):
-            if isinstance(x, BATCH_SOURCES):
-                return x.load_batch(x.batch_indices(i))
-            return _unpack(x[i]) + (None,)
-
-        return Prefetcher(produce, total), (steps if steps is not None else n), x
-    if hasattr(x, "__next__") or (hasattr(x, "__iter__") and not isinstance(x, (np.ndarray, list, tuple))):
-        if y is not None:
-            raise ValueError("`y` argument is not supported when using a Python generator")
-        it = iter(x)
-
-        def produce_next(i):
-            return _unpack(next(it)) + (None,)
-
-        return Prefetcher(produce_next, steps), steps, None
-    # arrays
-    x = np.asarray(x) if isinstance(x, (list, tuple)) else x
-    if not isinstance(x, np.ndarray):
-        raise TypeError("x: expected images as a numpy array, an image iterator or a generator, got %s"
-                        % type(x).__name__)
-    if y is not None and len(y) != len(x):
-        raise ValueError("x and y: %d images but %d labels" % (len(x), len(y)))
-    bs = 32 if batch_size is None else checks.positive_int(batch_size, "batch_size", allow_none=False)
-    n_batches = (len(x) + bs - 1) // bs
-    if steps is not None:
-        n_batches = min(n_batches, steps)
-    y = None if y is None else np.asarray(y)
-    w = None if sample_weight is None else np.asarray(sample_weight, np.float32)
-
-    def gen():
-        for i in range(n_batches):
-            s = slice(i * bs, (i + 1) * bs)
-            yield x[s], None if y is None else y[s], None if w is None else w[s], None
-
-    return gen(), n_batches, None
-
-
 def say_alignment(model, iterator):
     """The class mapping of iterator's labels to model's classes (None: unchanged); the message
     saying what was aligned is printed once per iterator and model."""
@@ -334,19 +191,6 @@ EMPTY_GENERATOR = ("When passing a Python generator to a Keras model, the genera
                    "Received an empty generator.")
 
 
-def require_data(x, caller):
-    """Data that has nothing in it is said so up front (Keras fails later with unrelated errors)."""
-    if is_sequence(x) and len(x) == 0:
-        directory = getattr(x, "directory", None)
-        if directory is not None and getattr(x, "samples", None) == 0:
-            raise ValueError("%s: found no images in %s: flow_from_directory expects one sub-folder per class "
-                             "holding that class's images (e.g. %s)"
-                             % (caller, directory, "/".join([str(directory).rstrip("/"), "COVID-19", "x.png"])))
-        raise ValueError("%s: the data is empty (a %s of length 0)" % (caller, type(x).__name__))
-    if isinstance(x, (np.ndarray, list)) and len(x) == 0:
-        raise ValueError("%s: the data is empty (no images in x)" % caller)
-
-
 def nothing_scored(caller, skipped):
     if skipped:
         return ValueError("%s: nothing to score: none of the %d images could be read (%s)"
@@ -359,12 +203,13 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
     if model._compiled is None:
         raise ValueError("You must call `compile()` before using the model (e.g. model.compile("
                          "loss='categorical_crossentropy', metrics=['accuracy'])).")
-    require_data(x, "evaluate")
+    batches.require_data(x, "evaluate")
     loss_obj, metric_objs = model._compiled["loss"], model._compiled["metrics"]
     for m in metric_objs:
         m.reset_state()
     loss_tracker = metrics_mod.Mean(name="loss")
-    source, total_steps, iterator = batch_source(x, y, batch_size, steps, sample_weight)
+    source, stream, total_steps = batches.one_pass(x, y, sample_weight, batch_size, steps)
+    iterator = source.iterator
     mapping = say_alignment(model, iterator)
     mode = getattr(iterator, "class_mode", None)
     n_model = model_class_count(model)
@@ -383,7 +228,7 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
         keys = sorted(vals) if (bar and bar.style == "keras3") else names
         return [(k, vals[k]) for k in keys]
 
-    for bx, by, bw, ok in source:
+    for bx, by, bw, ok, _, _ in stream:
         step += 1
         if step == 1:
             warn_if_unscaled(model, bx)
@@ -406,9 +251,8 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
             m.update_state(by, pred)
         if bar:
             bar.update(step, shown(logs()), finalize=False)
+    source.on_epoch_end()
     if iterator is not None:
-        if hasattr(iterator, "on_epoch_end"):
-            iterator.on_epoch_end()
         skipped = list(getattr(iterator, "skipped", []))
     if step == 0 and iterator is None:
         raise ValueError(EMPTY_GENERATOR)
@@ -427,13 +271,14 @@ def evaluate(model, x, y, batch_size, verbose, sample_weight, steps, return_dict
 
 
 def predict(model, x, batch_size, verbose, steps, output="head", unfamiliar=False):
-    require_data(x, "predict")
-    source, total_steps, iterator = batch_source(x, None, batch_size, steps)
+    batches.require_data(x, "predict")
+    source, stream, total_steps = batches.one_pass(x, None, None, batch_size, steps)
+    iterator = source.iterator
     warn_if_shuffled(iterator)
     verbose = (1 if iterator is not None else 0) if verbose == "auto" else verbose
     bar = Progbar(total_steps, verbose=verbose) if verbose else None
     parts, scores, step = [], [], 0
-    for bx, _, _, ok in source:
+    for bx, _, _, ok, _, _ in stream:
         step += 1
         if isinstance(bx, list):
             raise ValueError("predict: models with several inputs are not supported")
@@ -452,8 +297,7 @@ def predict(model, x, batch_size, verbose, steps, output="head", unfamiliar=Fals
         scores.append(score)
         if bar:
             bar.update(step, [], finalize=False)
-    if iterator is not None and hasattr(iterator, "on_epoch_end"):
-        iterator.on_epoch_end()
+    source.on_epoch_end()
     if bar:
         bar.update(total_steps if total_steps is not None else step, [], finalize=True)
     if not parts:

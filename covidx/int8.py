@@ -13,12 +13,13 @@ chosen from its histogram:
 - 'max': T the largest value seen (no clipping, coarser steps).
 
 The weights (batchnorm folded) are quantised per output channel when the mode is switched on;
-nothing about them is calibrated."""
+nothing about them is calibrated. The images are read through the one batch pipeline
+(covidx.batches), as predict reads them."""
 from __future__ import annotations
 
 import numpy as np
 
-from . import architecture, checks, evaluation
+from . import architecture, batches, checks
 from .progbar import Progbar
 
 METHODS = ("mse", "max")
@@ -39,15 +40,15 @@ def conv_names(arch):
 def histograms(model, x, batch_size=None, steps=None, verbose=0):
     """(convolutions, BINS) counts of each convolution's input values over the images in x, in
     fp32 (the model's precision is restored after), and the number of images."""
-    evaluation.require_data(x, "calibrate_int8")
-    source, total, _ = evaluation.batch_source(x, None, batch_size, steps)
+    batches.require_data(x, "calibrate_int8")
+    _, stream, total = batches.one_pass(x, batch_size=batch_size, steps=steps)
     bar = Progbar(total, verbose=verbose) if verbose else None
     engine, total_hist, images, step = model._engine, None, 0, 0
     restore = model._precision != "fp32"
     if restore:
         engine.set_precision("fp32")
     try:
-        for bx, _, _, ok in source:
+        for bx, _, _, ok, _, _ in stream:
             step += 1
             if isinstance(bx, list):
                 raise ValueError("calibrate_int8: models with several inputs are not supported")

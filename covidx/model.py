@@ -3,8 +3,10 @@
 The one place the engine is built (_engine_for: weights, precision, out-of-distribution
 statistics, input rescaling). Files go through covidx.formats (their readers return data;
 formats.write picks the writer), fit through covidx.training, evaluate and predict over
-iterators through covidx.evaluation. Model(inputs=..., outputs=...) is the functional model
-(covidx.functional), the one module that imports this one back."""
+iterators through covidx.evaluation; predict over arrays and the features methods read their
+batches from covidx.batches, the one batch pipeline, as all of those do. Model(inputs=...,
+outputs=...) is the functional model (covidx.functional), the one module that imports this one
+back."""
 from __future__ import annotations
 
 import json
@@ -13,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from . import _config, _core, architecture, checks, evaluation, formats, head, int8, layer_table, scaling
+from . import _config, _core, architecture, batches, checks, evaluation, formats, head, int8, layer_table, scaling
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import summary as summary_mod
@@ -196,8 +198,8 @@ class Model:
         'mse': least squared error, the default; or 'max': no clipping), see covidx.int8. The
         scales are kept in int8_calibration and saved with the model (.safetensors). A model
         already in int8 switches to the new scales. Returns int8_calibration."""
-        calibration = int8.calibrate(self, x, batch_size=checks.positive_int(batch_size, "batch_size"),
-                                     steps=checks.positive_int(steps, "steps"), verbose=verbose, method=method)
+        calibration = int8.calibrate(self, x, batch_size=batch_size, steps=checks.positive_int(steps, "steps"),
+                                     verbose=verbose, method=method)
         self._set_int8_calibration(calibration)
         return calibration
 
@@ -329,19 +331,28 @@ class Model:
 
     # --- inference -------------------------------------------------------------------------------
 
-    def _run(self, x, batch_size, output, verbose=0, unfamiliar=False):
-        x = checks.images(x, convert=False)  # converted a batch at a time: the engine needs no more
-        batches, steps, _ = evaluation.batch_source(x, None, checks.positive_int(batch_size, "batch_size"), None)
-        bar = Progbar(steps, verbose=verbose) if verbose else None
+    def _run(self, source, output, verbose=0, unfamiliar=False):
+        """`output` of every batch of an ArraySource of images (checked by _images), in order."""
+        bar = Progbar(source.num_batches, verbose=verbose) if verbose else None
         parts = []
-        for i, (batch, _, _, _) in enumerate(batches):
-            batch = np.ascontiguousarray(batch, dtype=np.float32)
-            parts.append(self._engine.forward(batch, output=architecture.OUTPUTS[output], unfamiliar=unfamiliar))
+        for i, batch in enumerate(source.epoch()):
+            x = np.ascontiguousarray(batch.x, dtype=np.float32)  # a batch at a time: the engine needs no more
+            parts.append(self._engine.forward(x, output=architecture.OUTPUTS[output], unfamiliar=unfamiliar))
             if bar:
-                bar.update(i + 1, [], finalize=i + 1 == steps)
+                bar.update(i + 1, [], finalize=i + 1 == source.num_batches)
         if unfamiliar:
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @staticmethod
+    def _images(x, batch_size, steps=None):
+        """The batch pipeline's source of an array of images x: the first `steps` batches where
+        given, checked (checks.images, without a float32 copy of the whole array)."""
+        if not isinstance(x, (np.ndarray, list, tuple)):
+            checks.images(x)  # raises, naming what x is
+        source = batches.ArraySource(x, batch_size=batch_size).first(steps)
+        checks.images(source.x, convert=False)
+        return source
 
     def _forward(self, x, output="head", unfamiliar=False):
         return self._engine.forward(checks.images(x), output=architecture.OUTPUTS[output], unfamiliar=unfamiliar)
@@ -361,7 +372,7 @@ class Model:
         return (h, w, 2048)
 
     def _is_array(self, x):
-        return isinstance(x, (np.ndarray, list)) or (isinstance(x, tuple) and not evaluation.is_sequence(x))
+        return isinstance(x, (np.ndarray, list)) or (isinstance(x, tuple) and not batches.is_sequence(x))
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *, return_unfamiliar=False,
                 **kwargs):
@@ -379,12 +390,11 @@ class Model:
         if return_unfamiliar:
             self._check_unfamiliar()
         verbose = 1 if verbose == "auto" else verbose
-        batch_size, steps = checks.positive_int(batch_size, "batch_size"), checks.positive_int(steps, "steps")
+        steps = checks.positive_int(steps, "steps")
         if self._is_array(x):
-            if steps is not None:  # only the first `steps` batches are computed
-                x = x[:steps * (batch_size or 32)]
-            scaling.warn_if_unscaled(self, x)
-            return self._run(x, batch_size, "head", verbose, unfamiliar=bool(return_unfamiliar))
+            source = self._images(x, batch_size, steps)  # only the first `steps` batches are computed
+            scaling.warn_if_unscaled(self, source.x)
+            return self._run(source, "head", verbose, unfamiliar=bool(return_unfamiliar))
         return evaluation.predict(self, x, batch_size, verbose, steps, "head", unfamiliar=bool(return_unfamiliar))
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
@@ -396,7 +406,7 @@ class Model:
         _check_legacy_kwargs("evaluate", kwargs)
         if x is None:
             raise ValueError("evaluate: no data given (x)")
-        batch_size, steps = checks.positive_int(batch_size, "batch_size"), checks.positive_int(steps, "steps")
+        steps = checks.positive_int(steps, "steps")
         return evaluation.evaluate(self, x, y, batch_size, verbose, sample_weight, steps, return_dict)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
@@ -530,7 +540,7 @@ class Model:
 
     def features(self, x, batch_size=None):
         """The globally pooled backbone features (batch, 2048)."""
-        return self._run(x, batch_size, "features")
+        return self._run(self._images(x, batch_size), "features")
 
     def descriptors(self, x, batch_size=None):
         """What the out-of-distribution statistics are fitted to (batch, 28352): the pooled
@@ -539,11 +549,11 @@ class Model:
         (covidx.unfamiliar.FEATURE_SETS says where each set lies)."""
         if self.architecture.get("pooling") is None:
             raise ValueError("descriptors: the model has no global pooling")
-        return self._run(x, batch_size, "descriptor")
+        return self._run(self._images(x, batch_size), "descriptor")
 
     def feature_map(self, x, batch_size=None):
         """The last block's output (batch, h/32, w/32, 2048)."""
-        return self._run(x, batch_size, "feature_map")
+        return self._run(self._images(x, batch_size), "feature_map")
 
     def predict_reference(self, x):
         """Outputs from the plain C layers (direct loops, double accumulators): slow; for checks."""

@@ -4,25 +4,24 @@ ResNet50 backbone, in NumPy, with Keras's losses, optimizers, metrics, callbacks
 The C engine computes the backbone's pooled features; only the head needs gradients, so an epoch
 over cached features takes seconds on a CPU. Features are computed once per image and cached
 when the images are the same every epoch (arrays, or an image iterator without augmentation);
-with augmentation they are recomputed for every batch.
+with augmentation they are recomputed for every batch. The batches come from the one batch
+pipeline (covidx.batches), which then loads only the images whose features are not yet kept.
 
 The loss is Keras 3's probability-space cross-entropy (outputs clipped to [1e-7, 1 - 1e-7]); its
 gradient is the exact derivative of that formula, through the softmax or sigmoid."""
 from __future__ import annotations
 
-import random
 import warnings
 
 import numpy as np
 
-from . import architecture, checks, scaling
+from . import architecture, batches, checks, scaling
 from . import callbacks as callbacks_mod
 from . import evaluation
 from . import head as head_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
-from .preprocessing.iterators import BATCH_SOURCES
 
 # --- losses and their gradients ------------------------------------------------------------------
 
@@ -189,18 +188,6 @@ class Head:
 
 # --- data: batches of pooled features ------------------------------------------------------------
 
-def _unpack(batch):
-    if isinstance(batch, (tuple, list)) and not isinstance(batch, np.ndarray):
-        if len(batch) == 2:
-            return batch[0], batch[1], None
-        if len(batch) == 3:
-            return tuple(batch)
-        if len(batch) == 1:
-            return batch[0], None, None
-        raise ValueError("a batch must be (x, y) or (x, y, sample_weight); got a sequence of %d" % len(batch))
-    return batch, None, None
-
-
 def augments(image_data_generator):
     """Whether an ImageDataGenerator draws random transforms (then features change every epoch)."""
     g = image_data_generator
@@ -238,184 +225,86 @@ class Labels:
         return y, (None if w is None else np.asarray(w, np.float32))
 
 
-class IndexedData:
-    """Samples addressed by index: arrays, or a covidx image iterator. When `cache` is on, each
-    sample's features, label and weight are kept after their first use, so later epochs read no
-    image and run no backbone."""
+FIT_RAN_OUT = "Your input ran out of data: steps=%(steps)d but the data has %(batches)d batches; using %(batches)d."
 
-    background = False  # load batches in a background thread
 
-    def __init__(self, n, features_of, labels, cache):
-        self.n, self.features_of, self.labels, self.cache = n, features_of, labels, cache
-        self._feats = self._y = self._w = None
-        self._have = np.zeros(n, bool)
-        self._bad = np.zeros(n, bool)
+class FeatureData:
+    """fit's batches of (pooled features, targets, sample weights) from the batch pipeline's
+    batches of a source (covidx.batches). With `cache` (an indexed source: arrays or a covidx
+    image iterator), each sample's features, label and weight are kept after their first use, so
+    later epochs read no image and run no backbone: the pipeline loads only the samples not yet
+    seen (nor found unreadable). Other sources have their features computed for every batch."""
 
-    # subclasses: n_batches, batch_order(shuffle), batch_indices(b), load(indices) -> (x, y, w, ok), end_epoch()
+    def __init__(self, source, features_of, labels, cache):
+        self.source, self.features_of, self.labels = source, features_of, labels
+        self.cache = bool(cache) and source.indexed
+        self.n_batches = source.num_batches
+        if self.cache:
+            self._feats = self._y = self._w = None
+            self._have = np.zeros(source.samples, bool)
+            self._bad = np.zeros(source.samples, bool)
+
+    def _missing(self, idx):
+        """Which of the samples idx are neither cached nor known to be unreadable."""
+        return ~self._have[idx] & ~self._bad[idx]
 
     def _store(self, idx, feats, y, w):
         if self._feats is None:
-            self._feats = np.zeros((self.n,) + feats.shape[1:], np.float32)
-            self._y = np.zeros((self.n,) + y.shape[1:], y.dtype)
-            self._w = None if w is None else np.ones(self.n, np.float32)
+            n = self.source.samples
+            self._feats = np.zeros((n,) + feats.shape[1:], np.float32)
+            self._y = np.zeros((n,) + y.shape[1:], y.dtype)
+            self._w = None if w is None else np.ones(n, np.float32)
         self._feats[idx], self._y[idx] = feats, y
         if w is not None and self._w is not None:
             self._w[idx] = w
         self._have[idx] = True
 
-    def _produce(self, b):
-        idx = np.asarray(self.batch_indices(b), np.intp)
-        missing = ~self._have[idx] & ~self._bad[idx] if self.cache else np.ones(len(idx), bool)
-        loaded = self.load(idx[missing]) if missing.any() else None
-        return idx, missing, loaded
-
-    def _finish(self, idx, missing, loaded):
+    def _finish(self, batch):
         """(features, y, w) of the batch, or None when none of its images could be read."""
-        if loaded is not None:
-            x, y, w, ok = loaded
-            loaded_idx = idx[missing]
-            if ok is not None and not ok.all():  # unreadable files (on_error='skip') leave the batch
-                self._bad[loaded_idx[~ok]] = True
-                x, y, w = x[ok], (None if y is None else np.asarray(y)[ok]), (None if w is None else np.asarray(w)[ok])
-                loaded_idx = loaded_idx[ok]
-            if not self.cache:
-                if not len(loaded_idx):
-                    return None
-                y, w = self.labels(y, w)
-                return self.features_of(x), y, w
-            if len(loaded_idx):
-                y, w = self.labels(y, w)
-                self._store(loaded_idx, self.features_of(x), y, w)
-        keep = idx[self._have[idx]] if self.cache else idx[:0]
+        x, y, w, ok = batch.x, batch.y, batch.w, batch.ok
+        if self.cache:  # the samples whose rows x holds
+            rows = batch.indices if batch.loaded is None else batch.indices[batch.loaded]
+        if x is not None and ok is not None and not ok.all():  # unreadable files (on_error='skip') leave it
+            if self.cache:
+                self._bad[rows[~ok]] = True
+                rows = rows[ok]
+            x, y, w = x[ok], (None if y is None else np.asarray(y)[ok]), (None if w is None else np.asarray(w)[ok])
+            if not len(x) and not self.cache:
+                return None
+        if not self.cache:
+            y, w = self.labels(y, w)
+            return self.features_of(x), y, w
+        if x is not None and len(x):
+            y, w = self.labels(y, w)
+            self._store(rows, self.features_of(x), y, w)
+        keep = batch.indices[self._have[batch.indices]]
         if not len(keep):
             return None
         return self._feats[keep], self._y[keep], (None if self._w is None else self._w[keep])
 
     def batches(self, steps=None, shuffle=False):
-        order = self.batch_order(shuffle)
-        if steps is not None:
-            if steps > len(order):
-                warnings.warn("Your input ran out of data: steps=%d but the data has %d batches; using %d."
-                              % (steps, len(order), len(order)), stacklevel=3)
-            order = order[:steps]
-        if self.background:
-            source = evaluation.Prefetcher(lambda i: self._produce(order[i]), len(order))
-        else:
-            source = (self._produce(b) for b in order)
-        for produced in source:
-            batch = self._finish(*produced)
-            if batch is not None:
-                yield batch
+        ran_out = FIT_RAN_OUT if self.source.indexed else None
+        for batch in self.source.epoch(steps, shuffle, need=self._missing if self.cache else None,
+                                       ran_out=ran_out):
+            out = self._finish(batch)
+            if out is not None:
+                yield out
 
     def end_epoch(self):
-        pass
-
-
-class ArrayData(IndexedData):
-    """In-memory arrays: images (features computed by the backbone) or pooled features."""
-
-    def __init__(self, x, y, w, batch_size, features_of, labels, cache):
-        x = np.asarray(x) if isinstance(x, (list, tuple)) else x
-        if not isinstance(x, np.ndarray):
-            raise TypeError("x: expected a numpy array, an image iterator or a generator, got %s" % type(x).__name__)
-        if y is not None and len(y) != len(x):
-            raise ValueError("x and y: %d samples but %d labels" % (len(x), len(y)))
-        if w is not None and len(w) != len(x):
-            raise ValueError("x and sample_weight: %d samples but %d weights" % (len(x), len(w)))
-        checks.positive_int(batch_size, "batch_size", allow_none=False)
-        super().__init__(len(x), features_of, labels, cache)
-        self.x, self.y = x, (None if y is None else np.asarray(y))
-        self.w = None if w is None else np.asarray(w, np.float32)
-        self.batch_size = int(batch_size)
-        self.n_batches = (len(x) + self.batch_size - 1) // self.batch_size
-        self._order = np.arange(len(x))
-
-    def batch_order(self, shuffle):
-        # Keras shuffles the samples each epoch (not just the batches)
-        self._order = np.random.permutation(self.n) if shuffle else np.arange(self.n)
-        return list(range(self.n_batches))
-
-    def batch_indices(self, b):
-        return self._order[b * self.batch_size:(b + 1) * self.batch_size]
-
-    def load(self, idx):
-        return self.x[idx], (None if self.y is None else self.y[idx]), (None if self.w is None else self.w[idx]), None
-
-
-class IteratorData(IndexedData):
-    """A covidx image iterator (flow_from_directory / flow): batches by the iterator's own order,
-    images loaded in the background."""
-
-    background = True
-
-    def __init__(self, iterator, features_of, labels, cache):
-        super().__init__(iterator.n, features_of, labels, cache)
-        self.it = iterator
-        self.n_batches = len(iterator)
-
-    def batch_order(self, shuffle):
-        order = list(range(self.n_batches))
-        if shuffle:  # Keras 3 also shuffles the order of a dataset's batches
-            random.shuffle(order)
-        return order
-
-    def batch_indices(self, b):
-        return self.it.batch_indices(b)
-
-    def load(self, idx):
-        return self.it.load_batch(idx)
-
-    def end_epoch(self):
-        if hasattr(self.it, "on_epoch_end"):
-            self.it.on_epoch_end()
-
-
-class StreamData:
-    """A Keras Sequence or a Python generator: features computed for every batch."""
-
-    def __init__(self, data, features_of, labels):
-        self.data, self.features_of, self.labels = data, features_of, labels
-        self.sequence = evaluation.is_sequence(data)
-        self.n_batches = len(data) if self.sequence else None
-        self._it = None if self.sequence else iter(data)
-
-    def batches(self, steps=None, shuffle=False):
-        if self.sequence:
-            order = list(range(self.n_batches))
-            if shuffle:
-                random.shuffle(order)
-            order = order[:steps] if steps is not None else order
-            produce = lambda i: _unpack(self.data[order[i]])  # noqa: E731
-            count = len(order)
-        else:
-            produce = lambda i: _unpack(next(self._it))  # noqa: E731  (StopIteration ends the pass)
-            count = steps
-        for x, y, w in evaluation.Prefetcher(produce, count):
-            y, w = self.labels(y, w)
-            yield self.features_of(x), y, w
-
-    def end_epoch(self):
-        if self.sequence and hasattr(self.data, "on_epoch_end"):
-            self.data.on_epoch_end()
+        self.source.on_epoch_end()
 
 
 def make_data(model, x, y, sample_weight, batch_size, class_weight, features_of, cache):
-    """The right data source for x: arrays, a covidx image iterator, a Sequence or a generator."""
-    if evaluation.is_sequence(x) or hasattr(x, "__next__") or (
-            hasattr(x, "__iter__") and not isinstance(x, (np.ndarray, list, tuple))):
-        if y is not None:
-            raise ValueError("`y` argument is not supported when using a data generator (the labels come from it)")
-        if sample_weight is not None:
-            raise ValueError("`sample_weight` argument is not supported when using a data generator")
-        labels = Labels(model, x if evaluation.is_sequence(x) else None, class_weight)
-        if isinstance(x, BATCH_SOURCES):
-            if cache is None:
-                cache = not augments(getattr(x, "image_data_generator", None))
-            return IteratorData(x, features_of, labels, bool(cache))
-        return StreamData(x, features_of, labels)
-    labels = Labels(model, None, class_weight)
-    return ArrayData(x, y, sample_weight, 32 if batch_size is None else batch_size, features_of, labels,
-                     cache is not False)
+    """fit's batches of x: arrays, a covidx image iterator, a Sequence or a generator, through the
+    batch pipeline. Features are cached for arrays (unless cache is False) and for an iterator
+    that does not augment (cache None) or when cache is True."""
+    source = batches.adapter(x, y, sample_weight, batch_size)
+    labels = Labels(model, source.iterator, class_weight)
+    if source.kind == "iterator" and cache is None:
+        cache = not augments(getattr(x, "image_data_generator", None))
+    elif source.kind == "array":
+        cache = cache is not False
+    return FeatureData(source, features_of, labels, cache)
 
 
 # --- the training loop ---------------------------------------------------------------------------
@@ -562,7 +451,7 @@ def _split_validation(x, y, sample_weight, validation_split):
 def _validation_source(model, validation_data, batch_size, features_of, cache):
     if validation_data is None:
         return None
-    if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3) and not evaluation.is_sequence(
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3) and not batches.is_sequence(
             validation_data):
         vx, vy = validation_data[0], validation_data[1]
         vw = validation_data[2] if len(validation_data) == 3 else None

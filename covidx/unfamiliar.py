@@ -31,7 +31,7 @@ import json
 
 import numpy as np
 
-from . import _core, evaluation
+from . import _core, batches
 
 # Feature sets a part can model: name -> (offset, size) in the engine's descriptor, each tap's
 # values running up to where the next begins.
@@ -240,12 +240,12 @@ def _descriptors_and_labels(model, data, batch_size):
         labels = y.argmax(1) if y.ndim == 2 else y.astype(np.int64)
         if len(labels) != len(x):
             raise ValueError("fit_unfamiliar: %d images but %d labels" % (len(x), len(labels)))
-        return model._run(x, batch_size, "descriptor"), labels
-    source, _, iterator = evaluation.batch_source(data, None, batch_size, None)
-    if iterator is not None and getattr(iterator, "class_mode", "x") is None:
+        return model.descriptors(x, batch_size), labels
+    source, stream, _ = batches.one_pass(data, batch_size=batch_size)
+    if source.iterator is not None and getattr(source.iterator, "class_mode", "x") is None:
         raise ValueError("fit_unfamiliar: the iterator has no labels (class_mode=None); the statistics are per class")
     feats, labels = [], []
-    for bx, by, _, ok in source:
+    for bx, by, _, ok, _, _ in stream:
         if by is None:
             raise ValueError("fit_unfamiliar: the data has no labels; give (images, labels) or a labelled iterator")
         by = np.asarray(by)
@@ -255,8 +255,7 @@ def _descriptors_and_labels(model, data, batch_size):
         if len(bx):
             feats.append(model._forward(bx, "descriptor"))
             labels.append(by)
-    if iterator is not None and hasattr(iterator, "on_epoch_end"):
-        iterator.on_epoch_end()
+    source.on_epoch_end()
     if not feats:
         raise ValueError("fit_unfamiliar: the data has no readable images")
     return np.concatenate(feats), np.concatenate(labels)

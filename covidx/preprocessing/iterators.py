@@ -87,9 +87,8 @@ class Iterator:
 
     def load_batch(self, indices):
         """The samples at indices as (x, y or None, sample weights or None, ok or None): ok[j] is
-        False where sample j could not be read (its row of x is zeros), None where all were.
-        evaluate, predict, fit and fit_unfamiliar read covidx's iterators through this and
-        batch_indices."""
+        False where sample j could not be read (its row of x is zeros), None where all were. The
+        batch pipeline (covidx.batches) reads covidx's iterators through this and batch_indices."""
         out = self._get_batches_of_transformed_samples(indices)
         if not isinstance(out, tuple):
             return out, None, None, None
@@ -626,4 +625,4 @@ class NumpyArrayIterator(Iterator):
         return output
 
 
-BATCH_SOURCES = (Iterator, BatchFromFiles)  # covidx's iterators: batch_indices and load_batch
+BATCH_SOURCES = (Iterator, BatchFromFiles)  # covidx's iterators: batch_indices and load_batch (covidx.batches)
