@@ -195,10 +195,10 @@ def test_sequence_and_generator_batches_pass_through():
         batches.adapter(seq, y)
 
 
-def test_iterator_batches_are_its_keras_batches(tmp_path):
+def test_iterator_batches_are_its_keras_batches():
     def make():
-        return ImageDataGenerator(rescale=1 / 255).flow_from_directory(str(folder(tmp_path)), target_size=SIZE,
-                                                                       batch_size=3, shuffle=True, seed=4)
+        return ImageDataGenerator(rescale=1 / 255).flow_from_directory(SAMPLES_DIR, target_size=SIZE, batch_size=3,
+                                                                       shuffle=True, seed=4)
 
     it, ref = make(), make()
     source, stream, target = batches.one_pass(it)
