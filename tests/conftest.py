@@ -27,6 +27,24 @@ ARTICLES_HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), 
 SIGMOID_HEAD = [(1, "sigmoid")]
 
 
+@pytest.fixture(scope="session")
+def articles(tmp_path_factory):
+    """The articles' Keras model: its weights, test images, Keras's predictions, and the files Keras
+    writes of it (.h5, .keras, .weights.h5, legacy weights); made once per run (framework_files.py)."""
+    import framework_files
+
+    return framework_files.articles(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def torchvision_files(tmp_path_factory):
+    """A torchvision-layout ResNet50, its predictions and torch.save files of its state_dict; made
+    once per run (framework_files.py)."""
+    import framework_files
+
+    return framework_files.torchvision_files(tmp_path_factory)
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads():
     import covidx
