@@ -2,7 +2,7 @@
 in the same run: images/s per batch size and thread count, peak RSS, and import time.
 
 The articles' model (Keras ResNet50 v1 + Dense 1024/1024/1024/512/2) gets well-conditioned random
-weights in a PyTorch twin (tests/torch_reference.py); the twin is exported to ONNX (what ONNX
+weights in a PyTorch twin (weights/torch_resnet50.py); the twin is exported to ONNX (what ONNX
 Runtime and OpenVINO run) and its Keras-named weights are loaded into covidx. Every engine runs in
 its own process, so peak RSS and import time are its own. Each figure is the median of several
 timed runs after a warm-up. The engines take turns, --rounds times over (a fresh process each
@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, os.path.join(HERE, "..", "weights"))
 
 HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "softmax")]
 NAMES = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
@@ -74,7 +74,7 @@ def prepare(workdir):
     import torch
 
     from covidx.applications.resnet50 import ResNet50
-    from torch_reference import calibrated_model
+    from torch_resnet50 import calibrated_model
 
     rng = np.random.default_rng(0)
     calib = torch.from_numpy(rng.uniform(-120, 150, (4, 224, 224, 3)).astype(np.float32))
@@ -144,7 +144,7 @@ def make_runner(engine, workdir, threads):
     if engine in ("torch", "torch-compile"):
         import torch
 
-        from torch_reference import TorchResNet50
+        from torch_resnet50 import TorchResNet50
 
         imported = time.perf_counter() - t0
         torch.set_num_threads(threads)

@@ -9,6 +9,11 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 (a test-only referenc
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+# The independent PyTorch ResNet50 (torch_resnet50.py) lives beside the training scripts, which
+# train it; appended, so that nothing there hides an installed module.
+WEIGHTS = os.path.join(os.path.dirname(HERE), "weights")
+if WEIGHTS not in sys.path:
+    sys.path.append(WEIGHTS)
 
 # The slow tier: files whose tests take minutes (full networks against PyTorch and Keras, training,
 # notebooks, clusters, memory caps). `bash tests/run.sh --quick` leaves them out; CI runs them all.

@@ -25,7 +25,7 @@ from conftest import ARTICLES_HEAD  # noqa: E402
 from covidx.applications.resnet50 import ResNet50, preprocess_input  # noqa: E402
 from covidx.data import sample_files  # noqa: E402
 from covidx.preprocessing.image import img_to_array, load_img  # noqa: E402
-from torch_reference import TorchResNet50  # noqa: E402
+from torch_resnet50 import TorchResNet50  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -23,7 +23,7 @@ import covidx  # noqa: E402
 from covidx.applications.resnet50 import ResNet50  # noqa: E402
 from covidx.formats import ModelFileError  # noqa: E402
 from framework_files import ARTICLES, assert_matches  # noqa: E402
-from torch_reference import TorchResNet50  # noqa: E402
+from torch_resnet50 import TorchResNet50  # noqa: E402
 
 
 def cut(src, dst, size):
@@ -230,7 +230,7 @@ def test_hostile_pickle_is_refused_and_never_runs(torchvision_files, tmp_path, z
 
 def test_pickled_modules_and_objects_are_refused(tmp_path):
     torch.save(TorchResNet50("v1.5"), tmp_path / "module.pt")
-    with pytest.raises(ModelFileError, match=r"module.pt: refused: .*torch_reference.TorchResNet50.*state_dict"):
+    with pytest.raises(ModelFileError, match=r"module.pt: refused: .*torch_resnet50.TorchResNet50.*state_dict"):
         covidx.load_model(tmp_path / "module.pt")
     with open(tmp_path / "plain.pkl", "wb") as f:
         pickle.dump({"a": np.zeros(3)}, f, protocol=2)

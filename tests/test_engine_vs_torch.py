@@ -14,7 +14,7 @@ from conftest import ARTICLES_HEAD, SIGMOID_HEAD  # noqa: E402
 from covidx.applications.resnet50 import ResNet50, preprocess_input  # noqa: E402
 from covidx.data import sample_files  # noqa: E402
 from covidx.preprocessing.image import img_to_array, load_img  # noqa: E402
-from torch_reference import calibrated_model  # noqa: E402
+from torch_resnet50 import calibrated_model  # noqa: E402
 
 torch.set_num_threads(2)
 CASES = [("v1", "articles"), ("v1", "sigmoid"), ("v1.5", "articles"), ("v1.5", "sigmoid")]

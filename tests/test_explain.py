@@ -21,7 +21,7 @@ from covidx import explain  # noqa: E402
 from covidx.applications.resnet50 import ResNet50, preprocess_input  # noqa: E402
 from covidx.data import sample_files  # noqa: E402
 from covidx.preprocessing.image import img_to_array, load_img  # noqa: E402
-from torch_reference import calibrated_model  # noqa: E402
+from torch_resnet50 import calibrated_model  # noqa: E402
 
 torch.set_num_threads(2)
 SIZE = (128, 160)  # a 4 x 5 heatmap: small enough to be fast, not square so axes cannot be swapped

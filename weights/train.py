@@ -8,7 +8,7 @@ width and channels, no weights) + Keras ResNet50 v1 + GlobalAveragePooling2D + D
 224)) yields. ImageNet weights cannot be fetched here, so the whole network is trained from scratch.
 
 The network is the plain PyTorch ResNet50 that the tests use as their independent reference
-(tests/torch_reference.py), so its Keras-named weights load into covidx as they are.
+(weights/torch_resnet50.py), so its Keras-named weights load into covidx as they are.
 
     python weights/train.py --data ../shared/data/cxr/covid19-radiography/train \
         --data ../shared/data/cxr/covid19-radiography/train-extra --work /tmp/covidx-train
@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from torch_reference import TorchResNet50  # noqa: E402
+sys.path.insert(0, HERE)
+from torch_resnet50 import TorchResNet50  # noqa: E402
 
 CLASSES = ("COV19", "Normal")
 HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "softmax")]

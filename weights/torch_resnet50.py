@@ -1,4 +1,5 @@
-"""An independent ResNet50 in plain PyTorch (test-only), built from Keras-named weights.
+"""An independent ResNet50 in plain PyTorch, built from Keras-named weights: the tests' reference
+and the network weights/train.py trains (development-only, like torch; covidx never imports it).
 
 Written from the architecture's definition, not from covidx's code: NCHW, torch's own conv,
 batchnorm (unfolded, eval mode), max pool, mean and Linear layers."""
