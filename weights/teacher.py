@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--time-steps", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass and loss "
+                    "(weights and optimizer stay float32; about 2x faster on CPUs with AVX512_BF16 or AMX)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -137,8 +139,9 @@ def main():
             idx = perm[s * args.batch:(s + 1) * args.batch]
             xb = train.augment(train.to_float(xtr[idx]), size, gen).contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(ytr[idx])
-            lg = net(xb)
-            loss = F.cross_entropy(lg, yb, label_smoothing=args.label_smoothing)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                lg = net(xb).float()
+                loss = F.cross_entropy(lg, yb, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
