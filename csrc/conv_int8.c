@@ -194,17 +194,20 @@ static void fused_task(void *arg, int block) {
     for (int t = 0; t < f->per_block; t++) gemm_run_task(&f->job.g, block * f->per_block + t);
 }
 
+void conv_int8_quantize(const Conv *c, const float *x, size_t count, uint8_t *xq) {
+    Quant qj = {x, xq, count, c->int8->inv_scale, cpu_features().avx512f};
+    pool_run((int)((count + QUANT_BLOCK - 1) / QUANT_BLOCK), quant_task, &qj);
+}
+
 void conv2d_int8_chain(const Conv *c, const float *x, const uint8_t *xq_in, int n, int h, int w, float *out,
                        uint8_t *outq, const Conv *next, const float *residual, int relu, float *scratch) {
     const ConvInt8 *q = c->int8;
     size_t count = (size_t)n * h * w * c->cin;
     uint8_t *xq = (uint8_t *)scratch, *panel = xq + round64(count);
-    if (xq_in) {
+    if (xq_in)
         xq = (uint8_t *)xq_in; /* quantised by the layer before (not written here) */
-    } else {
-        Quant qj = {x, xq, count, q->inv_scale, cpu_features().avx512f};
-        pool_run((int)((count + QUANT_BLOCK - 1) / QUANT_BLOCK), quant_task, &qj);
-    }
+    else
+        conv_int8_quantize(c, x, count, xq);
     float out_inv = next ? next->int8->inv_scale : 0.0f;
     if (!next) outq = NULL;
 
@@ -221,7 +224,7 @@ void conv2d_int8_chain(const Conv *c, const float *x, const uint8_t *xq_in, int 
         int rows = row0 + step < m ? step : m - row0;
         size_t at = (size_t)row0 * c->cout;
         Im2colU8 im = {c, xq, h, w, ho, wo, row0, rows, pool_get_threads(), panel};
-        GemmI8Job job = {{rows, NULL, 0, &q->packed, outq ? NULL : out + at, c->cout, c->bias,
+        GemmI8Job job = {{rows, NULL, 0, &q->packed, out ? out + at : NULL, c->cout, c->bias,
                           residual ? residual + at : NULL, relu},
                          panel, (size_t)k, q->scale, outq ? outq + at : NULL, out_inv};
         if (rows >= 2 * GEMM_MC) {

@@ -50,11 +50,14 @@ void conv_int8_free(Conv *c);
 void conv2d_int8(const Conv *c, const float *x, int n, int h, int w, float *out, const float *residual, int relu,
                  float *scratch);
 size_t conv_int8_scratch_floats(const Conv *c, int n, int h, int w);
+/* x (count float32 values, the input of int8 convolution c) quantised at c's input scale into xq:
+ * the bytes c's own pass makes of them (the first step of conv2d_int8). */
+void conv_int8_quantize(const Conv *c, const float *x, size_t count, uint8_t *xq);
 /* conv2d_int8 within a chain of int8 layers: the input given either as x (float32, quantised here)
- * or as xq_in (n, h, w, cin uint8, already quantised at c's input scale by the layer before); with
- * next given (an int8 convolution that reads only this output), the output is written quantised
- * at next's input scale into outq (n, ho, wo, cout uint8), the same bytes next would make from the
- * float32 output, and out is not written. */
+ * or as xq_in (n, h, w, cin uint8, already quantised at c's input scale); the float32 output is
+ * written to out where out is given, and, with next given (an int8 convolution reading this
+ * output), also quantised at next's input scale into outq (n, ho, wo, cout uint8): the same bytes
+ * next would make from the float32 output. */
 void conv2d_int8_chain(const Conv *c, const float *x, const uint8_t *xq_in, int n, int h, int w, float *out,
                        uint8_t *outq, const Conv *next, const float *residual, int relu, float *scratch);
 

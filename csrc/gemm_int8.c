@@ -66,6 +66,6 @@ void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block, I8EpilogueFn 
                         (int32_t)a[(size_t)i * j->lda + 4 * kg + t] * panel[(size_t)kg * 128 + jj * 4 + t];
         size_t at = (size_t)r0 * g->ldc + col;
         epilogue(acc, rows, nr, j->scale + col, g->bias ? g->bias + col : NULL, g->residual ? g->residual + at : NULL,
-                 g->ldc, g->relu, j->cq ? NULL : g->c + at, j->cq ? j->cq + at : NULL, j->out_inv);
+                 g->ldc, g->relu, g->c ? g->c + at : NULL, j->cq ? j->cq + at : NULL, j->out_inv);
     }
 }

@@ -44,7 +44,7 @@ typedef struct {
     const uint8_t *a;   /* row r at a + r * lda: k values in 0..127 */
     size_t lda;
     const float *scale; /* (n): the scale of A times each column's wscale */
-    uint8_t *cq;        /* if not NULL: C quantised at out_inv into these bytes (ldc apart), g.c unused */
+    uint8_t *cq;        /* if not NULL: C also quantised at out_inv into these bytes (ldc apart); g.c may be NULL */
     float out_inv;
 } GemmI8Job;
 

@@ -13,10 +13,8 @@ void int8_epilogue_plain(I8_EPILOGUE_ARGS) {
             if (bias) v = v + bias[j];
             if (res) v = v + res[j];
             if (relu) v = v > 0.0f ? v : 0.0f;
-            if (!cq) {
-                c[(size_t)i * ldc + j] = v;
-                continue;
-            }
+            if (c) c[(size_t)i * ldc + j] = v;
+            if (!cq) continue;
             float u = v * out_inv; /* conv_int8.c's quantisation of the next layer's input */
             u = u > 0.0f ? u : 0.0f;
             u = u < (float)I8_AMAX ? u : (float)I8_AMAX;
@@ -42,10 +40,8 @@ __attribute__((target("avx2"))) void int8_epilogue_avx2(I8_EPILOGUE_ARGS) {
             if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias + j, mask));
             if (res) v = _mm256_add_ps(v, _mm256_maskload_ps(res + j, mask));
             if (relu) v = _mm256_max_ps(v, zero);
-            if (!cq) {
-                _mm256_maskstore_ps(c + (size_t)i * ldc + j, mask, v);
-                continue;
-            }
+            if (c) _mm256_maskstore_ps(c + (size_t)i * ldc + j, mask, v);
+            if (!cq) continue;
             /* MAXPS(u, 0) is 0 for NaN as the C above; VCVTPS2DQ rounds half to even */
             __m256i q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, inv), zero), top));
             __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
@@ -69,10 +65,8 @@ __attribute__((target("avx512f"))) void int8_epilogue_avx512(I8_EPILOGUE_ARGS) {
             if (bias) v = _mm512_add_ps(v, b);
             if (residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, residual + (size_t)i * ldc + j));
             if (relu) v = _mm512_max_ps(v, zero);
-            if (!cq) {
-                _mm512_mask_storeu_ps(c + (size_t)i * ldc + j, m, v);
-                continue;
-            }
+            if (c) _mm512_mask_storeu_ps(c + (size_t)i * ldc + j, m, v);
+            if (!cq) continue;
             __m512i q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inv), zero), top));
             _mm512_mask_cvtepi32_storeu_epi8(cq + (size_t)i * ldc + j, m, q);
         }

@@ -4,10 +4,12 @@
  *     c[i][j] = relu?( float(acc[i][j]) * scale[j] + bias[j] (+ residual[i][j]) )   j < nr <= 32
  *
  * acc has rows of 32 int32 (I8_NR); c and residual have rows of ldc floats. Each operation is
- * rounded once, in that order. With cq given (c is then not written), the value is quantised for
- * the next convolution instead, as conv_int8.c quantises a layer's input:
+ * rounded once, in that order. c is written where given; with cq given, the value is also quantised
+ * for the next convolution, as conv_int8.c quantises a layer's input:
  *
  *     cq[i][j] = rint(clamp(c[i][j] * out_inv, 0, 127))       uint8, rows of ldc bytes
+ *
+ * (both: a block's output, float32 for the residual it carries and uint8 for the next block).
  * The plain loop is the reference; the AVX2 and AVX-512 versions do
  * the same operations on 8 and 16 columns at a time (VCVTDQ2PS rounds as C's conversion does in
  * the default rounding mode, MAXPS(v, 0) is C's v > 0 ? v : 0 for NaN and -0 too, and nothing is

@@ -90,6 +90,7 @@ int dense_init(DenseLayer *d, int cin, int cout, int act, const float *w, const 
 
 static void plan_free(Plan *p) {
     for (int i = 0; i < 4; i++) free(p->act[i]);
+    free(p->block_q);
     free(p->normalized);
     free(p->scratch);
     free(p->pooled);
@@ -212,12 +213,13 @@ static int plan_ensure(Net *net, int n, int h, int w) {
     for (int i = 0; i < net->nhead; i++) units = net->head[i].cout > units ? net->head[i].cout : units;
     for (int i = 0; i < 4; i++) p->act[i] = malloc(sizeof(float) * act);
     p->scratch = malloc(sizeof(float) * (scratch ? scratch : 1));
+    p->block_q = net->int8_kernel ? malloc(act) : NULL;
     p->normalized = net->input_norm_eps > 0.0 ? malloc(sizeof(float) * (size_t)n * h * w * 3) : NULL;
     p->pooled = malloc(sizeof(float) * (size_t)n * 2048);
     p->descriptor = malloc(sizeof(float) * (size_t)n * DESCRIPTOR_FLOATS);
     p->hidden[0] = malloc(sizeof(float) * (size_t)n * units);
     p->hidden[1] = malloc(sizeof(float) * (size_t)n * units);
-    int ok = p->scratch && p->pooled && p->descriptor && p->hidden[0] && p->hidden[1] && (p->normalized || net->input_norm_eps <= 0.0);
+    int ok = p->scratch && (p->block_q || !net->int8_kernel) && p->pooled && p->descriptor && p->hidden[0] && p->hidden[1] && (p->normalized || net->input_norm_eps <= 0.0);
     for (int i = 0; i < 4; i++) ok = ok && p->act[i];
     if (!ok) {
         plan_free(p);
@@ -274,6 +276,13 @@ static int int8_chain(const Block *bl, int reference) {
     return 1;
 }
 
+/* 1 when a block's projection reads the same bytes as its conv1 (both int8 at the same input
+ * scale, as calibrating them on the same input gives): it reads the block's input quantised once. */
+static int proj_shares_input(const Block *bl) {
+    return bl->has_proj && conv_is_int8(&bl->proj) && !bl->proj.int8->hist &&
+           bl->proj.int8->inv_scale == bl->c1.int8->inv_scale;
+}
+
 static int forward_batch(Net *net, const float *x, int n, int h, int w, int output, int reference,
                          float *out, float *scores) {
     if (plan_ensure(net, n, h, w) != 0) return -1;
@@ -301,6 +310,7 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
     if (taps & (1u << TAP_STEM)) tap(p, TAP_STEM, buf[1], n, h, w, 64, reference);
 
     /* 16 bottleneck blocks: out = relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x)) */
+    int block_q_ready = 0; /* p->block_q holds buf[cur] quantised for this block (int8 chains) */
     for (int b = 0; b < RESNET50_NBLOCKS; b++) {
         Block *bl = &net->blocks[b];
         int t1 = (cur + 1) & 3, t2 = (cur + 2) & 3, sc = (cur + 3) & 3;
@@ -309,18 +319,29 @@ static int forward_batch(Net *net, const float *x, int n, int h, int w, int outp
         const float *shortcut = buf[cur];
         if (int8_chain(bl, reference)) {
             /* conv1 and conv2 write their outputs quantised for the next layer (uint8 in the same
-             * buffers): the same bytes as quantising their float32 outputs, without them */
+             * buffers): the same bytes as quantising their float32 outputs, without them. The
+             * block's input is quantised once (by the block before, beside its float32 output) for
+             * conv1 and, at the same scale, the projection. */
             uint8_t *q1 = (uint8_t *)buf[t1], *q2 = (uint8_t *)buf[t2];
             if (resnet50_interrupt) return -2;
-            conv2d_int8_chain(&bl->c1, buf[cur], NULL, n, h, w, NULL, q1, &bl->c2, NULL, 1, p->scratch);
+            if (!block_q_ready) conv_int8_quantize(&bl->c1, buf[cur], (size_t)n * h * w * bl->c1.cin, p->block_q);
+            conv2d_int8_chain(&bl->c1, NULL, p->block_q, n, h, w, NULL, q1, &bl->c2, NULL, 1, p->scratch);
             conv2d_int8_chain(&bl->c2, NULL, q1, n, h1, w1, NULL, q2, &bl->c3, NULL, 1, p->scratch);
             if (bl->has_proj) {
-                run_conv(&bl->proj, buf[cur], n, h, w, buf[sc], NULL, 0, p->scratch, reference);
+                if (proj_shares_input(bl))
+                    conv2d_int8_chain(&bl->proj, NULL, p->block_q, n, h, w, buf[sc], NULL, NULL, NULL, 0, p->scratch);
+                else
+                    run_conv(&bl->proj, buf[cur], n, h, w, buf[sc], NULL, 0, p->scratch, reference);
                 shortcut = buf[sc];
             }
             if (resnet50_interrupt) return -2;
-            conv2d_int8_chain(&bl->c3, NULL, q2, n, h2, w2, buf[t1], NULL, NULL, shortcut, 1, p->scratch);
+            const Conv *next = b + 1 < RESNET50_NBLOCKS && int8_chain(&net->blocks[b + 1], reference)
+                                   ? &net->blocks[b + 1].c1 : NULL;
+            conv2d_int8_chain(&bl->c3, NULL, q2, n, h2, w2, buf[t1], next ? p->block_q : NULL, next, shortcut, 1,
+                              p->scratch);
+            block_q_ready = next != NULL;
         } else {
+            block_q_ready = 0;
             run_conv(&bl->c1, buf[cur], n, h, w, buf[t1], NULL, 1, p->scratch, reference);
             run_conv(&bl->c2, buf[t1], n, h1, w1, buf[t2], NULL, 1, p->scratch, reference);
             if (bl->has_proj) {

@@ -52,6 +52,8 @@ typedef struct {
     int n, h, w;
     float *act[4];   /* rotating block buffers, each act_floats */
     size_t act_floats;
+    uint8_t *block_q; /* (act_floats bytes) in int8: a block's input quantised once for its conv1 and
+                       * projection, written by the block before it (NULL in fp32) */
     float *normalized; /* (n, h, w, 3) standardised input, where the network has that layer */
     float *scratch;  /* im2col panel */
     float *pooled;   /* (n, 2048) */

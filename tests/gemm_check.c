@@ -15,7 +15,7 @@
  * The int8 kernels are checked bit for bit against a plain loop of the same arithmetic
  * (gemm_int8.h): B quantised per column, exact integer sums of A (0..127) times B, then
  * float(sum) * scale + bias + residual and ReLU, one rounding per operation in that order (and,
- * written quantised for a next layer, rint(clamp(C * out_inv, 0, 127))); also
+ * written quantised for a next layer, rint(clamp(C * out_inv, 0, 127)), alone and beside C); also
  * with A and B at their extremes (127 x +-127, where VPMADDUBSW would saturate on wider values).
  * Built and run by tests/test_gemm.py (and under ASan/UBSan by
  * tests/run_sanitized.sh). gemm_check --list prints the packed kernels of the dispatch table, one
@@ -223,7 +223,25 @@ static int check_int8(int m, int n, int k, int use_bias, int use_res, int relu, 
                     printf("int8 m=%d n=%d k=%d bias=%d res=%d relu=%d: quantised C[%d][%d] = %d, want %d\n", m, n, k,
                            use_bias, use_res, relu, i, j, cq[(size_t)i * ldc + j], want), bad = 1;
             }
-        free(cq);
+        /* both outputs at once (a block's output: float32 for its residual, uint8 for the next
+         * block): the same floats as C alone and the same bytes as cq alone */
+        uint8_t *cq2 = malloc((size_t)m * ldc);
+        float *c4 = malloc(sizeof(float) * (size_t)m * ldc);
+        if (!cq2 || !c4) {
+            printf("out of memory\n");
+            exit(1);
+        }
+        memset(cq2, 0xab, (size_t)m * ldc);
+        for (size_t i = 0; i < (size_t)m * ldc; i++) c4[i] = 12345.0f;
+        GemmI8Job job5 = job4;
+        job5.g.c = c4;
+        job5.cq = cq2;
+        run_all_i8(&job5, 0);
+        if (!bad && memcmp(c4, c, sizeof(float) * (size_t)m * ldc) != 0)
+            printf("int8 m=%d n=%d k=%d: C written beside its quantised bytes differs\n", m, n, k), bad = 1;
+        if (!bad && memcmp(cq2, cq, (size_t)m * ldc) != 0)
+            printf("int8 m=%d n=%d k=%d: quantised bytes written beside C differ\n", m, n, k), bad = 1;
+        free(cq), free(cq2), free(c4);
     }
     gemm_pack_free(&p);
     gemm_pack_free(&p2);
