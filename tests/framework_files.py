@@ -25,7 +25,7 @@ from conftest import ARTICLES_HEAD  # noqa: E402
 from covidx.applications.resnet50 import ResNet50, preprocess_input  # noqa: E402
 from covidx.data import sample_files  # noqa: E402
 from covidx.preprocessing.image import img_to_array, load_img  # noqa: E402
-from torch_resnet50 import TorchResNet50  # noqa: E402
+from torch_resnet50 import calibrated_model  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -44,36 +44,8 @@ def xrays(size, flip=False):
 def conditioned_reference(variant, head, seed):
     """A TorchResNet50 with random weights conditioned like a trained network (see the module
     docstring); batchnorm statistics come from the mirrored X-rays, not the test inputs."""
-    torch.manual_seed(seed)
-    model = TorchResNet50(variant, head)
     calibration = torch.from_numpy(xrays(SIZE, flip=True))
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                if name.endswith("bn3"):
-                    m.weight.mul_(0.2)
-                m.bias.normal_(0.0, 0.2)
-                m.momentum = None
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.normal_(0.0, 0.1)
-        model.train()
-        model(calibration)
-        model.eval()
-        for layer in model.head:
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            layer.bias.zero_()
-        inputs = model.features(calibration)
-        for layer in model.head[:-1]:
-            inputs = torch.relu(layer(inputs))
-        last = model.head[-1]
-        mu = inputs.mean(dim=0)
-        last.weight -= torch.outer(last.weight @ mu, mu) / (mu @ mu)
-        logits = inputs @ last.weight.T
-        scale = 2.0 * float(logits.std()) + 1e-6
-        last.weight /= scale
-        last.bias.copy_(-logits.mean(dim=0) / scale)
-    return model
+    return calibrated_model(variant, head, seed, calibration, spread=2.0, residual_gain=0.2)
 
 
 def assert_meaningful(probs):
