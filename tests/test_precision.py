@@ -113,7 +113,7 @@ def test_fp32_results_do_not_depend_on_threads():
 
 
 def test_bf16_on_emulated_amx_is_close_to_fp32(monkeypatch):
-    """The shipped accuracy bar (README) is measured on real X-rays by benchmarks/bf16_accuracy.py;
+    """The shipped accuracy bar (README) is measured on real X-rays by benchmarks/precision_accuracy.py;
     here random weights and inputs: the feature map within 2% of its scale, probabilities within
     0.02, the same predicted class for every image."""
     x = images(3, 32, seed=1)
