@@ -13,6 +13,15 @@ and taking turns spreads it over every engine alike.
         [--engines covidx covidx-bf16 covidx-int8 onnxruntime onnxruntime-int8 torch torch-compile openvino
                    openvino-bf16 openvino-int8]
     python benchmarks/bench_engines.py --info     # the machine, kernels and versions only
+    python benchmarks/bench_engines.py --isa avx2 ...   # every engine that can be held to AVX2
+
+--isa avx2 measures an AVX2-class CPU on an AVX-512 one: covidx with COVIDX_GEMM=avx2 (its AVX2
+kernels: fp32 avx2, int8 avx2int8, and no AVX-512 instruction elsewhere) and its OpenBLAS with
+OPENBLAS_CORETYPE=Haswell, OpenVINO and PyTorch's
+oneDNN with ONEDNN_MAX_CPU_ISA=AVX2 (OpenVINO then reports brgconv_avx2 primitives), PyTorch's
+own kernels with ATEN_CPU_CAPABILITY=avx2. ONNX Runtime has no such switch (MLAS picks its kernels
+from CPUID): its rows say "not held to AVX2" and are not an AVX2 figure. The cache, memory and
+clock are still this CPU's, so these figures stand in for, and do not replace, an AVX2 machine's.
 
 covidx-bf16 is covidx.load_model(..., precision='bf16') (AMX, else AVX512_BF16; where neither
 runs it says "fp32 fallback" in its version column); openvino-bf16 is OpenVINO with
@@ -25,6 +34,7 @@ uses for each precision and every version: what is needed to judge figures from 
 
 Needs: covidx installed; torch==2.13.0, onnx, onnxruntime, openvino (benchmark-only)."""
 import argparse
+import collections
 import json
 import os
 import platform
@@ -140,7 +150,8 @@ def make_runner(engine, workdir, threads):
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         name = "model-int8.onnx" if engine == "onnxruntime-int8" else "model.onnx"
         sess = ort.InferenceSession(os.path.join(workdir, name), so, providers=["CPUExecutionProvider"])
-        return (lambda x: sess.run(None, {"x": x})[0]), ort.__version__, imported
+        held = " (not held to AVX2)" if os.environ.get("ONEDNN_MAX_CPU_ISA") else ""
+        return (lambda x: sess.run(None, {"x": x})[0]), ort.__version__ + held, imported
     if engine in ("torch", "torch-compile"):
         import torch
 
@@ -168,7 +179,13 @@ def make_runner(engine, workdir, threads):
         compiled = core.compile_model(os.path.join(workdir, name), "CPU",
                                       {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint})
         got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        return (lambda x: compiled(x)[0]), "%s (%s)" % (ov.__version__, got), imported
+        # the convolutions' most common primitive (e.g. brgconv_avx512_core_vnni_I8): the ISA it runs
+        prims = collections.Counter(op.get_rt_info()["primitiveType"].astype(str)
+                                    for op in compiled.get_runtime_model().get_ordered_ops()
+                                    if "primitiveType" in op.get_rt_info() and "conv" in
+                                    op.get_rt_info()["primitiveType"].astype(str))
+        prim = prims.most_common(1)[0][0] if prims else "?"
+        return (lambda x: compiled(x)[0]), "%s (%s, %s)" % (ov.__version__, got, prim), imported
     raise ValueError(engine)
 
 
@@ -256,6 +273,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     ap.add_argument("--info", action="store_true", help="print the machine, kernels and versions, and stop")
+    ap.add_argument("--isa", choices=("native", "avx2"), default="native",
+                    help="avx2: hold every engine that can be held to AVX2 instructions (see above)")
     ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "WORKDIR", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -263,7 +282,13 @@ def main():
         print(json.dumps(worker(engine, workdir, int(threads), args.batches, args.seconds)))
         return
 
+    if args.isa == "avx2":  # read by covidx, oneDNN (OpenVINO, PyTorch) and ATen in every worker
+        os.environ.update({"COVIDX_GEMM": "avx2", "OPENBLAS_CORETYPE": "Haswell", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                           "ATEN_CPU_CAPABILITY": "avx2"})
     print_header()
+    if args.isa == "avx2":
+        print("held to AVX2: COVIDX_GEMM=avx2, OPENBLAS_CORETYPE=Haswell, ONEDNN_MAX_CPU_ISA=AVX2, "
+              "ATEN_CPU_CAPABILITY=avx2 (ONNX Runtime: not held)")
     if args.info:
         return
     workdir = tempfile.mkdtemp(prefix="covidx-bench-")
@@ -283,7 +308,7 @@ def main():
         base = next((r for r in results if r["engine"] == "onnxruntime" and "rates" in r), None)
         ref_out = next((r for r in results if r["engine"] == "covidx" and "outputs" in r), None)
         print("\n%d thread(s)" % threads)
-        print("%-14s %-34s %s %9s %8s  %s" % ("engine", "version", " ".join("b%-3d img/s ratio " % b
+        print("%-14s %-52s %s %9s %8s  %s" % ("engine", "version", " ".join("b%-3d img/s ratio " % b
                                                                           for b in args.batches),
                                          "peak MB", "import", "max|p-covidx|"))
         for r in results:
@@ -300,7 +325,7 @@ def main():
                 diffs = [np.abs(np.array(r["outputs"][k]) - np.array(ref_out["outputs"][k])).max()
                          for k in r["outputs"] if k in ref_out["outputs"]]
                 diff = "%.1e" % max(diffs) if diffs else "-"
-            print("%-14s %-34s %s %9.0f %7.2fs  %s" % (r["engine"], str(r["version"])[:34], " ".join(cells),
+            print("%-14s %-52s %s %9.0f %7.2fs  %s" % (r["engine"], str(r["version"])[:52], " ".join(cells),
                                                        r["peak_rss_mb"], r["import_s"], diff))
             if r.get("error"):
                 print("%14s  (%s)" % ("", r["error"]))

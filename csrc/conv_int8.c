@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu.h"
 #include "gemm_int8.h"
 #include "threadpool.h"
 
@@ -98,7 +97,7 @@ typedef struct {
     uint8_t *q;
     size_t count;
     float inv;
-    int avx512; /* the CPU has AVX-512F */
+    int avx512; /* the layer runs the AVX-512 VNNI kernel (so the CPU has AVX-512F) */
 } Quant;
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -195,7 +194,9 @@ static void fused_task(void *arg, int block) {
 }
 
 void conv_int8_quantize(const Conv *c, const float *x, size_t count, uint8_t *xq) {
-    Quant qj = {x, xq, count, c->int8->inv_scale, cpu_features().avx512f};
+    /* on vectors beside the AVX-512 VNNI kernel only, so an AVX2 ceiling (COVIDX_GEMM=avx2) runs no
+     * AVX-512 instruction; both give the same bytes */
+    Quant qj = {x, xq, count, c->int8->inv_scale, c->int8->packed.kernel == GEMM_AVX512VNNI};
     pool_run((int)((count + QUANT_BLOCK - 1) / QUANT_BLOCK), quant_task, &qj);
 }
 
