@@ -144,6 +144,30 @@ def test_network_matches_numpy_model_bit_for_bit(monkeypatch, calibrated, kernel
     m.set_precision("fp32")
 
 
+def test_projection_with_a_scale_of_its_own_matches_numpy_model(calibrated):
+    """A block's projection reads the block's input as its conv1 does: calibrated on the same
+    values, the two get the same scale and read the input quantised once (the test above). Given a
+    scale of its own, the projection quantises the input itself: the same NumPy model, bit for bit."""
+    m, cal = calibrated
+    projections = [k for k in cal["scales"] if k.endswith("_0_conv")]
+    assert len(projections) == 4
+    for k in projections:  # the premise of the shared path
+        assert cal["scales"][k] == cal["scales"][k.replace("_0_conv", "_1_conv")]
+    own = dict(cal, scales={k: v * 1.37 if k in projections else v for k, v in cal["scales"].items()})
+    m._set_int8_calibration(own)
+    try:
+        m.set_precision("int8")
+        x = images(seed=3)
+        got = m.feature_map(x)
+        want = int8_reference(dict(m.named_weights), own["scales"], m.architecture["bn_epsilon"], x)
+        np.testing.assert_array_equal(got, want)
+        shared = int8_reference(dict(m.named_weights), cal["scales"], m.architecture["bn_epsilon"], x)
+        assert not np.array_equal(got, shared)  # the projections' own scales were used
+    finally:
+        m.set_precision("fp32")
+        m._set_int8_calibration(cal)
+
+
 def test_int8_is_close_to_fp32_and_does_not_depend_on_threads(calibrated):
     m, _ = calibrated
     x = images(seed=5)
