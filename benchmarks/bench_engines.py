@@ -19,7 +19,8 @@ and taking turns spreads it over every engine alike.
 kernels: fp32 avx2, int8 avx2int8, and no AVX-512 instruction elsewhere) and its OpenBLAS with
 OPENBLAS_CORETYPE=Haswell, OpenVINO and PyTorch's
 oneDNN with ONEDNN_MAX_CPU_ISA=AVX2 (OpenVINO then reports brgconv_avx2 primitives), PyTorch's
-own kernels with ATEN_CPU_CAPABILITY=avx2. ONNX Runtime has no such switch (MLAS picks its kernels
+own kernels with ATEN_CPU_CAPABILITY=avx2 (OpenVINO 2026.4 holds its float32 convolutions to AVX2
+but not all of its int8 ones: where any ran on AVX-512 its row says so). ONNX Runtime has no such switch (MLAS picks its kernels
 from CPUID): its rows say "not held to AVX2" and are not an AVX2 figure. The cache, memory and
 clock are still this CPU's, so these figures stand in for, and do not replace, an AVX2 machine's.
 
@@ -185,7 +186,9 @@ def make_runner(engine, workdir, threads):
                                     if "primitiveType" in op.get_rt_info() and "conv" in
                                     op.get_rt_info()["primitiveType"].astype(str))
         prim = prims.most_common(1)[0][0] if prims else "?"
-        return (lambda x: compiled(x)[0]), "%s (%s, %s)" % (ov.__version__, got, prim), imported
+        if os.environ.get("ONEDNN_MAX_CPU_ISA") and any("avx512" in p for p in prims):
+            prim += "; NOT held to AVX2: %d convolutions on AVX-512" % sum(n for p, n in prims.items() if "avx512" in p)
+        return (lambda x: compiled(x)[0]), "%s (%s, %s)" % (ov.__version__.split("-")[0], got, prim), imported
     raise ValueError(engine)
 
 
@@ -308,7 +311,7 @@ def main():
         base = next((r for r in results if r["engine"] == "onnxruntime" and "rates" in r), None)
         ref_out = next((r for r in results if r["engine"] == "covidx" and "outputs" in r), None)
         print("\n%d thread(s)" % threads)
-        print("%-14s %-52s %s %9s %8s  %s" % ("engine", "version", " ".join("b%-3d img/s ratio " % b
+        print("%-14s %-72s %s %9s %8s  %s" % ("engine", "version", " ".join("b%-3d img/s ratio " % b
                                                                           for b in args.batches),
                                          "peak MB", "import", "max|p-covidx|"))
         for r in results:
@@ -325,7 +328,7 @@ def main():
                 diffs = [np.abs(np.array(r["outputs"][k]) - np.array(ref_out["outputs"][k])).max()
                          for k in r["outputs"] if k in ref_out["outputs"]]
                 diff = "%.1e" % max(diffs) if diffs else "-"
-            print("%-14s %-52s %s %9.0f %7.2fs  %s" % (r["engine"], str(r["version"])[:52], " ".join(cells),
+            print("%-14s %-72s %s %9.0f %7.2fs  %s" % (r["engine"], str(r["version"])[:72], " ".join(cells),
                                                        r["peak_rss_mb"], r["import_s"], diff))
             if r.get("error"):
                 print("%14s  (%s)" % ("", r["error"]))
