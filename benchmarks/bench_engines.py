@@ -17,12 +17,13 @@ and taking turns spreads it over every engine alike.
 
 --isa avx2 measures an AVX2-class CPU on an AVX-512 one: covidx with COVIDX_GEMM=avx2 (its AVX2
 kernels: fp32 avx2, int8 avx2int8, and no AVX-512 instruction elsewhere) and its OpenBLAS with
-OPENBLAS_CORETYPE=Haswell, OpenVINO and PyTorch's
-oneDNN with ONEDNN_MAX_CPU_ISA=AVX2 (OpenVINO then reports brgconv_avx2 primitives), PyTorch's
-own kernels with ATEN_CPU_CAPABILITY=avx2 (OpenVINO 2026.4 holds its float32 convolutions to AVX2
-but not all of its int8 ones: where any ran on AVX-512 its row says so). ONNX Runtime has no such switch (MLAS picks its kernels
-from CPUID): its rows say "not held to AVX2" and are not an AVX2 figure. The cache, memory and
-clock are still this CPU's, so these figures stand in for, and do not replace, an AVX2 machine's.
+OPENBLAS_CORETYPE=Haswell; OpenVINO and PyTorch's oneDNN with ONEDNN_MAX_CPU_ISA=AVX2; PyTorch's
+own kernels with ATEN_CPU_CAPABILITY=avx2. OpenVINO's rows name its convolutions' most common
+primitive (brgconv_avx2_... when held); OpenVINO 2026.4 does not hold every int8 primitive to
+AVX2, and where any convolution ran on AVX-512 its row says so. ONNX Runtime has no such switch
+(MLAS picks its kernels from CPUID): its rows say "not held to AVX2" and are not an AVX2 figure.
+The cache, memory and clock are still this CPU's, so these figures stand in for, and do not
+replace, an AVX2 machine's.
 
 covidx-bf16 is covidx.load_model(..., precision='bf16') (AMX, else AVX512_BF16; where neither
 runs it says "fp32 fallback" in its version column); openvino-bf16 is OpenVINO with
@@ -181,10 +182,9 @@ def make_runner(engine, workdir, threads):
                                       {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint})
         got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         # the convolutions' most common primitive (e.g. brgconv_avx512_core_vnni_I8): the ISA it runs
-        prims = collections.Counter(op.get_rt_info()["primitiveType"].astype(str)
-                                    for op in compiled.get_runtime_model().get_ordered_ops()
-                                    if "primitiveType" in op.get_rt_info() and "conv" in
-                                    op.get_rt_info()["primitiveType"].astype(str))
+        infos = (op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops())
+        types = (rt["primitiveType"].astype(str) for rt in infos if "primitiveType" in rt)
+        prims = collections.Counter(t for t in types if "conv" in t)
         prim = prims.most_common(1)[0][0] if prims else "?"
         if os.environ.get("ONEDNN_MAX_CPU_ISA") and any("avx512" in p for p in prims):
             prim += "; NOT held to AVX2: %d convolutions on AVX-512" % sum(n for p, n in prims.items() if "avx512" in p)
