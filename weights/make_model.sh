@@ -148,6 +148,23 @@ cp "$eighth/train-log.json" weights/covid_resnet50.stage1j-train-log.json
 # of 0.1422 at 224x224, 0.1267 after their temperature 0.696, below stage 1f's 0.1366
 # (MODEL_CARD.md). teacher.py and train.py with --bf16 ended with a segmentation fault in PyTorch's
 # exit, after writing every file (exit status 139): the two calls above go on when final.pt is there.
+# 1k. distillation with a feature hint, from stage 1j's weights: stage 1j matched the teacher's two
+#     logits on training views and kept stage 1f's specificity on other hospitals' normals (71%
+#     against the teacher's 100%): two logits per image say little about what the teacher looks at.
+#     The hint asks more: the student's last feature map, through a learned 1x1 convolution
+#     (2048 -> 1280 channels, dropped after training), matches the teacher's last feature map on the
+#     same view (squared error over the teacher's mean square, weight 0.5 beside the distillation
+#     loss). Otherwise as stage 1j: teacher T2 labelling each view at 224x224, soft targets 70%,
+#     mixup on half the batches, 2 epochs at 160x160 and 8 at 224x224, peak 3e-4, candidates chosen
+#     by calibrated held-out loss. The adoption rule, fixed before the run: stage 1k is shipped only
+#     if its chosen weights' held-out loss at 224x224 after their own fitted temperature is below
+#     stage 1j's 0.1267; otherwise stage 1j's weights stay.
+ninth="$work/ninth"
+python weights/train.py --data "$data/train" --data "$data/train-extra" --work "$ninth" --init "$eighth/final.pt" \
+    --teacher "$teacher2/final.pt" --teacher-size 224 --kd-weight 0.7 --kd-temperature 2 --mixup 0.5 \
+    --hint-weight 0.5 --schedule 160:2,224:8 --lr 3e-4 --keep-training-bn --select calibrated-loss --bf16 \
+    || test -f "$ninth/final.pt"
+cp "$ninth/train-log.json" weights/covid_resnet50.stage1k-train-log.json
 work=$eighth
 # 2. covidx: export, temperature on the held-out tenth (folded into the last Dense layer),
 #    out-of-distribution statistics of the training images (weights/refit_unfamiliar.py, on the

@@ -55,10 +55,19 @@ class Teacher(nn.Module):
         else:
             self.net = EfficientNet.from_name(name, num_classes=2)
 
-    def forward(self, x):
+    def _standardise(self, x):
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         var = x.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        return self.net((x - mean) / torch.sqrt(var + train.INPUT_NORM_EPS))
+        return (x - mean) / torch.sqrt(var + train.INPUT_NORM_EPS)
+
+    def forward(self, x):
+        return self.net(self._standardise(x))
+
+    def features_and_logits(self, x):
+        """In eval mode: (the last feature map (n, 1280, h/32, w/32), the logits), the logits equal
+        to forward's: global average pooling then the classifier (dropout is off in eval)."""
+        f = self.net.extract_features(self._standardise(x))
+        return f, self.net._fc(f.mean(dim=(2, 3)))
 
 
 def load_teacher(path):

@@ -58,6 +58,10 @@ class TorchResNet50(nn.Module):
 
     def features(self, x):
         """x NHWC float32 -> pooled features (n, 2048)."""
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def feature_map(self, x):
+        """x NHWC float32 -> the last stage's output (n, 2048, h/32, w/32), NCHW."""
         if self.input_norm_eps is not None:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             var = ((x - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True)
@@ -68,7 +72,7 @@ class TorchResNet50(nn.Module):
         for stage in self.stages:
             for block in stage:
                 x = block(x)
-        return x.mean(dim=(2, 3))
+        return x
 
     def descriptor(self, x):
         """x NHWC -> covidx's descriptor (n, 28352): the pooled features, the mean and the
@@ -94,7 +98,10 @@ class TorchResNet50(nn.Module):
         return torch.cat([x.mean(dim=(2, 3))] + stats + [layout, thumb], 1)
 
     def logits_and_output(self, x):
-        x = self.features(x)
+        return self.head_logits_and_output(self.features(x))
+
+    def head_logits_and_output(self, x):
+        """pooled features (n, 2048) -> (the last Dense layer's logits, the head's output)."""
         for i, (layer, act) in enumerate(zip(self.head, self.activations)):
             x = layer(x)
             if i == len(self.head) - 1:
