@@ -4,12 +4,13 @@ unchanged). Run at packaging time, after the weights are final:
 
     python weights/calibrate_int8.py --data .../covid19-radiography/train \
         --data .../covid19-radiography/train-extra [--model weights/covid_resnet50.safetensors] \
-        [--out PATH] [--per-class 256]
+        [--out PATH] [--per-class 256] [--all-int8]
 
 Only training folders may be given: the images the model is measured on (covid19-radiography/test,
 ieee8023-covid, nih-normal, unfamiliar) are refused. --per-class N takes N images of each class,
 spread evenly over the class's files (all folders together, sorted), so the calibration is
-deterministic. --out writes a calibrated copy instead of rewriting --model."""
+deterministic. --out writes a calibrated copy instead of rewriting --model. --all-int8 puts the two
+convolutions that read the stem's output in int8 too (by default they stay fp32: covidx.int8)."""
 import argparse
 import json
 import os
@@ -57,14 +58,15 @@ def load(model, paths, size):
     return np.asarray(model.preprocess(np.stack(arrays)), np.float32)
 
 
-def calibrate(path, roots, out=None, per_class=256, batch_size=16, method="mse"):
+def calibrate(path, roots, out=None, per_class=256, batch_size=16, method="mse", all_int8=False):
     """Calibrates the model file at path on the training folders; writes out (or path). Returns
     the calibration."""
     model = covidx.load_model(path)
     size = model.input_shape[1] or 224
     files = training_files(roots, per_class)
     x = np.concatenate([load(model, paths, size) for paths in files.values()])
-    calibration = model.calibrate_int8(x, batch_size=batch_size, method=method)
+    calibration = (model.calibrate_int8(x, batch_size=batch_size, method=method, keep_fp32=()) if all_int8
+                   else model.calibrate_int8(x, batch_size=batch_size, method=method))
     calibration["data"] = {cls: len(paths) for cls, paths in files.items()}
     model.int8_calibration = calibration  # with the images' classes, for the record
     dtype = "float16" if all(str(t) == "float16" for t in _file_dtypes(path)) else "float32"
@@ -89,9 +91,10 @@ def main():
     ap.add_argument("--per-class", type=int, default=256, help="images per class (0: all)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--method", default="mse", choices=("mse", "max"))
+    ap.add_argument("--all-int8", action="store_true", help="no convolution after the stem kept in fp32")
     args = ap.parse_args()
     t0 = time.time()
-    cal = calibrate(args.model, args.data, args.out, args.per_class, args.batch_size, args.method)
+    cal = calibrate(args.model, args.data, args.out, args.per_class, args.batch_size, args.method, args.all_int8)
     print("int8 calibration of %s on %d images (%s), method %s, %.0f s; written to %s"
           % (args.model, cal["images"], ", ".join("%s %d" % kv for kv in cal["data"].items()), cal["method"],
              time.time() - t0, args.out or args.model))

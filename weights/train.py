@@ -33,7 +33,9 @@ from it, so a long run survives an interruption.
 
 --teacher distils a network fine-tuned by teacher.py (an ImageNet EfficientNet-Lite): it labels
 the student's own augmented view (soft targets at --kd-temperature, --kd-weight of the loss), with
---mixup mixing batches so that it labels views between the training images too.
+--mixup mixing batches so that it labels views between the training images too, and
+--hint-weight asking the student's last feature map to carry the teacher's (through a learned 1x1
+convolution, dropped after training): what the teacher sees, not only its two logits.
 """
 import argparse
 import json
