@@ -2,7 +2,7 @@
 
     python benchmarks/precision_accuracy.py --precision bf16|int8 [--model FILE]
         [--data ../shared/data/cxr] [--limit N] [--emulated]
-        [--calibrate [--per-class 256] [--method mse|max]]          (int8)
+        [--calibrate [--per-class 256] [--method mse|max] [--all-int8]]          (int8)
 
 On covid19-radiography/test (one folder per class) it prints the share of images whose predicted
 class agrees between the two precisions, the largest |probability difference| and both
@@ -15,7 +15,8 @@ runs no kernel of the precision, --emulated runs an emulated one (bf16: COVIDX_G
 avx2int8-emu; the same bits in plain C, slow: use --limit); without it the script says so and
 stops. int8 needs a model file with an int8 calibration (weights/calibrate_int8.py, default: the
 shipped model's); --calibrate calibrates a temporary copy first on covid19-radiography/train and
-train-extra (--per-class images of each class), never on the measuring sets. --limit N takes the
+train-extra (--per-class images of each class), never on the measuring sets; --all-int8 puts the
+two convolutions that read the stem's output in int8 too (by default they stay fp32). --limit N takes the
 first N images (sorted) of each folder, for a smoke run."""
 import argparse
 import os
@@ -91,6 +92,7 @@ def main():
                     help="int8: calibrate a temporary copy on the training images first")
     ap.add_argument("--per-class", type=int, default=256, help="with --calibrate: training images per class")
     ap.add_argument("--method", default="mse", choices=("mse", "max"), help="with --calibrate: how scales are chosen")
+    ap.add_argument("--all-int8", action="store_true", help="with --calibrate: the stem's readers in int8 too")
     ap.add_argument("--limit", type=int, default=0, help="at most N images per folder (0: all)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int)
@@ -99,6 +101,8 @@ def main():
     args = ap.parse_args()
     if args.calibrate and args.precision != "int8":
         ap.error("--calibrate is for --precision int8")
+    if args.all_int8 and not args.calibrate:
+        ap.error("--all-int8 goes with --calibrate")
 
     import covidx
 
@@ -122,9 +126,10 @@ def main():
         train = os.path.join(args.data, "covid19-radiography")
         t = time.perf_counter()
         cal = calibrate(copy, [os.path.join(train, "train"), os.path.join(train, "train-extra")],
-                        per_class=args.per_class, batch_size=args.batch_size, method=args.method)
-        print("calibrated a copy on %d training images (%s, %.0f s)" % (cal["images"], cal["method"],
-                                                                       time.perf_counter() - t))
+                        per_class=args.per_class, batch_size=args.batch_size, method=args.method,
+                        all_int8=args.all_int8)
+        print("calibrated a copy on %d training images (%s%s, %.0f s)" % (
+            cal["images"], cal["method"], ", all int8" if args.all_int8 else "", time.perf_counter() - t))
         path = copy
     try:
         fp32 = covidx.load_model(path)
@@ -140,8 +145,10 @@ def main():
     info = low.precision_info()
     calibrated = ""
     if args.precision == "int8":
-        calibrated = " (calibrated on %s images, %s)" % (low.int8_calibration.get("images"),
-                                                         low.int8_calibration.get("method"))
+        kept = sorted(k for k, v in low.int8_calibration["scales"].items() if v is None)
+        calibrated = " (calibrated on %s images, %s; in fp32: the stem%s)" % (
+            low.int8_calibration.get("images"), low.int8_calibration.get("method"),
+            "".join(", " + k for k in kept))
     print("covidx %s, %s kernel %s%s; model %s%s, classes %s" % (
         covidx.__version__, args.precision, info["kernel"], " (%s)" % info["note"] if info["note"] else "",
         args.model or "shipped", calibrated, fp32.class_names))
