@@ -105,7 +105,7 @@ def calibrate(model, x, batch_size=None, steps=None, verbose=0, method="mse", ke
     if method not in METHODS:
         raise ValueError("method: expected 'mse' or 'max', got %r" % (method,))
     names = conv_names(model.architecture)
-    if isinstance(keep_fp32, str) or not all(isinstance(k, str) for k in keep_fp32):
+    if not isinstance(keep_fp32, (list, tuple, set, frozenset)) or not all(isinstance(k, str) for k in keep_fp32):
         raise ValueError("keep_fp32: expected a list of convolution layer names, got %r" % (keep_fp32,))
     unknown = [k for k in keep_fp32 if k not in names[1:]]
     if unknown:

@@ -245,8 +245,9 @@ def test_errors(tmp_path):
         m.calibrate_int8(images(), method="percentile")
     with pytest.raises(ValueError, match="keep_fp32.*'conv1_conv' is not a convolution after the stem"):
         m.calibrate_int8(images(), keep_fp32=["conv1_conv"])
-    with pytest.raises(ValueError, match="keep_fp32: expected a list"):
-        m.calibrate_int8(images(), keep_fp32="conv2_block1_1_conv")
+    for bad in ("conv2_block1_1_conv", None, [3]):
+        with pytest.raises(ValueError, match="keep_fp32: expected a list"):
+            m.calibrate_int8(images(), keep_fp32=bad)
     with pytest.raises(ValueError, match="int8 scales"):
         m._engine.set_int8_scales(np.full(53, -1.0, np.float32))
     with pytest.raises(ValueError, match="53 values"):

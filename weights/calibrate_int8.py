@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 import covidx
+from covidx import int8
 from covidx.preprocessing.image import img_to_array, load_img
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,8 +66,8 @@ def calibrate(path, roots, out=None, per_class=256, batch_size=16, method="mse",
     size = model.input_shape[1] or 224
     files = training_files(roots, per_class)
     x = np.concatenate([load(model, paths, size) for paths in files.values()])
-    calibration = (model.calibrate_int8(x, batch_size=batch_size, method=method, keep_fp32=()) if all_int8
-                   else model.calibrate_int8(x, batch_size=batch_size, method=method))
+    calibration = model.calibrate_int8(x, batch_size=batch_size, method=method,
+                                       keep_fp32=() if all_int8 else int8.STEM_READERS)
     calibration["data"] = {cls: len(paths) for cls, paths in files.items()}
     model.int8_calibration = calibration  # with the images' classes, for the record
     dtype = "float16" if all(str(t) == "float16" for t in _file_dtypes(path)) else "float32"
