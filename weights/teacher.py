@@ -63,10 +63,10 @@ class Teacher(nn.Module):
         return self.net(self._standardise(x))
 
     def features_and_logits(self, x):
-        """In eval mode: (the last feature map (n, 1280, h/32, w/32), the logits), the logits equal
-        to forward's: global average pooling then the classifier (dropout is off in eval)."""
+        """In eval mode: (the last feature map (n, 1280, h/32, w/32), the logits), the logits
+        forward's to the bit: its pooling, then its classifier (dropout is off in eval)."""
         f = self.net.extract_features(self._standardise(x))
-        return f, self.net._fc(f.mean(dim=(2, 3)))
+        return f, self.net._fc(self.net._avg_pooling(f).flatten(1))
 
 
 def load_teacher(path):

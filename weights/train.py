@@ -419,11 +419,8 @@ def main():
                 j = torch.randperm(len(idx), generator=gen)
                 xb, other = lam * xb + (1 - lam) * xb[j], yb[j]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                if adapter is None:
-                    lg = logits(model, xb).float()
-                else:
-                    fmap = model.feature_map(xb.permute(0, 2, 3, 1))
-                    lg = model.head_logits_and_output(fmap.mean(dim=(2, 3)))[0].float()
+                fmap = model.feature_map(xb.permute(0, 2, 3, 1))  # logits() in two steps: the hint reads fmap
+                lg = model.head_logits_and_output(fmap.mean(dim=(2, 3)))[0].float()
             loss = (lam * F.cross_entropy(lg, yb, label_smoothing=args.label_smoothing)
                     + (1 - lam) * F.cross_entropy(lg, other, label_smoothing=args.label_smoothing))
             if teacher is not None:
@@ -434,17 +431,14 @@ def main():
                         view = F.interpolate(xb, size=(args.teacher_size, args.teacher_size), mode="bilinear",
                                              align_corners=False).contiguous(memory_format=torch.channels_last)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                        if adapter is None:
-                            tlg = teacher(view)
-                        else:
-                            tmap, tlg = teacher.features_and_logits(view)
-                            tmap = tmap.float()
+                        tmap, tlg = teacher.features_and_logits(view)
                         soft = F.softmax(tlg.float() / t, dim=1)
                 kd = F.kl_div(F.log_softmax(lg / t, dim=1), soft, reduction="batchmean") * t * t
                 loss = args.kd_weight * kd + (1 - args.kd_weight) * loss
                 if adapter is not None:
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                         guess = adapter(fmap).float()
+                    tmap = tmap.float()
                     if tmap.shape[-2:] != guess.shape[-2:]:  # the teacher saw the view at --teacher-size
                         tmap = F.adaptive_avg_pool2d(tmap, guess.shape[-2:])
                     hint = ((guess - tmap) ** 2).mean() / (tmap ** 2).mean()
