@@ -65,8 +65,26 @@ class Teacher(nn.Module):
     def features_and_logits(self, x):
         """In eval mode: (the last feature map (n, 1280, h/32, w/32), the logits), the logits
         forward's to the bit: its pooling, then its classifier (dropout is off in eval)."""
-        f = self.net.extract_features(self._standardise(x))
-        return f, self.net._fc(self.net._avg_pooling(f).flatten(1))
+        maps, lg = self.maps_and_logits(x)
+        return maps[32], lg
+
+    def maps_and_logits(self, x):
+        """In eval mode: ({stride: feature map}, the logits). Strides 8 and 16 hold the output of
+        the last block at that resolution (Lite2: 48 and 120 channels), stride 32 the last feature
+        map (after the head convolution, 1280 channels); the same operations as extract_features,
+        block by block, so the logits are forward's to the bit."""
+        net = self.net
+        h = x.shape[-2]
+        y = net._swish(net._bn0(net._conv_stem(self._standardise(x))))
+        maps = {}
+        for idx, block in enumerate(net._blocks):
+            rate = net._global_params.drop_connect_rate
+            y = block(y, drop_connect_rate=rate * float(idx) / len(net._blocks) if rate else rate)
+            maps[round(h / y.shape[-2])] = y  # a later block at the same resolution replaces it
+        y = net._swish(net._bn1(net._conv_head(y)))
+        maps = {s: maps[s] for s in (8, 16) if s in maps}
+        maps[32] = y
+        return maps, net._fc(net._avg_pooling(y).flatten(1))
 
 
 def load_teacher(path):

@@ -62,6 +62,11 @@ class TorchResNet50(nn.Module):
 
     def feature_map(self, x):
         """x NHWC float32 -> the last stage's output (n, 2048, h/32, w/32), NCHW."""
+        return self.stage_maps(x)[-1]
+
+    def stage_maps(self, x):
+        """x NHWC float32 -> each stage's output, NCHW: conv2 (n, 256, h/4, w/4), conv3 (512,
+        h/8), conv4 (1024, h/16), conv5 (2048, h/32)."""
         if self.input_norm_eps is not None:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             var = ((x - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True)
@@ -69,10 +74,12 @@ class TorchResNet50(nn.Module):
         x = x.permute(0, 3, 1, 2)
         x = torch.relu(self.bn1(self.conv1(x)))
         x = nn.functional.max_pool2d(x, 3, 2, padding=1)
+        maps = []
         for stage in self.stages:
             for block in stage:
                 x = block(x)
-        return x
+            maps.append(x)
+        return maps
 
     def descriptor(self, x):
         """x NHWC -> covidx's descriptor (n, 28352): the pooled features, the mean and the

@@ -35,7 +35,8 @@ from it, so a long run survives an interruption.
 the student's own augmented view (soft targets at --kd-temperature, --kd-weight of the loss), with
 --mixup mixing batches so that it labels views between the training images too, and
 --hint-weight asking the student's last feature map to carry the teacher's (through a learned 1x1
-convolution, dropped after training): what the teacher sees, not only its two logits.
+convolution, dropped after training): what the teacher sees, not only its two logits;
+--mid-hint-weight asks the same of conv4's output (stride 16) and the teacher's map at stride 16.
 """
 import argparse
 import json
@@ -341,6 +342,9 @@ def main():
     ap.add_argument("--hint-weight", type=float, default=0.0, help="weight of a feature hint: the student's last "
                     "feature map, through a learned 1x1 convolution, matches the teacher's (squared error over the "
                     "teacher's mean square); the hint carries what the teacher sees, not just its two logits")
+    ap.add_argument("--mid-hint-weight", type=float, default=0.0, help="weight of a second hint: conv4's output "
+                    "(1024 channels, stride 16), through its own learned 1x1 convolution, matches the teacher's "
+                    "stride-16 map (its last block at that resolution), measured the same way")
     ap.add_argument("--teacher-size", type=int, default=0, help="the teacher labels the view resized (bilinear) to "
                     "this size, the size it was trained at; 0: at the view's own size")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the student's and the teacher's "
@@ -381,13 +385,19 @@ def main():
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True)["state"])
     ema.load_state_dict(model.state_dict())
-    adapter = None
-    if args.hint_weight:
-        if teacher is None:
-            ap.error("--hint-weight needs --teacher")
-        # the student's 2048 channels -> the teacher's last feature map's channels (1280 for Lite0-2)
-        adapter = nn.Conv2d(2048, teacher.net._conv_head.out_channels, 1).to(memory_format=torch.channels_last)
-    opt = adamw(model if adapter is None else nn.ModuleList([model, adapter]), args.lr, args.weight_decay)
+    # Hints, by stride: a learned 1x1 convolution from the student's stage output to the teacher's
+    # map's channels (stride 32: 2048 -> 1280 for Lite0-2; stride 16: 1024 -> Lite2's 120).
+    adapters = nn.ModuleDict()
+    hint_weights = {32: args.hint_weight, 16: args.mid_hint_weight}
+    for stride, student_channels in [(32, 2048), (16, 1024)]:
+        if hint_weights[stride]:
+            if teacher is None:
+                ap.error("--hint-weight and --mid-hint-weight need --teacher")
+            with torch.no_grad():
+                probe = teacher.maps_and_logits(torch.zeros(1, 3, 64, 64))[0][stride]
+            adapters[str(stride)] = nn.Conv2d(student_channels, probe.shape[1], 1).to(
+                memory_format=torch.channels_last)
+    opt = adamw(nn.ModuleList([model, adapters]), args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
     log, first_epoch = [], 0
     if args.resume and os.path.exists(ckpt_path):
@@ -395,8 +405,8 @@ def main():
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        if adapter is not None:
-            adapter.load_state_dict(state["adapter"])
+        if len(adapters):
+            adapters.load_state_dict(state["adapters"])
         gen.set_state(state["gen"])
         log, first_epoch = json.loads(state["log"]), int(state["epoch"])
         print("resumed after epoch %d" % first_epoch, flush=True)
@@ -405,7 +415,7 @@ def main():
         size = sizes[epoch]
         model.train()
         perm = torch.randperm(len(ytr), generator=gen).numpy()
-        t0, tot, correct, hint_tot = time.time(), 0.0, 0, 0.0
+        t0, tot, correct, hint_tot = time.time(), 0.0, 0, {s: 0.0 for s in adapters}
         for s in range(steps_per_epoch):
             step = epoch * steps_per_epoch + s
             for g in opt.param_groups:
@@ -419,8 +429,8 @@ def main():
                 j = torch.randperm(len(idx), generator=gen)
                 xb, other = lam * xb + (1 - lam) * xb[j], yb[j]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                fmap = model.feature_map(xb.permute(0, 2, 3, 1))  # logits() in two steps: the hint reads fmap
-                lg = model.head_logits_and_output(fmap.mean(dim=(2, 3)))[0].float()
+                maps = model.stage_maps(xb.permute(0, 2, 3, 1))  # logits() in steps: the hints read the maps
+                lg = model.head_logits_and_output(maps[-1].mean(dim=(2, 3)))[0].float()
             loss = (lam * F.cross_entropy(lg, yb, label_smoothing=args.label_smoothing)
                     + (1 - lam) * F.cross_entropy(lg, other, label_smoothing=args.label_smoothing))
             if teacher is not None:
@@ -431,19 +441,20 @@ def main():
                         view = F.interpolate(xb, size=(args.teacher_size, args.teacher_size), mode="bilinear",
                                              align_corners=False).contiguous(memory_format=torch.channels_last)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                        tmap, tlg = teacher.features_and_logits(view)
+                        tmaps, tlg = teacher.maps_and_logits(view)
                         soft = F.softmax(tlg.float() / t, dim=1)
                 kd = F.kl_div(F.log_softmax(lg / t, dim=1), soft, reduction="batchmean") * t * t
                 loss = args.kd_weight * kd + (1 - args.kd_weight) * loss
-                if adapter is not None:
+                for key, adapter in adapters.items():
+                    stride = int(key)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                        guess = adapter(fmap).float()
-                    tmap = tmap.float()
+                        guess = adapter(maps[{32: 3, 16: 2}[stride]]).float()
+                    tmap = tmaps[stride].float()
                     if tmap.shape[-2:] != guess.shape[-2:]:  # the teacher saw the view at --teacher-size
                         tmap = F.adaptive_avg_pool2d(tmap, guess.shape[-2:])
                     hint = ((guess - tmap) ** 2).mean() / (tmap ** 2).mean()
-                    loss = loss + args.hint_weight * hint
-                    hint_tot += float(hint.detach()) * len(idx)
+                    loss = loss + hint_weights[stride] * hint
+                    hint_tot[key] += float(hint.detach()) * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -469,12 +480,12 @@ def main():
         n = steps_per_epoch * args.batch
         rec = {"epoch": epoch + 1, "size": size, "lr_end": round(opt.param_groups[0]["lr"], 7), "loss": tot / n,
                "acc": correct / n, "val_loss": vloss, "val_acc": vacc, "ema_val_loss": eloss, "ema_val_acc": eacc,
-               **at224, **({"hint": hint_tot / n} if adapter is not None else {}),
+               **at224, **{("hint" if k == "32" else "hint%s" % k): v / n for k, v in hint_tot.items()},
                "seconds": round(time.time() - t0, 1)}
         log.append(rec)
         print(json.dumps(rec), flush=True)
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "adapter": adapter.state_dict() if adapter is not None else {},
+                    "adapters": adapters.state_dict(),
                     "gen": gen.get_state(), "log": json.dumps(log), "epoch": epoch + 1}, ckpt_path + ".tmp")
         os.replace(ckpt_path + ".tmp", ckpt_path)
         if args.stop_after and epoch + 1 >= args.stop_after:
