@@ -147,11 +147,7 @@ def main():
     gen = torch.Generator().manual_seed(args.seed + 1)
     log, first = [], 0
     if args.resume and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, weights_only=True)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        log, first = json.loads(state["log"]), int(state["epoch"])
+        log, first = train.resume(ckpt_path, {"model": net, "opt": opt}, gen)
         print("resumed after epoch %d" % first, flush=True)
 
     for epoch in range(first, len(sizes)):
@@ -160,11 +156,9 @@ def main():
         perm = torch.randperm(len(ytr), generator=gen).numpy()
         t0, tot, correct = time.time(), 0.0, 0
         for s in range(steps_per_epoch):
-            for g in opt.param_groups:
-                g["lr"] = train.learning_rate(epoch * steps_per_epoch + s, total, args.lr, args.warmup)
+            train.set_learning_rate(opt, epoch * steps_per_epoch + s, total, args.lr, args.warmup)
             idx = perm[s * args.batch:(s + 1) * args.batch]
-            xb = train.augment(train.to_float(xtr[idx]), size, gen).contiguous(memory_format=torch.channels_last)
-            yb = torch.from_numpy(ytr[idx])
+            xb, yb = train.training_batch(xtr, ytr, idx, size, gen)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 lg = net(xb).float()
                 loss = F.cross_entropy(lg, yb, label_smoothing=args.label_smoothing)
@@ -184,14 +178,12 @@ def main():
                "val_acc": vacc, "seconds": round(time.time() - t0, 1)}
         log.append(rec)
         print(json.dumps(rec), flush=True)
-        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                    "log": json.dumps(log), "epoch": epoch + 1}, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)
+        train.save_atomic({"model": net.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                           "log": json.dumps(log), "epoch": epoch + 1}, ckpt_path)
     if args.time_steps:
         return
     final = os.path.join(args.work, "final.pt")
-    torch.save({"state": net.state_dict(), "arch": args.arch}, final + ".tmp")
-    os.replace(final + ".tmp", final)
+    train.save_atomic({"state": net.state_dict(), "arch": args.arch}, final)
     with open(os.path.join(args.work, "train-log.json"), "w") as f:
         json.dump({"args": vars(args), "epochs": log, "minutes": round((time.time() - t_start) / 60, 1),
                    "torch": torch.__version__, "cpu_threads": args.threads}, f, indent=1)

@@ -305,6 +305,34 @@ def adamw(net, lr, weight_decay):
                               {"params": no_decay, "weight_decay": 0}], lr=lr)
 
 
+def training_batch(x, y, idx, size, gen):
+    """The augmented views of images x[idx] at size x size (NCHW, channels_last) and their labels:
+    one training step's batch, here and in teacher.py."""
+    xb = augment(to_float(x[idx]), size, gen).contiguous(memory_format=torch.channels_last)
+    return xb, torch.from_numpy(y[idx])
+
+
+def set_learning_rate(opt, step, total, peak, warmup):
+    for g in opt.param_groups:
+        g["lr"] = learning_rate(step, total, peak, warmup)
+
+
+def save_atomic(obj, path):
+    """torch.save through a temporary file, so an interrupted write never leaves half a checkpoint."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def resume(path, parts, gen):
+    """A checkpoint written with save_atomic back into parts ({key: a module or an optimizer}) and
+    the generator; returns (the epochs' log, how many epochs it holds)."""
+    state = torch.load(path, weights_only=True)
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    gen.set_state(state["gen"])
+    return json.loads(state["log"]), int(state["epoch"])
+
+
 def learning_rate(step, total, peak, warmup):
     """Linear warm-up, then cosine decay to 1% of the peak."""
     w = max(1, int(total * warmup))
@@ -401,14 +429,8 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     log, first_epoch = [], 0
     if args.resume and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        if len(adapters):
-            adapters.load_state_dict(state["adapters"])
-        gen.set_state(state["gen"])
-        log, first_epoch = json.loads(state["log"]), int(state["epoch"])
+        parts = {"model": model, "ema": ema, "opt": opt, **({"adapters": adapters} if len(adapters) else {})}
+        log, first_epoch = resume(ckpt_path, parts, gen)
         print("resumed after epoch %d" % first_epoch, flush=True)
 
     for epoch in range(first_epoch, len(sizes)):
@@ -418,11 +440,9 @@ def main():
         t0, tot, correct, hint_tot = time.time(), 0.0, 0, {s: 0.0 for s in adapters}
         for s in range(steps_per_epoch):
             step = epoch * steps_per_epoch + s
-            for g in opt.param_groups:
-                g["lr"] = learning_rate(step, total_steps, args.lr, args.warmup)
+            set_learning_rate(opt, step, total_steps, args.lr, args.warmup)
             idx = perm[s * args.batch:(s + 1) * args.batch]
-            xb = augment(to_float(xtr[idx]), size, gen).contiguous(memory_format=torch.channels_last)
-            yb = torch.from_numpy(ytr[idx])
+            xb, yb = training_batch(xtr, ytr, idx, size, gen)
             lam, other = 1.0, yb
             if args.mixup and torch.rand(1, generator=gen).item() < args.mixup:
                 lam = torch.rand(1, generator=gen).item()
@@ -484,10 +504,9 @@ def main():
                "seconds": round(time.time() - t0, 1)}
         log.append(rec)
         print(json.dumps(rec), flush=True)
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "adapters": adapters.state_dict(),
-                    "gen": gen.get_state(), "log": json.dumps(log), "epoch": epoch + 1}, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)
+        save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "adapters": adapters.state_dict(), "gen": gen.get_state(), "log": json.dumps(log),
+                     "epoch": epoch + 1}, ckpt_path)
         if args.stop_after and epoch + 1 >= args.stop_after:
             print("stopped after epoch %d (checkpoint in %s)" % (epoch + 1, ckpt_path), flush=True)
             return
@@ -516,7 +535,7 @@ def main():
     chosen = min(results, key=lambda k: (results[k][key], k))
     net = nets[chosen]
     final = os.path.join(args.work, "final.pt")
-    torch.save({"state": net.state_dict(), "chosen": chosen}, final)
+    save_atomic({"state": net.state_dict(), "chosen": chosen}, final)
     minutes = (time.time() - t_start) / 60
     with open(os.path.join(args.work, "train-log.json"), "w") as f:
         json.dump({"args": vars(args), "epochs": log,
