@@ -23,12 +23,14 @@
 
 #define MR 12
 
-/* Rows 0 .. mr - 1 added to c, 1 <= mr <= 12; always inlined with a constant mr. */
+/* Rows 0 .. mr - 1 added to c (load) or written to it, 1 <= mr <= 12; always inlined with a
+ * constant mr. */
 __attribute__((always_inline)) Q_VNNI512 static inline void rows_vnni(int mr, const uint8_t *a, size_t lda,
-                                                                     const int8_t *b, int kg, int32_t *c) {
+                                                                     const int8_t *b, int kg, int32_t *c, int load) {
     Q16 acc[MR][2];
 Q_UNROLL(12)
-    for (int i = 0; i < mr; i++) acc[i][0] = q16_load32(c + i * 32), acc[i][1] = q16_load32(c + i * 32 + 16);
+    for (int i = 0; i < mr; i++)
+        acc[i][0] = load ? q16_load32(c + i * 32) : q16_zero(), acc[i][1] = load ? q16_load32(c + i * 32 + 16) : q16_zero();
     for (int g = 0; g < kg; g++, b += 128) {
         Q16 b0 = q16_load(b), b1 = q16_load(b + 64);
 Q_UNROLL(12)
@@ -44,24 +46,25 @@ Q_UNROLL(12)
 }
 
 /* The I8BlockFn of gemm_int8.h. */
-Q_VNNI512 static void block_vnni(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows) {
+Q_VNNI512 static void block_vnni(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows,
+                                 int load) {
     int i = 0;
-    for (; i + MR <= rows; i += MR) rows_vnni(MR, a + (size_t)i * lda, lda, b, kg, c + i * 32);
+    for (; i + MR <= rows; i += MR) rows_vnni(MR, a + (size_t)i * lda, lda, b, kg, c + i * 32, load);
     const uint8_t *ar = a + (size_t)i * lda;
     int32_t *cr = c + i * 32;
     switch (rows - i) {
     case 0: break;
-    case 1: rows_vnni(1, ar, lda, b, kg, cr); break;
-    case 2: rows_vnni(2, ar, lda, b, kg, cr); break;
-    case 3: rows_vnni(3, ar, lda, b, kg, cr); break;
-    case 4: rows_vnni(4, ar, lda, b, kg, cr); break;
-    case 5: rows_vnni(5, ar, lda, b, kg, cr); break;
-    case 6: rows_vnni(6, ar, lda, b, kg, cr); break;
-    case 7: rows_vnni(7, ar, lda, b, kg, cr); break;
-    case 8: rows_vnni(8, ar, lda, b, kg, cr); break;
-    case 9: rows_vnni(9, ar, lda, b, kg, cr); break;
-    case 10: rows_vnni(10, ar, lda, b, kg, cr); break;
-    default: rows_vnni(11, ar, lda, b, kg, cr); break;
+    case 1: rows_vnni(1, ar, lda, b, kg, cr, load); break;
+    case 2: rows_vnni(2, ar, lda, b, kg, cr, load); break;
+    case 3: rows_vnni(3, ar, lda, b, kg, cr, load); break;
+    case 4: rows_vnni(4, ar, lda, b, kg, cr, load); break;
+    case 5: rows_vnni(5, ar, lda, b, kg, cr, load); break;
+    case 6: rows_vnni(6, ar, lda, b, kg, cr, load); break;
+    case 7: rows_vnni(7, ar, lda, b, kg, cr, load); break;
+    case 8: rows_vnni(8, ar, lda, b, kg, cr, load); break;
+    case 9: rows_vnni(9, ar, lda, b, kg, cr, load); break;
+    case 10: rows_vnni(10, ar, lda, b, kg, cr, load); break;
+    default: rows_vnni(11, ar, lda, b, kg, cr, load); break;
     }
 }
 

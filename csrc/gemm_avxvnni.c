@@ -22,15 +22,16 @@
 
 #define MR 6
 
-/* Rows 0 .. mr - 1 against columns 16 h .. 16 h + 15, 1 <= mr <= 6; always inlined with a
- * constant mr. */
+/* Rows 0 .. mr - 1 against columns 16 h .. 16 h + 15, added to c (load) or written to it,
+ * 1 <= mr <= 6; always inlined with a constant mr. */
 __attribute__((always_inline)) Q_AVXVNNI static inline void rows_avxvnni(int mr, const uint8_t *a, size_t lda,
-                                                                        const int8_t *b, int kg, int32_t *c) {
+                                                                        const int8_t *b, int kg, int32_t *c, int load) {
     for (int h = 0; h < 2; h++) {
         Q8 acc[MR][2];
 Q_UNROLL(6)
         for (int i = 0; i < mr; i++)
-            acc[i][0] = q8_load32(c + i * 32 + 16 * h), acc[i][1] = q8_load32(c + i * 32 + 16 * h + 8);
+            acc[i][0] = load ? q8_load32(c + i * 32 + 16 * h) : q8_zero(),
+            acc[i][1] = load ? q8_load32(c + i * 32 + 16 * h + 8) : q8_zero();
         const int8_t *bh = b + 64 * h;
         for (int g = 0; g < kg; g++, bh += 128) {
             Q8 b0 = q8_load(bh), b1 = q8_load(bh + 32);
@@ -48,18 +49,18 @@ Q_UNROLL(6)
 }
 
 /* The I8BlockFn of gemm_int8.h. */
-Q_AVXVNNI static void block_avxvnni(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows) {
+Q_AVXVNNI static void block_avxvnni(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows, int load) {
     int i = 0;
-    for (; i + MR <= rows; i += MR) rows_avxvnni(MR, a + (size_t)i * lda, lda, b, kg, c + i * 32);
+    for (; i + MR <= rows; i += MR) rows_avxvnni(MR, a + (size_t)i * lda, lda, b, kg, c + i * 32, load);
     const uint8_t *ar = a + (size_t)i * lda;
     int32_t *cr = c + i * 32;
     switch (rows - i) {
     case 0: break;
-    case 1: rows_avxvnni(1, ar, lda, b, kg, cr); break;
-    case 2: rows_avxvnni(2, ar, lda, b, kg, cr); break;
-    case 3: rows_avxvnni(3, ar, lda, b, kg, cr); break;
-    case 4: rows_avxvnni(4, ar, lda, b, kg, cr); break;
-    default: rows_avxvnni(5, ar, lda, b, kg, cr); break;
+    case 1: rows_avxvnni(1, ar, lda, b, kg, cr, load); break;
+    case 2: rows_avxvnni(2, ar, lda, b, kg, cr, load); break;
+    case 3: rows_avxvnni(3, ar, lda, b, kg, cr, load); break;
+    case 4: rows_avxvnni(4, ar, lda, b, kg, cr, load); break;
+    default: rows_avxvnni(5, ar, lda, b, kg, cr, load); break;
     }
 }
 

@@ -52,12 +52,13 @@ void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block, I8EpilogueFn 
     for (int pj = j0; pj < j1; pj++) {
         int col = pj * I8_NR, nr = n - col < I8_NR ? n - col : I8_NR;
         const int8_t *panel = g->b->i8 + (size_t)pj * kp * I8_NR;
-        memset(acc, 0, sizeof(int32_t) * (size_t)rows * I8_NR);
+        if (kg == 0) /* k < 4: only the tail below adds to the sums */
+            memset(acc, 0, sizeof(int32_t) * (size_t)rows * I8_NR);
         for (int g0 = 0; g0 < kg; g0 += I8_KC / 4) { /* a block of B stays in L1 while the rows pass */
             int ng = kg - g0 < I8_KC / 4 ? kg - g0 : I8_KC / 4;
             for (int r = 0; r < rows; r += I8_MB)
                 block(a + (size_t)r * j->lda + 4 * (size_t)g0, j->lda, panel + (size_t)g0 * 128, ng, acc + r * I8_NR,
-                      rows - r < I8_MB ? rows - r : I8_MB);
+                      rows - r < I8_MB ? rows - r : I8_MB, g0 > 0);
         }
         for (int i = 0; tail && i < rows; i++) /* the last k % 4 values of k */
             for (int jj = 0; jj < nr; jj++)

@@ -21,7 +21,7 @@
  * The driver (gemm_int8_task): task grid of gemm_kernels.h (32-column panels, at most GEMM_MC
  * rows); for each panel, for each block of I8_KC values of k (its 16 KiB of B stay in L1), the
  * kernel adds the block's products to the int32 sums of the task's rows, I8_MB rows a call, in a
- * stack buffer; then the driver adds the last k % 4 products and the kernel's epilogue
+ * stack buffer (the first block starts them at zero in registers: the buffer is never cleared); then the driver adds the last k % 4 products and the kernel's epilogue
  * (int8_epilogue.h: plain, AVX2 or AVX-512, the same bits) writes C. */
 #ifndef COVIDX_GEMM_INT8_H
 #define COVIDX_GEMM_INT8_H
@@ -48,9 +48,10 @@ typedef struct {
     float out_inv;
 } GemmI8Job;
 
-/* The kernel's part: c[rows x 32] (row stride 32) += a[rows][0 .. 4 kg) . the kg groups of B
- * at b, in int32; 1 <= rows <= I8_MB. */
-typedef void (*I8BlockFn)(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows);
+/* The kernel's part: c[rows x 32] (row stride 32) (+)= a[rows][0 .. 4 kg) . the kg groups of B
+ * at b, in int32; 1 <= rows <= I8_MB, kg >= 1. With load 0 the sums start at zero (the first
+ * block of k: c is only written), else at c. */
+typedef void (*I8BlockFn)(const uint8_t *a, size_t lda, const int8_t *b, int kg, int32_t *c, int rows, int load);
 
 /* Task `task` of the grid through block(), then epilogue() (int8_epilogue.h) on its rows. */
 void gemm_int8_task(const GemmI8Job *j, int task, I8BlockFn block, I8EpilogueFn epilogue);
