@@ -15,7 +15,7 @@ chosen from its histogram:
 Two convolutions stay in fp32 by default (keep_fp32): the first block's conv1 and shortcut, which
 read the stem's max-pooled output: on 160 held-out training images of an earlier shipped model
 (stage 1j), quantising these two alone made about four fifths of the int8 mode's squared logit
-error (on the current one, 458 images: about half), and they hold under 2 % of the network's
+error (on stage 1k, 458 images: about half), and they hold under 2 % of the network's
 multiply-adds.
 
 The weights (batchnorm folded) are quantised per output channel when the mode is switched on;
