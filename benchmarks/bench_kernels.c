@@ -5,7 +5,7 @@
  *
  * Times are thread CPU time (CLOCK_THREAD_CPUTIME_ID), the best of REPEATS runs of the whole
  * GEMM (packing excluded, the epilogue with bias and ReLU included), so another process on the
- * same core changes them less than wall time would. The peak is a loop of 24 independent
+ * same core changes them less than wall time would. The peak is a loop of independent
  * multiply-adds of the kernel's instruction on registers (VFMADD231PS on zmm or ymm, VPDPBUSD on
  * zmm): what one core can issue, with no loads. The shapes (rows m = output pixels at batch 1,
  * k, n) are the 1x1 convolutions and, for fp32, the Winograd F(2x2,3x3) tile GEMMs of each
@@ -25,8 +25,8 @@ static double cpu_seconds(void) {
 }
 
 #if defined(__x86_64__)
-/* The peak loops: N independent multiply-adds a round into registers 0 .. N-1, all written in
- * asm so that the compiler adds no moves. 24 accumulators on zmm; 12 on ymm (AVX2 CPUs have 16
+/* The peak loops: N independent multiply-adds a round, each into its own register (register 15
+ * is the operand), all written in asm so that the compiler adds no moves. 24 accumulators on zmm; 12 on ymm (AVX2 CPUs have 16
  * vector registers); either is more than latency x throughput on current cores. */
 #define R(w, i) "%%" w #i
 #define OP(insn, w, i) insn " " R(w, 15) ", " R(w, 15) ", " R(w, i) "\n\t"
@@ -68,14 +68,16 @@ static double peak_for(const char *name) {
     return 0.0;
 }
 
+/* the 1x1 convolutions: pixels x cin x cout */
+#define CONV1X1_SHAPES                                                                                         \
+    {3136, 64, 64}, {3136, 64, 256}, {3136, 256, 64}, {784, 256, 128}, {784, 128, 512}, {784, 512, 128},       \
+        {196, 512, 256}, {196, 256, 1024}, {196, 1024, 256}, {49, 1024, 512}, {49, 512, 2048}, {49, 2048, 512}
 static const int FP32_SHAPES[][3] = {
-    {3136, 64, 64}, {3136, 64, 256}, {3136, 256, 64}, {784, 256, 128}, {784, 128, 512}, {784, 512, 128},
-    {196, 512, 256}, {196, 256, 1024}, {196, 1024, 256}, {49, 1024, 512}, {49, 512, 2048}, {49, 2048, 512},
+    CONV1X1_SHAPES,
     /* Winograd tile GEMMs (16 per layer): tiles x cin x cout */
     {784, 64, 64}, {196, 128, 128}, {49, 256, 256}, {16, 512, 512}};
 static const int INT8_SHAPES[][3] = {
-    {3136, 64, 64}, {3136, 64, 256}, {3136, 256, 64}, {784, 256, 128}, {784, 128, 512}, {784, 512, 128},
-    {196, 512, 256}, {196, 256, 1024}, {196, 1024, 256}, {49, 1024, 512}, {49, 512, 2048}, {49, 2048, 512},
+    CONV1X1_SHAPES,
     /* 3x3 convolutions as im2col GEMMs: pixels x 9 cin x cout */
     {3136, 576, 64}, {784, 1152, 128}, {196, 2304, 256}, {49, 4608, 512}};
 

@@ -21,8 +21,9 @@
  * The driver (gemm_int8_task): task grid of gemm_kernels.h (32-column panels, at most GEMM_MC
  * rows); for each panel, for each block of I8_KC values of k (its 16 KiB of B stay in L1), the
  * kernel adds the block's products to the int32 sums of the task's rows, I8_MB rows a call, in a
- * stack buffer (the first block starts them at zero in registers: the buffer is never cleared); then the driver adds the last k % 4 products and the kernel's epilogue
- * (int8_epilogue.h: plain, AVX2 or AVX-512, the same bits) writes C. */
+ * stack buffer (the first block starts the sums at zero in registers, so the buffer is cleared
+ * only when k < 4 gives no block); then the driver adds the last k % 4 products and the kernel's
+ * epilogue (int8_epilogue.h: plain, AVX2 or AVX-512, the same bits) writes C. */
 #ifndef COVIDX_GEMM_INT8_H
 #define COVIDX_GEMM_INT8_H
 

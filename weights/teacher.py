@@ -62,12 +62,6 @@ class Teacher(nn.Module):
     def forward(self, x):
         return self.net(self._standardise(x))
 
-    def features_and_logits(self, x):
-        """In eval mode: (the last feature map (n, 1280, h/32, w/32), the logits), the logits
-        forward's to the bit: its pooling, then its classifier (dropout is off in eval)."""
-        maps, lg = self.maps_and_logits(x)
-        return maps[32], lg
-
     def maps_and_logits(self, x):
         """In eval mode: ({stride: feature map}, the logits). Strides 8 and 16 hold the output of
         the last block at that resolution (Lite2: 48 and 120 channels), stride 32 the last feature

@@ -58,6 +58,9 @@ CLASSES = ("COV19", "Normal")
 HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "softmax")]
 HEAD_NAMES = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
 INPUT_NORM_EPS = 1e-5
+# Feature hints by stride: which of TorchResNet50.stage_maps the teacher's map at that stride
+# teaches (--hint-weight: conv5, the last feature map; --mid-hint-weight: conv4).
+HINT_STAGES = {32: 3, 16: 2}
 
 
 def load_folder(root):
@@ -417,12 +420,13 @@ def main():
     # map's channels (stride 32: 2048 -> 1280 for Lite0-2; stride 16: 1024 -> Lite2's 120).
     adapters = nn.ModuleDict()
     hint_weights = {32: args.hint_weight, 16: args.mid_hint_weight}
-    for stride, student_channels in [(32, 2048), (16, 1024)]:
+    for stride, stage in HINT_STAGES.items():
         if hint_weights[stride]:
             if teacher is None:
                 ap.error("--hint-weight and --mid-hint-weight need --teacher")
             with torch.no_grad():
                 probe = teacher.maps_and_logits(torch.zeros(1, 3, 64, 64))[0][stride]
+            student_channels = model.stages[stage][-1].conv3.out_channels
             adapters[str(stride)] = nn.Conv2d(student_channels, probe.shape[1], 1).to(
                 memory_format=torch.channels_last)
     opt = adamw(nn.ModuleList([model, adapters]), args.lr, args.weight_decay)
@@ -468,7 +472,7 @@ def main():
                 for key, adapter in adapters.items():
                     stride = int(key)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                        guess = adapter(maps[{32: 3, 16: 2}[stride]]).float()
+                        guess = adapter(maps[HINT_STAGES[stride]]).float()
                     tmap = tmaps[stride].float()
                     if tmap.shape[-2:] != guess.shape[-2:]:  # the teacher saw the view at --teacher-size
                         tmap = F.adaptive_avg_pool2d(tmap, guess.shape[-2:])
