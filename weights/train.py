@@ -36,7 +36,8 @@ the student's own augmented view (soft targets at --kd-temperature, --kd-weight 
 --mixup mixing batches so that it labels views between the training images too, and
 --hint-weight asking the student's last feature map to carry the teacher's (through a learned 1x1
 convolution, dropped after training): what the teacher sees, not only its two logits;
---mid-hint-weight asks the same of conv4's output (stride 16) and the teacher's map at stride 16.
+--mid-hint-weight asks the same of conv4's output (stride 16) and the teacher's map at stride 16,
+--early-hint-weight of conv3's output (stride 8) and the teacher's map at stride 8.
 """
 import argparse
 import json
@@ -59,8 +60,9 @@ HEAD = [(1024, "relu"), (1024, "relu"), (1024, "relu"), (512, "relu"), (2, "soft
 HEAD_NAMES = ["dense", "dense_1", "dense_2", "dense_3", "dense_4"]
 INPUT_NORM_EPS = 1e-5
 # Feature hints by stride: which of TorchResNet50.stage_maps the teacher's map at that stride
-# teaches (--hint-weight: conv5, the last feature map; --mid-hint-weight: conv4).
-HINT_STAGES = {32: 3, 16: 2}
+# teaches (--hint-weight: conv5, the last feature map; --mid-hint-weight: conv4;
+# --early-hint-weight: conv3).
+HINT_STAGES = {32: 3, 16: 2, 8: 1}
 
 
 def load_folder(root):
@@ -376,6 +378,8 @@ def main():
     ap.add_argument("--mid-hint-weight", type=float, default=0.0, help="weight of a second hint: conv4's output "
                     "(1024 channels, stride 16), through its own learned 1x1 convolution, matches the teacher's "
                     "stride-16 map (its last block at that resolution), measured the same way")
+    ap.add_argument("--early-hint-weight", type=float, default=0.0, help="weight of a third hint: conv3's output "
+                    "(512 channels, stride 8) against the teacher's stride-8 map, measured the same way")
     ap.add_argument("--teacher-size", type=int, default=0, help="the teacher labels the view resized (bilinear) to "
                     "this size, the size it was trained at; 0: at the view's own size")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the student's and the teacher's "
@@ -417,13 +421,14 @@ def main():
         model.load_state_dict(torch.load(args.init, weights_only=True)["state"])
     ema.load_state_dict(model.state_dict())
     # Hints, by stride: a learned 1x1 convolution from the student's stage output to the teacher's
-    # map's channels (stride 32: 2048 -> 1280 for Lite0-2; stride 16: 1024 -> Lite2's 120).
+    # map's channels (stride 32: 2048 -> 1280 for Lite0-2; stride 16: 1024 -> Lite2's 120;
+    # stride 8: 512 -> Lite2's 48).
     adapters = nn.ModuleDict()
-    hint_weights = {32: args.hint_weight, 16: args.mid_hint_weight}
+    hint_weights = {32: args.hint_weight, 16: args.mid_hint_weight, 8: args.early_hint_weight}
     for stride, stage in HINT_STAGES.items():
         if hint_weights[stride]:
             if teacher is None:
-                ap.error("--hint-weight and --mid-hint-weight need --teacher")
+                ap.error("--hint-weight, --mid-hint-weight and --early-hint-weight need --teacher")
             with torch.no_grad():
                 probe = teacher.maps_and_logits(torch.zeros(1, 3, 64, 64))[0][stride]
             student_channels = model.stages[stage][-1].conv3.out_channels
