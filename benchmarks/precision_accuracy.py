@@ -2,7 +2,7 @@
 
     python benchmarks/precision_accuracy.py --precision bf16|int8 [--model FILE]
         [--data ../shared/data/cxr] [--limit N] [--emulated]
-        [--calibrate [--per-class 256] [--method mse|max] [--all-int8]]          (int8)
+        [--calibrate [--per-class 256] [--method clip-weighted|mse|max] [--all-int8]]          (int8)
 
 On covid19-radiography/test (one folder per class) it prints the share of images whose predicted
 class agrees between the two precisions, the largest |probability difference| and both
@@ -91,7 +91,7 @@ def main():
     ap.add_argument("--calibrate", action="store_true",
                     help="int8: calibrate a temporary copy on the training images first")
     ap.add_argument("--per-class", type=int, default=256, help="with --calibrate: training images per class")
-    ap.add_argument("--method", default="mse", choices=("mse", "max"), help="with --calibrate: how scales are chosen")
+    ap.add_argument("--method", default="clip-weighted", choices=("clip-weighted", "mse", "max"), help="with --calibrate: how scales are chosen")
     ap.add_argument("--all-int8", action="store_true", help="with --calibrate: the stem's readers in int8 too")
     ap.add_argument("--limit", type=int, default=0, help="at most N images per folder (0: all)")
     ap.add_argument("--batch-size", type=int, default=16)

@@ -7,9 +7,17 @@ images (never the images the model is measured on): a forward pass in fp32 count
 convolution's input values in a histogram (bins 0.8 % wide, from the engine), and each scale is
 chosen from its histogram:
 
-- 'mse' (the default): the clipping point T (scale = T / 127) with the least expected squared
-  error over the histogram, clipping (values above T) plus rounding (a step of T / 127: values
-  below half a step become 0, the others err by step^2 / 12 on average);
+- 'clip-weighted' (the default): the clipping point T (scale = T / 127) with the least expected
+  squared error over the histogram, clipping (values above T) plus rounding (a step of T / 127:
+  values below half a step become 0, the others err by step^2 / 12 on average), with each clipped
+  value's error counted CLIP_WEIGHT (10) times. Rounding errors fall on either side and partly
+  cancel in a convolution's sums; clipping always lowers the largest inputs, the strongest
+  features, so its errors add up, and an image whose features run above the calibration images'
+  range is clipped where they matter most. On 2 x 96 held-out training images of the shipped
+  model (never a measuring set), against 'mse': rms logit error 0.081 / 0.089 -> 0.049 / 0.054,
+  largest probability difference 0.144 / 0.052 -> 0.027 / 0.022 (weights 3, 10, 30 and 100
+  tried: 10 was best or level on both draws);
+- 'mse': the same without the weight (each error counted once);
 - 'max': T the largest value seen (no clipping, coarser steps).
 
 Two convolutions stay in fp32 by default (keep_fp32): the first block's conv1 and shortcut, which
@@ -28,7 +36,8 @@ import numpy as np
 from . import architecture, batches, checks
 from .progbar import Progbar
 
-METHODS = ("mse", "max")
+METHODS = ("clip-weighted", "mse", "max")
+CLIP_WEIGHT = 10.0  # 'clip-weighted': a clipped value's squared error counts this many times
 STEM_READERS = ("conv2_block1_1_conv", "conv2_block1_0_conv")  # read the stem's max-pooled output
 BINS = 32768
 QMAX = 127  # the largest quantised input (csrc/gemm_int8.h's I8_AMAX)
@@ -78,7 +87,7 @@ def histograms(model, x, batch_size=None, steps=None, verbose=0):
     return total_hist, images
 
 
-def scale_from_histogram(counts, method="mse"):
+def scale_from_histogram(counts, method="clip-weighted"):
     """The input scale of one convolution from its histogram (see the module's docstring)."""
     bins = np.flatnonzero(counts[1:]) + 1  # bin 0: zeros, exact at any scale
     if bins.size == 0:
@@ -87,23 +96,24 @@ def scale_from_histogram(counts, method="mse"):
     top = _EDGES[bins[-1] + 1]
     if method == "max":
         return float(np.float32(top / QMAX))
+    weight = CLIP_WEIGHT if method == "clip-weighted" else 1.0
     # candidate clipping points: 400 from 1/400 of the largest value up to it, spaced evenly in log
     cand = top * np.logspace(np.log10(1 / 400), 0, 400)
     errs = np.empty(cand.size)
     for i in range(0, cand.size, 50):  # in slices: values x candidates stays small
         t = cand[i:i + 50, None]
         step = t / QMAX
-        err = np.where(values > t, (values - t) ** 2, np.minimum(values ** 2, step ** 2 / 12))
+        err = np.where(values > t, weight * (values - t) ** 2, np.minimum(values ** 2, step ** 2 / 12))
         errs[i:i + 50] = (err * n).sum(axis=1)
     return float(np.float32(cand[np.argmin(errs)] / QMAX))
 
 
-def calibrate(model, x, batch_size=None, steps=None, verbose=0, method="mse", keep_fp32=STEM_READERS):
+def calibrate(model, x, batch_size=None, steps=None, verbose=0, method="clip-weighted", keep_fp32=STEM_READERS):
     """The model's int8 calibration from the images x: {'scales': {conv layer: scale}, 'method',
     'images'} (the stem, conv1_conv, has none: it stays fp32; the layers named in keep_fp32 get
     None: they stay fp32 too)."""
     if method not in METHODS:
-        raise ValueError("method: expected 'mse' or 'max', got %r" % (method,))
+        raise ValueError("method: expected 'clip-weighted', 'mse' or 'max', got %r" % (method,))
     names = conv_names(model.architecture)
     if not isinstance(keep_fp32, (list, tuple, set, frozenset)) or not all(isinstance(k, str) for k in keep_fp32):
         raise ValueError("keep_fp32: expected a list of convolution layer names, got %r" % (keep_fp32,))

@@ -190,12 +190,14 @@ class Model:
             warnings.warn("model %r: %s" % (self.name, note), RuntimeWarning, stacklevel=2)
         return self
 
-    def calibrate_int8(self, x, batch_size=None, steps=None, verbose=0, method="mse", keep_fp32=int8.STEM_READERS):
+    def calibrate_int8(self, x, batch_size=None, steps=None, verbose=0, method="clip-weighted",
+                       keep_fp32=int8.STEM_READERS):
         """Calibrates the int8 mode (set_precision('int8')) on images x: an array (batch, height,
         width, 3), preprocessed as for predict, or an image iterator / generator (steps: how many
         of its batches). Use training images, never the ones the model is measured on. Runs x in
         fp32 and picks each convolution's input scale from a histogram of its values (method
-        'mse': least squared error, the default; or 'max': no clipping), see covidx.int8. The
+        'clip-weighted', the default: least squared error, clipping counted 10 times; 'mse': least
+        squared error; or 'max': no clipping), see covidx.int8. The
         scales are kept in int8_calibration and saved with the model (.safetensors). A model
         already in int8 switches to the new scales. keep_fp32: convolutions that stay fp32 (by
         default the two that read the stem's output, where one 7-bit scale loses the most; () puts

@@ -202,6 +202,26 @@ def test_calibration_scales():
     assert int8.scale_from_histogram(np.zeros(int8.BINS, np.uint64), "mse") == 1.0  # inputs always 0
 
 
+@pytest.mark.parametrize("method,weight", [("mse", 1.0), ("clip-weighted", 10.0)])
+def test_clipping_point_against_its_closed_form(method, weight):
+    """n0 values at 1 and one at V: for 1 < T < V the expected error is weight * (V - T)^2 (the
+    clipped value) + n0 * (T / 127)^2 / 12 (the bulk's rounding), least at T = weight * V /
+    (weight + n0 / (12 * 127^2)) (derivative zero); T below 1 clips the bulk and costs far more.
+    With n0 = 1e6 and V = 50: T = 8.1 counted once, 33.0 counted ten times ('clip-weighted' is the
+    default)."""
+    from covidx import int8
+
+    counts = np.zeros(int8.BINS, np.uint64)
+    one, big = (int(np.float32(v).view(np.uint32) >> 16) for v in (1.0, 50.0))
+    counts[one], counts[big] = 1000000, 1
+    vbig = int8._MIDDLES[big]  # the histogram knows each value as its bin's middle
+    rounding = 1000000 / (12 * 127.0 ** 2)  # n0 / (12 * 127^2): the bulk errs by (T / 127)^2 / 12 each
+    expected = weight * vbig / (weight + rounding)
+    got = (int8.scale_from_histogram(counts) if method == "clip-weighted"
+           else int8.scale_from_histogram(counts, method)) * 127
+    assert abs(got / expected - 1) < 0.02  # the candidates are 1.5 % apart
+
+
 def test_scales_survive_save_and_load(calibrated, tmp_path):
     m, cal = calibrated
     x = images(seed=7)

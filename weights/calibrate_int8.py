@@ -59,7 +59,7 @@ def load(model, paths, size):
     return np.asarray(model.preprocess(np.stack(arrays)), np.float32)
 
 
-def calibrate(path, roots, out=None, per_class=256, batch_size=16, method="mse", all_int8=False):
+def calibrate(path, roots, out=None, per_class=256, batch_size=16, method="clip-weighted", all_int8=False):
     """Calibrates the model file at path on the training folders; writes out (or path). Returns
     the calibration."""
     model = covidx.load_model(path)
@@ -91,7 +91,7 @@ def main():
     ap.add_argument("--out", help="write the calibrated model here (default: rewrite --model)")
     ap.add_argument("--per-class", type=int, default=256, help="images per class (0: all)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--method", default="mse", choices=("mse", "max"))
+    ap.add_argument("--method", default="clip-weighted", choices=("clip-weighted", "mse", "max"))
     ap.add_argument("--all-int8", action="store_true", help="no convolution after the stem kept in fp32")
     args = ap.parse_args()
     t0 = time.time()
