@@ -8,9 +8,9 @@ channel at max|w| / 127, each convolution's input rint(clip(x / step, 0, levels)
 and the two convolutions that read its output in fp32, as the shipped default) with the activation
 grid as a parameter, so that grids no kernel runs yet can be judged. Each SPEC is
 METHOD:LEVELS[:CALIBRATED_FOR]: the clipping point T of every convolution's input from the
-histogram of --calibration-images training images per class (covidx.int8's histograms, this
-script's own choice of T: METHOD 'mse' or 'wN', the least squared error with each clipped value's
-error counted N times; CALIBRATED_FOR: the number of levels T is chosen for, by default LEVELS),
+histogram of --calibration-images training images per class (covidx.int8's histograms and
+clipping_point: METHOD 'mse' or 'wN', the least squared error with each clipped value's error
+counted N times; CALIBRATED_FOR: the number of levels T is chosen for, by default LEVELS),
 then the input on LEVELS levels between 0 and T (127: the 7 bits every kernel runs today; 255: 8
 bits). It prints, against covidx fp32 on --per-class held-out images of each class (train.py's
 held-out tenth of train and train-extra), the rms and largest error of the logit difference and
@@ -86,24 +86,6 @@ class NumpyInt8:
         return h[:, 0] - h[:, 1]  # softmax of two: p0 = sigmoid(this); the file's temperature is folded in
 
 
-def clipping_point(counts, levels, clip_weight):
-    """T of least expected squared error over the histogram (covidx.int8's candidates and error
-    model, the rounding step T / levels), each clipped value's error counted clip_weight times."""
-    from covidx import int8
-
-    bins = np.flatnonzero(counts[1:]) + 1
-    if bins.size == 0:
-        return 1.0
-    values, n = int8._MIDDLES[bins], counts[bins].astype(np.float64)
-    cand = int8._EDGES[bins[-1] + 1] * np.logspace(np.log10(1 / 400), 0, 400)
-    errs = np.empty(cand.size)
-    for i in range(0, cand.size, 50):
-        t = cand[i:i + 50, None]
-        err = np.where(values > t, clip_weight * (values - t) ** 2, np.minimum(values ** 2, (t / levels) ** 2 / 12))
-        errs[i:i + 50] = (err * n).sum(axis=1)
-    return float(cand[np.argmin(errs)])
-
-
 def main():
     import covidx
     from covidx import int8, safetensors_io
@@ -140,7 +122,7 @@ def main():
         levels = int(levels)
         cal_levels = int(cal[0]) if cal else levels
         weight = 1.0 if method == "mse" else float(method[1:])
-        clip = {n: clipping_point(hist[i], cal_levels, weight) for i, n in enumerate(names)
+        clip = {n: int8.clipping_point(hist[i], weight, cal_levels) for i, n in enumerate(names)
                 if i > 0 and n not in int8.STEM_READERS}
         t0 = time.time()
         z = np.concatenate([net.logit_difference(x[i:i + 8], clip, levels) for i in range(0, len(x), 8)])

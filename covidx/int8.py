@@ -89,23 +89,29 @@ def histograms(model, x, batch_size=None, steps=None, verbose=0):
 
 def scale_from_histogram(counts, method="clip-weighted"):
     """The input scale of one convolution from its histogram (see the module's docstring)."""
+    if method == "max":
+        bins = np.flatnonzero(counts[1:]) + 1
+        return float(np.float32(_EDGES[bins[-1] + 1] / QMAX)) if bins.size else 1.0
+    return float(np.float32(clipping_point(counts, CLIP_WEIGHT if method == "clip-weighted" else 1.0) / QMAX))
+
+
+def clipping_point(counts, clip_weight, levels=QMAX):
+    """The clipping point T (float64) of least expected squared error over the histogram, the
+    rounding step T / levels, each clipped value's error counted clip_weight times; T / levels for
+    an input that was always 0 (any scale gives the same result: the scale is then 1)."""
     bins = np.flatnonzero(counts[1:]) + 1  # bin 0: zeros, exact at any scale
     if bins.size == 0:
-        return 1.0  # the input was always 0: any scale gives the same result
+        return float(levels)
     values, n = _MIDDLES[bins], counts[bins].astype(np.float64)
-    top = _EDGES[bins[-1] + 1]
-    if method == "max":
-        return float(np.float32(top / QMAX))
-    weight = CLIP_WEIGHT if method == "clip-weighted" else 1.0
     # candidate clipping points: 400 from 1/400 of the largest value up to it, spaced evenly in log
-    cand = top * np.logspace(np.log10(1 / 400), 0, 400)
+    cand = _EDGES[bins[-1] + 1] * np.logspace(np.log10(1 / 400), 0, 400)
     errs = np.empty(cand.size)
     for i in range(0, cand.size, 50):  # in slices: values x candidates stays small
         t = cand[i:i + 50, None]
-        step = t / QMAX
-        err = np.where(values > t, weight * (values - t) ** 2, np.minimum(values ** 2, step ** 2 / 12))
+        step = t / levels
+        err = np.where(values > t, clip_weight * (values - t) ** 2, np.minimum(values ** 2, step ** 2 / 12))
         errs[i:i + 50] = (err * n).sum(axis=1)
-    return float(np.float32(cand[np.argmin(errs)] / QMAX))
+    return float(cand[np.argmin(errs)])
 
 
 def calibrate(model, x, batch_size=None, steps=None, verbose=0, method="clip-weighted", keep_fp32=STEM_READERS):
