@@ -212,8 +212,8 @@ work=$tenth
 python weights/package_model.py --work "$work" --data "$data/train" --data "$data/train-extra" \
     --out weights/covid_resnet50.safetensors
 # 2b. the int8 mode's input scales (precision='int8'), on 256 training images of each class, written
-#     into the same file (its weights unchanged); the two convolutions that read the stem's output
-#     stay fp32 (covidx.int8)
+#     into the same file (its weights unchanged), each clipping point by the default method,
+#     'clip-weighted'; the two convolutions that read the stem's output stay fp32 (covidx.int8)
 python weights/calibrate_int8.py --data "$data/train" --data "$data/train-extra"
 # 3. the model card's figures, computed by covidx from the stored file
 python weights/measure.py
